@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || echo python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test sysdeps install doctor bench clean
+
+demo: sysdeps $(STAMP)  ## build the tiny model, validate embedded data, generate (no downloads)
+	$(BIN)/realign demo
+
+test: sysdeps $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest
+
+install: sysdeps $(STAMP)
+
+doctor: sysdeps $(STAMP)
+	$(BIN)/realign doctor
+
+bench: sysdeps $(STAMP)
+	$(BIN)/python bench/blas.py
+	$(BIN)/python bench/validate.py
+
+# MLX's Linux CPU wheel ships a reference BLAS ~30x slower than OpenBLAS; realign preloads
+# Debian's libopenblas0-pthread when present. Installed here when we are root with apt.
+sysdeps:
+	@if [ "$$(uname)" = Linux ] && ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libopenblas.so.0'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libopenblas0-pthread (fast BLAS for MLX on CPU)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null; \
+	  else \
+	    echo "note: for ~30x faster MLX matmuls on Linux run: sudo apt-get install -y libopenblas0-pthread"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"realign needs Python >= 3.11, $(PYTHON) is {sys.version.split()[0]}; run: make PYTHON=python3.11 ..."'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Great Expectations suites, one per stage output, and the HIGH / MEDIUM / REJECT tier logic."""

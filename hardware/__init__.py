@@ -1,0 +1,1 @@
+"""Machine profiles, calibration, machine and batch selection, and shard planning."""

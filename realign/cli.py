@@ -1,0 +1,145 @@
+"""The `realign` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import realign  # noqa: F401  (preloads the fast BLAS before anything imports mlx)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="realign: gated LLM realignment on Apple MLX.")
+model_app = typer.Typer(no_args_is_help=True, help="Build and inspect models.")
+app.add_typer(model_app, name="model")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Print the platform, MLX device, whether the fast BLAS is active, and a measured matmul GFLOPS figure."""
+    from realign.doctor import run_doctor
+
+    report = run_doctor()
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    table = Table(title="realign doctor", show_header=False)
+    table.add_row("platform", report.platform)
+    table.add_row("python", report.python)
+    table.add_row("cpus / memory", f"{report.cpu_count} / {report.memory_gb:.1f} GB" if report.memory_gb else str(report.cpu_count))
+    table.add_row("mlx / mlx-lm", f"{report.mlx_version} / {report.mlx_lm_version}")
+    table.add_row("MLX device", report.device)
+    table.add_row("fast BLAS", ("active: " if report.fast_blas_active else "inactive: ") + report.fast_blas)
+    table.add_row("matmul", f"{report.gflops:.1f} GFLOPS (float32 {report.matmul_size}x{report.matmul_size}, {report.matmul_seconds * 1e3:.1f} ms each)")
+    for k, v in report.environment.items():
+        table.add_row(k, v)
+    out.print(table)
+
+
+@app.command()
+def validate(
+    file: Path = typer.Argument(..., help="JSONL or Parquet file to check."),
+    fmt: str = typer.Option(..., "--format", "-f", help="sft | dpo | grpo | rlvr (orpo and cpo are dpo)."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Write bad rows here (JSONL with line number and reason)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Write the good rows here (.jsonl keeps lines verbatim, or .parquet)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
+) -> None:
+    """Check a data file line by line; exit 0 when clean, 1 when any row was rejected.
+
+    Every bad line is reported as FILE:LINE: what is wrong (expected what).
+    With --out and no --rejects, rejects go to OUT's name + .rejects.jsonl so no row is lost.
+    """
+    from realign.formats import canonical_format, validate_file
+
+    try:
+        fmt = canonical_format(fmt)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    if out_path is not None and rejects is None:
+        rejects = out_path.with_name(out_path.name.split(".")[0] + ".rejects.jsonl")
+    for p in (out_path, rejects):
+        if p is not None and p.resolve() == file.resolve():
+            _fail(f"{p}: refusing to overwrite the input file; choose another path")
+
+    def show(msg: str) -> None:
+        if not quiet:
+            out.print(msg, markup=False)
+
+    status = err.status(f"validating {file}") if err.is_terminal else None
+    if status:
+        status.start()
+    try:
+        report = validate_file(
+            file, fmt, out=out_path, rejects=rejects, on_problem=show,
+            on_progress=(lambda n: status.update(f"validating {file}: {n:,} lines")) if status else None,
+        )
+    finally:
+        if status:
+            status.stop()
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(report.kinds.items()))
+    out.print(report.summary() + (f" ({kinds})" if kinds else ""), markup=False)
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out_dir: Path = typer.Argument(..., help="Directory to create."),
+    hidden: int = typer.Option(128, help="Hidden size."),
+    layers: int = typer.Option(2, help="Transformer blocks."),
+    vocab: int = typer.Option(2048, help="Vocabulary size."),
+    seed: int = typer.Option(0, help="Weight seed (same seed, same model)."),
+    force: bool = typer.Option(False, help="Replace OUT_DIR if it exists."),
+) -> None:
+    """Write a tiny Qwen2 model + offline-trained BPE tokenizer that mlx_lm.load reads."""
+    from pydantic import ValidationError
+
+    from realign.tiny import TinyModelConfig, build_tiny_model
+
+    try:
+        cfg = TinyModelConfig(hidden=hidden, layers=layers, vocab=vocab, seed=seed)
+        path = build_tiny_model(out_dir, cfg, force=force)
+    except (ValidationError, ValueError, FileExistsError) as exc:
+        _fail(str(exc))
+    n_params = sum(int(v.size) for v in _load_weights(path).values())
+    out.print(f"wrote {path} (qwen2, hidden={hidden}, layers={layers}, vocab={vocab}, seed={seed}, {n_params:,} parameters)")
+
+
+def _load_weights(path: Path) -> dict:
+    import mlx.core as mx
+
+    return mx.load(str(path / "model.safetensors"))
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its model and data."),
+) -> None:
+    """Run the default end-to-end demo on embedded data (no downloads)."""
+    from realign.demo import run_demo
+
+    try:
+        run_demo(workdir, console=out)
+    except Exception as exc:  # the demo is a user-facing entry point: say what failed, not a traceback
+        _fail(f"demo failed: {type(exc).__name__}: {exc}", code=1)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

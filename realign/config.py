@@ -1,0 +1,228 @@
+"""Thresholds, quality tiers and hardware defaults (SPEC.md and the seeds).
+
+Every number a gate or planner uses lives here, as a pydantic field with a
+description and bounds, so it is shown and edited in one place (and in the
+Prefect UI's parameter form) and never inlined in code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- quality tiers -------------------------------------------------------------
+
+Tier = Literal["HIGH", "MEDIUM", "REJECT"]
+TIER_ORDER: dict[str, int] = {"HIGH": 0, "MEDIUM": 1, "REJECT": 2}
+
+
+class TierBand(_Strict):
+    """Two bounds that split a metric's values into HIGH / MEDIUM / REJECT.
+
+    direction "higher": value >= high is HIGH, medium <= value < high is MEDIUM, below medium REJECT.
+    direction "lower":  value <= high is HIGH, high < value <= medium is MEDIUM, above medium REJECT.
+    """
+
+    direction: Literal["higher", "lower"] = Field(description="Whether larger values are better ('higher') or worse ('lower').")
+    high: float = Field(description="Bound of the HIGH tier (inclusive).")
+    medium: float = Field(description="Bound of the MEDIUM tier (inclusive); beyond it is REJECT.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TierBand":
+        if self.direction == "higher" and self.medium > self.high:
+            raise ValueError(f"for a higher-is-better metric medium ({self.medium}) must be <= high ({self.high})")
+        if self.direction == "lower" and self.medium < self.high:
+            raise ValueError(f"for a lower-is-better metric medium ({self.medium}) must be >= high ({self.high})")
+        return self
+
+    def tier_of(self, value: float) -> Tier:
+        """The tier of `value` (NaN is REJECT: a metric that cannot be computed does not pass)."""
+        if value != value:  # NaN
+            return "REJECT"
+        if self.direction == "higher":
+            return "HIGH" if value >= self.high else "MEDIUM" if value >= self.medium else "REJECT"
+        return "HIGH" if value <= self.high else "MEDIUM" if value <= self.medium else "REJECT"
+
+
+class TiersConfig(_Strict):
+    """The curator's tier table (SPEC.md "Quality tiers")."""
+
+    preference_gap: TierBand = Field(
+        default_factory=lambda: TierBand(direction="higher", high=0.15, medium=0.10),
+        description="DPO: mean score(chosen) - score(rejected); HIGH >= 0.15, MEDIUM 0.10-0.15, REJECT < 0.10.",
+    )
+    agreement_rate: TierBand = Field(
+        default_factory=lambda: TierBand(direction="higher", high=0.90, medium=0.80),
+        description="DPO: fraction of pairs a second judgement agrees on; HIGH >= 90%, MEDIUM 80-90%, REJECT < 80%.",
+    )
+    verifiability: TierBand = Field(
+        default_factory=lambda: TierBand(direction="higher", high=0.80, medium=0.70),
+        description="RLVR: fraction of tasks a verifier can check; HIGH >= 80%, MEDIUM 70-80%, REJECT < 70%.",
+    )
+    quality_score: TierBand = Field(
+        default_factory=lambda: TierBand(direction="higher", high=8.0, medium=6.0),
+        description="SFT/SRF: quality score on a 0-10 scale; HIGH >= 8.0, MEDIUM 6.0-8.0, REJECT < 6.0.",
+    )
+    calibration_error: TierBand = Field(
+        default_factory=lambda: TierBand(direction="lower", high=0.10, medium=0.15),
+        description="Anti-hallucination: expected calibration error; HIGH <= 0.10, MEDIUM 0.10-0.15, REJECT > 0.15.",
+    )
+
+
+# --- stage thresholds ----------------------------------------------------------
+
+
+class SFTThresholds(_Strict):
+    """Stage 1, SFT preparation."""
+
+    max_perplexity: float = Field(20.0, gt=1.0, description="Held-out perplexity must be below this (seed: 'validation perplexity <20').")
+
+
+class PreferenceThresholds(_Strict):
+    """Stage 2, preference data generation (DPO, SRF)."""
+
+    min_preference_gap: float = Field(0.15, ge=0.0, le=1.0, description="Minimum mean score(chosen) - score(rejected), scores on 0-1.")
+    min_pairs: int = Field(1000, ge=1, description="Minimum number of preference pairs.")
+
+
+class ReferenceThresholds(_Strict):
+    """Stage 3 (DPO), model initialization."""
+
+    max_init_kl: float = Field(1e-6, ge=0.0, le=1.0, description="KL(policy || reference) at initialization must be below this (policy == reference).")
+
+
+class RewardModelThresholds(_Strict):
+    """Reward-model accuracy (DPO stage 4; SRF stages 3-4)."""
+
+    min_accuracy: float = Field(0.70, ge=0.0, le=1.0, description="Minimum fraction of pairs with reward(chosen) > reward(rejected).")
+    min_val_accuracy: float = Field(0.70, ge=0.0, le=1.0, description="Minimum held-out (validation) reward accuracy.")
+    max_train_val_gap: float = Field(0.10, ge=0.0, le=1.0, description="Maximum train accuracy - validation accuracy (overfitting).")
+
+
+class OptimizationThresholds(_Strict):
+    """Stage 5, policy optimization (all workflows)."""
+
+    max_kl: float = Field(0.1, gt=0.0, description="Maximum mean per-token KL(policy || reference).")
+    min_entropy: float = Field(0.5, ge=0.0, description="Minimum mean per-token policy entropy (nats); below is entropy collapse.")
+    max_entropy: float = Field(2.0, gt=0.0, description="Maximum mean per-token policy entropy (nats).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "OptimizationThresholds":
+        if self.min_entropy >= self.max_entropy:
+            raise ValueError(f"min_entropy ({self.min_entropy}) must be below max_entropy ({self.max_entropy})")
+        return self
+
+
+class VerifiableThresholds(_Strict):
+    """RLVR stages 2-3."""
+
+    min_verifiability: float = Field(0.80, ge=0.0, le=1.0, description="Minimum fraction of tasks an automatic verifier can check.")
+    max_false_positive_rate: float = Field(0.05, ge=0.0, le=1.0, description="The verifier's false-positive rate must be strictly below this.")
+
+
+class FactualityThresholds(_Strict):
+    """Anti-hallucination stages 2-4."""
+
+    min_citation_accuracy: float = Field(0.85, ge=0.0, le=1.0, description="Minimum citation accuracy of the collected factuality data.")
+    min_factuality: float = Field(0.90, ge=0.0, le=1.0, description="Minimum factuality after citation training.")
+    max_hallucination_rate: float = Field(0.10, ge=0.0, le=1.0, description="The hallucination rate must be strictly below this.")
+
+
+class EvaluationThresholds(_Strict):
+    """Stage 7, evaluation and monitoring (all workflows)."""
+
+    min_capability_retention: float = Field(0.95, ge=0.0, le=2.0, description="Minimum score-after / score-before on the stage-1 benchmarks.")
+    min_decontamination: float = Field(0.90, ge=0.0, le=1.0, description="Minimum 1 - fraction of eval items sharing an n-gram with training data.")
+    decontamination_ngram: int = Field(13, ge=1, le=100, description="n of the n-gram overlap used for decontamination (tokens are words).")
+
+
+class ThresholdsConfig(_Strict):
+    """Every threshold of SPEC.md's stage table and tier table."""
+
+    sft: SFTThresholds = Field(default_factory=SFTThresholds, description="Stage 1.")
+    preference: PreferenceThresholds = Field(default_factory=PreferenceThresholds, description="Stage 2 (DPO, SRF).")
+    reference: ReferenceThresholds = Field(default_factory=ReferenceThresholds, description="Stage 3 (DPO).")
+    reward_model: RewardModelThresholds = Field(default_factory=RewardModelThresholds, description="Reward accuracy (DPO 4, SRF 3-4).")
+    optimization: OptimizationThresholds = Field(default_factory=OptimizationThresholds, description="Stage 5.")
+    verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-3.")
+    factuality: FactualityThresholds = Field(default_factory=FactualityThresholds, description="Anti-hallucination stages 2-4.")
+    evaluation: EvaluationThresholds = Field(default_factory=EvaluationThresholds, description="Stage 7.")
+    tiers: TiersConfig = Field(default_factory=TiersConfig, description="HIGH / MEDIUM / REJECT bands.")
+
+
+# --- hardware ------------------------------------------------------------------
+
+
+class MachineProfile(_Strict):
+    """One machine's measured capabilities (defaults from the seeds' benchmarks)."""
+
+    name: str = Field(description="Profile name, e.g. 'm4-max'.")
+    chip: str = Field(description="Chip as reported by the OS, e.g. 'Apple M4 Max'.")
+    memory_gb: float = Field(gt=0, description="Unified memory in GB.")
+    gflops: float = Field(gt=0, description="Measured matmul throughput in GFLOPS.")
+    best_batch_size: int = Field(ge=1, le=4096, description="Smallest batch within 5% of peak throughput.")
+    peak_examples_per_s: float = Field(gt=0, description="Peak examples/s of the batched workload at best_batch_size.")
+    scoring_examples_per_s: float | None = Field(None, gt=0, description="Measured real-scoring examples/s (7B judge), if known.")
+    work_pool: str = Field(description="Prefect work pool served by this machine's worker.")
+
+
+def _default_machines() -> list[MachineProfile]:
+    return [
+        MachineProfile(name="m4-max", chip="Apple M4 Max", memory_gb=128, gflops=12956, best_batch_size=32,
+                       peak_examples_per_s=776, scoring_examples_per_s=3.86, work_pool="m4-max"),
+        MachineProfile(name="m3-ultra", chip="Apple M3 Ultra", memory_gb=512, gflops=4599, best_batch_size=4,
+                       peak_examples_per_s=278, scoring_examples_per_s=0.76, work_pool="m3-ultra"),
+    ]
+
+
+class SelectionRules(_Strict):
+    """Machine choice by model size in billions of parameters (SPEC.md "Hardware rules")."""
+
+    fast_machine: str = Field("m4-max", description="Machine preferred while the model fits in its memory.")
+    large_machine: str = Field("m3-ultra", description="Machine for models too large for the fast one.")
+    fast_max_b: float = Field(30.0, gt=0, description="Up to this size (B params) always use the fast machine.")
+    fast_if_fits_max_b: float = Field(70.0, gt=0, description="Up to this size use the fast machine unless it needs more memory than it has.")
+    large_max_b: float = Field(200.0, gt=0, description="Up to this size use the large machine; above it, distribute across machines.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SelectionRules":
+        if not self.fast_max_b <= self.fast_if_fits_max_b <= self.large_max_b:
+            raise ValueError("need fast_max_b <= fast_if_fits_max_b <= large_max_b")
+        return self
+
+
+class HardwareConfig(_Strict):
+    """Machines, selection rules, default work split and the MLX environment."""
+
+    machines: list[MachineProfile] = Field(default_factory=_default_machines, description="Known machines; calibration replaces these numbers.")
+    selection: SelectionRules = Field(default_factory=SelectionRules, description="Machine choice by model size.")
+    default_split: dict[str, float] = Field(
+        default_factory=lambda: {"m4-max": 0.655, "m3-ultra": 0.345},
+        description="Share of work per machine before calibration: proportional to measured throughput, never 50/50 by cores.",
+    )
+    environment: dict[str, str] = Field(
+        default_factory=lambda: {"MLX_METAL_PREALLOCATE": "1", "MLX_METAL_FAST_SYNCH": "1", "TOKENIZERS_PARALLELISM": "false"},
+        description="Environment variables set for every MLX job.",
+    )
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> "HardwareConfig":
+        total = sum(self.default_split.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"default_split must sum to 1.0, got {total}")
+        if any(v < 0 for v in self.default_split.values()):
+            raise ValueError("default_split shares must be >= 0")
+        return self
+
+    def machine(self, name: str) -> MachineProfile:
+        """The profile called `name`; KeyError listing the known names otherwise."""
+        for m in self.machines:
+            if m.name == name:
+                return m
+        raise KeyError(f"no machine profile '{name}'; known: {', '.join(m.name for m in self.machines)}")

@@ -1,0 +1,84 @@
+"""`realign doctor`: what this machine is and how fast MLX runs on it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from realign._blas import blas_status
+
+
+@dataclass
+class DoctorReport:
+    """Facts about the runtime. gflops: measured float32 matmul throughput (1e9 flop/s)."""
+
+    platform: str
+    python: str
+    cpu_count: int
+    memory_gb: float | None
+    mlx_version: str
+    mlx_lm_version: str
+    device: str
+    fast_blas_active: bool
+    fast_blas: str
+    matmul_size: int
+    matmul_seconds: float
+    gflops: float
+    environment: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def measure_matmul_gflops(n: int = 1024, min_seconds: float = 0.5, min_reps: int = 3) -> tuple[float, float]:
+    """Time float32 n x n matmuls on MLX's default device.
+
+    Returns (gflops, seconds per matmul); 2*n^3 flops per matmul, after one warm-up.
+    """
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n), key=mx.random.key(0))
+    b = mx.random.normal((n, n), key=mx.random.key(1))
+    mx.eval(a, b)
+    mx.eval(a @ b)  # warm-up: first call pays allocation and dispatch setup
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        mx.eval(a @ b)
+        reps += 1
+    per = (time.perf_counter() - start) / reps
+    return 2 * n**3 / per / 1e9, per
+
+
+def run_doctor(matmul_size: int = 1024) -> DoctorReport:
+    """Collect the report (takes about a second: it times real matmuls)."""
+    import mlx.core as mx
+    import mlx_lm
+
+    status = blas_status()
+    gflops, per = measure_matmul_gflops(matmul_size)
+    watched = ("MLX_METAL_PREALLOCATE", "MLX_METAL_FAST_SYNCH", "TOKENIZERS_PARALLELISM", "REALIGN_NO_FAST_BLAS")
+    return DoctorReport(
+        platform=f"{platform.system()} {platform.release()} {platform.machine()}",
+        python=sys.version.split()[0],
+        cpu_count=os.cpu_count() or 0,
+        memory_gb=_memory_gb(),
+        mlx_version=mx.__version__,
+        mlx_lm_version=mlx_lm.__version__,
+        device=str(mx.default_device()),
+        fast_blas_active=status.active,
+        fast_blas=status.reason,
+        matmul_size=matmul_size,
+        matmul_seconds=per,
+        gflops=gflops,
+        environment={k: os.environ.get(k, "(unset)") for k in watched},
+    )

@@ -1,0 +1,554 @@
+"""Training-data formats: row models, JSONL/Parquet readers and writers, and a streaming validator.
+
+Formats (one JSON object per line, or one Parquet row):
+  sft   {"instruction", "output"} (or "response" for "output"), or {"messages": [{"role", "content"}, ...]}
+  dpo   {"prompt", "chosen", "rejected"}          (also used by ORPO and CPO)
+  grpo  {"prompt", "responses": [{"text", "score"}]}, score in [0, 1]
+  rlvr  {"problem", "solution", "responses": [{"text", "correct"}]}, correct a boolean
+
+Extra keys on a row are allowed and ignored by the models (JSONL output of
+`validate` keeps the original line, so they are not lost).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+FormatName = Literal["sft", "dpo", "grpo", "rlvr"]
+
+
+# --- row models ----------------------------------------------------------------
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("empty", "is empty")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+
+
+class _Row(BaseModel):
+    # strict: "0.5" is not a number and 1 is not a boolean; data files should say what they mean.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class Message(_Row):
+    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who speaks.")
+    content: Text = Field(description="What is said.")
+
+
+class SFTRow(_Row):
+    """Supervised example: instruction + output (or response), or a chat transcript."""
+
+    instruction: Text | None = None
+    output: Text | None = None
+    response: Text | None = None
+    messages: list[Message] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SFTRow":
+        if self.messages is not None:
+            if not any(m.role == "assistant" for m in self.messages):
+                raise PydanticCustomError("no_assistant", "messages has no assistant turn")
+            return self
+        missing = []
+        if self.instruction is None:
+            missing.append("instruction")
+        if self.output is None and self.response is None:
+            missing.append("output")
+        if missing:
+            raise PydanticCustomError("missing_sft", "missing field {fields}", {"fields": " and ".join(f"'{m}'" for m in missing)})
+        return self
+
+    @property
+    def prompt(self) -> str | list[dict]:
+        """The instruction, or the messages before the last assistant turn."""
+        if self.messages is None:
+            return self.instruction  # type: ignore[return-value]
+        last = max(i for i, m in enumerate(self.messages) if m.role == "assistant")
+        return [m.model_dump() for m in self.messages[:last]]
+
+    @property
+    def completion(self) -> str:
+        """The target text: output/response, or the last assistant turn."""
+        if self.messages is None:
+            return self.output if self.output is not None else self.response  # type: ignore[return-value]
+        return [m for m in self.messages if m.role == "assistant"][-1].content
+
+    def to_record(self) -> dict:
+        if self.messages is not None:
+            return {"messages": [m.model_dump() for m in self.messages]}
+        return {"instruction": self.instruction, "output": self.completion}
+
+
+class DPORow(_Row):
+    """Preference pair (DPO, ORPO, CPO)."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+
+    @model_validator(mode="after")
+    def _different(self) -> "DPORow":
+        if self.chosen.strip() == self.rejected.strip():
+            raise PydanticCustomError("identical", "chosen is identical to rejected")
+        return self
+
+    def to_record(self) -> dict:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+class ScoredResponse(_Row):
+    text: Text
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class GRPORow(_Row):
+    """A prompt with a group of scored responses."""
+
+    prompt: Text
+    responses: list[ScoredResponse] = Field(min_length=1)
+
+    def to_record(self) -> dict:
+        return {"prompt": self.prompt, "responses": [r.model_dump() for r in self.responses]}
+
+
+class VerifiedResponse(_Row):
+    text: Text
+    correct: bool
+
+
+class RLVRRow(_Row):
+    """A verifiable problem, its reference solution and checked responses."""
+
+    problem: Text
+    solution: Text
+    responses: list[VerifiedResponse] = Field(min_length=1)
+
+    def to_record(self) -> dict:
+        return {"problem": self.problem, "solution": self.solution, "responses": [r.model_dump() for r in self.responses]}
+
+
+ROW_MODELS: dict[str, type[_Row]] = {"sft": SFTRow, "dpo": DPORow, "grpo": GRPORow, "rlvr": RLVRRow}
+FORMAT_ALIASES = {"orpo": "dpo", "cpo": "dpo"}
+REQUIRED_FIELDS = {
+    "sft": "instruction + output (or response), or messages",
+    "dpo": "prompt, chosen, rejected",
+    "grpo": "prompt, responses[{text, score}]",
+    "rlvr": "problem, solution, responses[{text, correct}]",
+}
+
+
+def canonical_format(fmt: str) -> str:
+    """'dpo' for 'orpo'/'cpo', the name itself for the four formats; ValueError otherwise."""
+    name = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    if name not in ROW_MODELS:
+        raise ValueError(f"unknown format '{fmt}' (expected one of sft, dpo, grpo, rlvr, orpo, cpo)")
+    return name
+
+
+def guess_format(obj: dict) -> str | None:
+    """The format a row's keys suggest, or None when they suggest none."""
+    keys = set(obj)
+    if {"chosen", "rejected"} & keys:
+        return "dpo"
+    if {"problem", "solution"} & keys:
+        return "rlvr"
+    if "responses" in keys:
+        items = obj["responses"] if isinstance(obj["responses"], list) else []
+        if any(isinstance(r, dict) and "correct" in r for r in items):
+            return "rlvr"
+        return "grpo"
+    if {"instruction", "messages", "output", "response"} & keys:
+        return "sft"
+    return None
+
+
+# --- errors --------------------------------------------------------------------
+
+
+class DataFormatError(ValueError):
+    """A row that does not match its format; str() is `FILE:LINE: what (expected what)`."""
+
+    def __init__(self, path: str | Path, line: int, problems: list[str]):
+        self.path, self.line, self.problems = str(path), line, problems
+        super().__init__("\n".join(f"{self.path}:{line}: {p}" for p in problems))
+
+
+_FIELD_EXPECT = {
+    "score": "a number in [0, 1]",
+    "correct": "true or false",
+    "responses": "a non-empty list of response objects",
+    "messages": "a non-empty list of {role, content} objects",
+    "role": "one of system, user, assistant, tool",
+}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _kind(pydantic_type: str) -> str:
+    """A short, stable category for a pydantic error type (counted in the summary)."""
+    if pydantic_type in ("missing", "missing_sft"):
+        return "missing"
+    if pydantic_type == "too_short":
+        return "empty_list"
+    if pydantic_type in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return "out_of_range"
+    if pydantic_type.endswith("_type") or pydantic_type == "literal_error":
+        return "wrong_type"
+    return pydantic_type  # empty, identical, no_assistant
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Turn pydantic errors into `what is wrong (expected what)` phrases, one per problem."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[_not_blank(), str]",))
+        name = _loc(loc)
+        leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        expect = _FIELD_EXPECT.get(leaf, "a non-empty string")
+        kind = err["type"]
+        if kind == "missing":
+            out.append(f"missing field '{name}' (expected {expect})")
+        elif kind == "missing_sft":
+            out.append(f"{err['msg']} (expected {REQUIRED_FIELDS['sft']})")
+        elif kind == "empty":
+            out.append(f"field '{name}' is empty (expected non-empty text)")
+        elif kind == "identical":
+            out.append("chosen is identical to rejected (expected two different responses)")
+        elif kind == "no_assistant":
+            out.append("messages has no assistant turn (expected at least one message with role 'assistant')")
+        elif kind == "too_short":
+            out.append(f"field '{name}' is empty (expected {expect})")
+        elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            out.append(f"field '{name}' is {err['input']!r}, outside the allowed range (expected {expect})")
+        elif kind == "literal_error":
+            out.append(f"field '{name}' is {err['input']!r} (expected {expect})")
+        elif kind.endswith("_type") or kind in ("model_type", "dict_type"):
+            if kind in ("model_type", "dict_type"):
+                expect = "an object"
+            elif kind == "float_type":
+                expect = _FIELD_EXPECT.get(leaf, "a number")
+            out.append(f"field '{name}' has the wrong type: {_type_name(err['input'])} (expected {expect})")
+        else:
+            out.append(f"field '{name}': {err['msg']} (expected {expect})")
+    return out
+
+
+# --- parsing one line --------------------------------------------------------------
+
+
+@dataclass
+class LineResult:
+    """Outcome of one input line or Parquet row.
+
+    line: 1-based line (or row) number; raw: the line's bytes (None for Parquet);
+    row: the validated model when ok; problems: phrases when not.
+    """
+
+    line: int
+    raw: bytes | None
+    obj: dict | None = None
+    row: _Row | None = None
+    problems: list[str] = field(default_factory=list)
+    kind: str = "ok"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_object(obj: Any, fmt: str) -> tuple[_Row | None, list[str], str]:
+    """Validate one decoded JSON value against `fmt`: (row, problems, error kind)."""
+    if not isinstance(obj, dict):
+        return None, [f"line is a JSON {_type_name(obj)}, not an object (expected one JSON object per line)"], "not_object"
+    model = ROW_MODELS[fmt]
+    try:
+        return model.model_validate(obj), [], "ok"
+    except ValidationError as exc:
+        guessed = guess_format(obj)
+        if guessed is not None and guessed != fmt:
+            return None, [f"looks like {guessed}, not {fmt} (expected fields {REQUIRED_FIELDS[fmt]})"], "wrong_format"
+        return None, describe_errors(exc), _kind(exc.errors()[0]["type"])
+
+
+def check_line(raw: bytes, line: int, fmt: str) -> LineResult | None:
+    """Decode and validate one JSONL line; None for a blank line."""
+    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte-order mark written by some editors
+    if not raw.strip():
+        return None
+    try:
+        text = raw.rstrip(b"\r\n").decode("utf-8")  # unstripped, so JSON columns match the file
+    except UnicodeDecodeError as exc:
+        return LineResult(line, raw, problems=[f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"], kind="utf8")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return LineResult(line, raw, problems=[f"invalid JSON: {exc.msg} at column {exc.colno} (expected one JSON object per line)"], kind="json")
+    row, problems, kind = check_object(obj, fmt)
+    return LineResult(line, raw, obj=obj if isinstance(obj, dict) else None, row=row, problems=problems, kind=kind)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def iter_checked(path: str | Path, fmt: str, batch_rows: int = 10_000) -> Iterator[LineResult | None]:
+    """Stream a JSONL or Parquet file, yielding one result per line (None for blank lines).
+
+    Memory is bounded by one line (JSONL) or one record batch (Parquet).
+    """
+    fmt, path = canonical_format(fmt), Path(path)
+    if _is_parquet(path):
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for rec in batch.to_pylist():
+                n += 1
+                obj = {k: v for k, v in rec.items() if v is not None}  # Parquet nulls mean "absent"
+                row, problems, kind = check_object(obj, fmt)
+                yield LineResult(n, None, obj=obj, row=row, problems=problems, kind=kind)
+        return
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            yield check_line(raw, n, fmt)
+
+
+# --- writing -------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: str = "wb"):
+    """Open a temporary file beside `path`; on success rename it over `path`, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _arrow_schema(fmt: str):
+    import pyarrow as pa
+
+    s = pa.string()
+    if fmt == "sft":
+        return pa.schema([("instruction", s), ("output", s), ("messages", pa.list_(pa.struct([("role", s), ("content", s)])))])
+    if fmt == "dpo":
+        return pa.schema([("prompt", s), ("chosen", s), ("rejected", s)])
+    if fmt == "grpo":
+        return pa.schema([("prompt", s), ("responses", pa.list_(pa.struct([("text", s), ("score", pa.float64())])))])
+    return pa.schema([("problem", s), ("solution", s), ("responses", pa.list_(pa.struct([("text", s), ("correct", pa.bool_())])))])
+
+
+class RowWriter:
+    """Append rows to a JSONL or Parquet file (by extension), atomically on close.
+
+    `write_raw(bytes)` copies an original JSONL line verbatim (JSONL only);
+    `write(row)` writes a validated row's canonical record.
+    """
+
+    def __init__(self, path: str | Path, fmt: str, batch_rows: int = 10_000):
+        self.path, self.fmt, self.batch_rows = Path(path), canonical_format(fmt), batch_rows
+        self.count = 0
+        self._ctx = atomic_path(self.path, "wb")
+        self._fh = self._ctx.__enter__()
+        self._parquet = _is_parquet(self.path)
+        self._buffer: list[dict] = []
+        self._pq_writer = None
+
+    def write(self, row: _Row) -> None:
+        self.count += 1
+        if self._parquet:
+            self._buffer.append(row.to_record())
+            if len(self._buffer) >= self.batch_rows:
+                self._flush()
+        else:
+            self._fh.write(json.dumps(row.to_record(), ensure_ascii=False).encode() + b"\n")
+
+    def write_raw(self, raw: bytes) -> None:
+        if self._parquet:
+            raise ValueError("write_raw is for JSONL output")
+        self.count += 1
+        self._fh.write(raw.rstrip(b"\r\n") + b"\n")
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _arrow_schema(self.fmt)
+        if self._pq_writer is None:
+            self._pq_writer = pq.ParquetWriter(self._fh, schema)
+        if self._buffer:
+            self._pq_writer.write_table(pa.Table.from_pylist(self._buffer, schema=schema))
+            self._buffer = []
+
+    def close(self, error: BaseException | None = None) -> None:
+        if error is None and self._parquet:
+            self._flush()
+            self._pq_writer.close()
+        if error is None:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(type(error), error, error.__traceback__)
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        self.close(ev)
+
+
+def read_rows(path: str | Path, fmt: str) -> Iterator[_Row]:
+    """Yield validated rows; raise DataFormatError (FILE:LINE: ...) at the first bad one.
+
+    Use `realign validate` (or `validate_file`) to keep going past bad rows.
+    """
+    for res in iter_checked(path, fmt):
+        if res is None:
+            continue
+        if res.problems:
+            raise DataFormatError(path, res.line, res.problems)
+        yield res.row  # type: ignore[misc]
+
+
+def write_rows(path: str | Path, rows: Iterable[_Row | dict], fmt: str) -> int:
+    """Write rows (models or dicts, validated here) to JSONL or Parquet atomically; returns the count."""
+    fmt = canonical_format(fmt)
+    model = ROW_MODELS[fmt]
+    with RowWriter(path, fmt) as w:
+        for i, row in enumerate(rows, start=1):
+            if isinstance(row, dict):
+                try:
+                    row = model.model_validate(row)
+                except ValidationError as exc:
+                    raise DataFormatError(f"<row {i} written to {path}>", i, describe_errors(exc)) from exc
+            w.write(row)
+        return w.count
+
+
+# --- validating a whole file -------------------------------------------------------
+
+
+@dataclass
+class ValidationReport:
+    """Counts from `validate_file`. kinds: error kind -> number of rejected lines."""
+
+    path: str
+    fmt: str
+    lines: int = 0
+    blank: int = 0
+    valid: int = 0
+    rejected: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    out_path: str | None = None
+    rejects_path: str | None = None
+
+    def summary(self) -> str:
+        parts = [f"{self.path}: {self.lines} lines, {self.valid} valid, {self.rejected} rejected, {self.blank} blank"]
+        if self.out_path:
+            parts.append(f"clean rows -> {self.out_path}")
+        if self.rejects_path:
+            parts.append(f"rejects -> {self.rejects_path}")
+        return "; ".join(parts)
+
+
+def _reject_record(path: Path, res: LineResult) -> bytes:
+    rec: dict[str, Any] = {"file": str(path), "line": res.line, "kind": res.kind, "reasons": res.problems}
+    if res.raw is not None:
+        try:
+            rec["raw"] = res.raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError:
+            rec["raw_base64"] = base64.b64encode(res.raw.rstrip(b"\r\n")).decode("ascii")
+    else:
+        rec["row"] = res.obj
+    return json.dumps(rec, ensure_ascii=False, default=str).encode() + b"\n"
+
+
+def validate_file(
+    path: str | Path,
+    fmt: str,
+    *,
+    out: str | Path | None = None,
+    rejects: str | Path | None = None,
+    on_problem: Callable[[str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Validate every line of `path` as `fmt`, streaming.
+
+    out: clean rows go here (JSONL input to JSONL output keeps each original line byte for byte).
+    rejects: bad rows go here as JSONL {file, line, kind, reasons, raw | raw_base64 | row}.
+    on_problem: called with each `FILE:LINE: what (expected what)` message.
+    on_progress: called with the number of bytes/rows read so far, every 10,000 lines.
+    Both output files are written atomically, and only if the whole file was read.
+    """
+    path = Path(path)
+    fmt = canonical_format(fmt)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    report = ValidationReport(str(path), fmt, out_path=str(out) if out else None, rejects_path=str(rejects) if rejects else None)
+    copy_raw = out is not None and not _is_parquet(Path(out)) and not _is_parquet(path)
+    out_w = RowWriter(out, fmt) if out else None
+    rej_ctx = atomic_path(rejects, "wb") if rejects else None
+    rej_fh = rej_ctx.__enter__() if rej_ctx else None
+    error: BaseException | None = None
+    try:
+        for n, res in enumerate(iter_checked(path, fmt), start=1):
+            report.lines = n
+            if on_progress and n % 10_000 == 0:
+                on_progress(n)
+            if res is None:
+                report.blank += 1
+                continue
+            if res.ok:
+                report.valid += 1
+                if out_w:
+                    out_w.write_raw(res.raw) if copy_raw else out_w.write(res.row)  # type: ignore[arg-type]
+                continue
+            report.rejected += 1
+            report.kinds[res.kind] += 1
+            if on_problem:
+                for p in res.problems:
+                    on_problem(f"{path}:{res.line}: {p}")
+            if rej_fh:
+                rej_fh.write(_reject_record(path, res))
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if out_w:
+            out_w.close(error)
+        if rej_ctx:
+            rej_ctx.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
+    return report

@@ -1,0 +1,30 @@
+"""Shared fixtures. `import realign` comes first so the fast BLAS is preloaded before mlx."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import realign  # noqa: F401  (must precede any mlx import)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2 model directory (default shape, seed 0), built once per test session."""
+    from realign.tiny import TinyModelConfig, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinyModelConfig(seed=0))
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `realign ARGS` in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "realign.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=300
+    )

@@ -1,0 +1,35 @@
+"""realign.models.load_model: local directories, hub ids offline, clear errors."""
+
+import pytest
+
+from realign.models import ModelLoadError, load_model
+
+
+def test_loads_a_local_directory(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    assert lm.path == tiny_model_dir and lm.config["model_type"] == "qwen2"
+    assert lm.tokenizer.encode("7") != []
+
+
+def test_hub_id_offline_names_the_local_alternative(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty cache: nothing to find locally
+    with pytest.raises(ModelLoadError) as info:
+        load_model("Qwen/Qwen2.5-7B-Instruct")
+    msg = str(info.value)
+    assert "'Qwen/Qwen2.5-7B-Instruct' is not a local directory" in msg
+    assert "pass the local directory" in msg and "realign model tiny ./tiny-model" in msg
+
+
+def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model directory"):
+        load_model(str(tmp_path / "nope" / "model"))
+
+
+def test_directory_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=r"no \*.safetensors weights"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        load_model(tmp_path)
