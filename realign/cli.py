@@ -16,6 +16,10 @@ import realign  # noqa: F401  (preloads the fast BLAS before anything imports ml
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="realign: gated LLM realignment on Apple MLX.")
 model_app = typer.Typer(no_args_is_help=True, help="Build and inspect models.")
 app.add_typer(model_app, name="model")
+# The gate commands call the `gates` package (GX) lazily: the core library itself never imports it.
+gate_app = typer.Typer(no_args_is_help=True, help="Quality gates: run a suite on a file, build Data Docs.")
+app.add_typer(gate_app, name="gate")
+app.add_typer(gate_app, name="gates", help="Alias of `gate`.")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,6 +97,49 @@ def validate(
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(report.kinds.items()))
     out.print(report.summary() + (f" ({kinds})" if kinds else ""), markup=False)
     raise typer.Exit(1 if report.rejected else 0)
+
+
+@gate_app.command("check")
+def gate_check(
+    file: Path = typer.Argument(..., help="JSONL or Parquet table (rows, or one row of metrics)."),
+    suite: str = typer.Option(..., "--suite", help="Suite name, e.g. preference_pairs, dpo_optimization, evaluation."),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="YAML/JSON of ThresholdsConfig overrides."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Stage name for the report (default: the suite)."),
+    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmark", help="sft_baseline: benchmark columns to check."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write gate_<stage>.json here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+) -> None:
+    """Run one suite on a file; exit 0 for HIGH, 0 with a warning for MEDIUM, 2 for REJECT."""
+    from gates.cli import GateInputError, check_file, load_thresholds, print_report
+
+    try:
+        report = check_file(suite, file, load_thresholds(thresholds), stage, benchmarks)
+    except GateInputError as exc:
+        _fail(str(exc))
+    if out_dir is not None:
+        report.write_json(out_dir / f"gate_{report.stage}.json")
+    if as_json:
+        out.print_json(report.model_dump_json(exclude={"gx_results"}))
+    else:
+        print_report(report, out)
+    if report.tier == "MEDIUM":
+        err.print("[yellow]warning:[/] " + report.failure_message().replace("[", "\\["))
+    raise typer.Exit(2 if report.tier == "REJECT" else 0)
+
+
+@gate_app.command("docs")
+def gate_docs(
+    run_dir: Path = typer.Argument(..., help="A run directory holding gate_<stage>.json files."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the site (default RUN_DIR/gate_docs)."),
+) -> None:
+    """Build Great Expectations Data Docs (static HTML) for a run's gate results."""
+    from gates.docs import build_data_docs
+
+    try:
+        index = build_data_docs(run_dir, out_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    out.print(f"Data Docs: {index}")
 
 
 @model_app.command("tiny")

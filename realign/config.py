@@ -19,6 +19,9 @@ class _Strict(BaseModel):
 # --- quality tiers -------------------------------------------------------------
 
 Tier = Literal["HIGH", "MEDIUM", "REJECT"]
+# Bounds are compared with this much slack so that floating-point noise (0.65 - 0.5 = 0.15000000000000002,
+# 0.7 - 0.55 = 0.1499999999999999) does not move a value across a tier boundary.
+FLOAT_SLACK = 1e-12
 TIER_ORDER: dict[str, int] = {"HIGH": 0, "MEDIUM": 1, "REJECT": 2}
 
 
@@ -45,9 +48,10 @@ class TierBand(_Strict):
         """The tier of `value` (NaN is REJECT: a metric that cannot be computed does not pass)."""
         if value != value:  # NaN
             return "REJECT"
+        eps = FLOAT_SLACK
         if self.direction == "higher":
-            return "HIGH" if value >= self.high else "MEDIUM" if value >= self.medium else "REJECT"
-        return "HIGH" if value <= self.high else "MEDIUM" if value <= self.medium else "REJECT"
+            return "HIGH" if value >= self.high - eps else "MEDIUM" if value >= self.medium - eps else "REJECT"
+        return "HIGH" if value <= self.high + eps else "MEDIUM" if value <= self.medium + eps else "REJECT"
 
 
 class TiersConfig(_Strict):

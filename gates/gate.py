@@ -1,0 +1,124 @@
+"""The gate as Prefect sees it: a task that validates, reports and fails on REJECT,
+and, in the flow, a pause for a person's approval on MEDIUM when the run asks for it.
+
+    report = gate("2-preference-data", {"preference_pairs": pairs, "preference_metrics": m},
+                  config.thresholds, out_dir=stage_dir, approve_medium=config.approve_medium)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from gates.report import GateReport
+from gates.validate import evaluate
+from realign.config import ThresholdsConfig
+
+
+class GateFailed(Exception):
+    """A gate REJECTed (or a reviewer rejected a MEDIUM gate); the message says what and what to do."""
+
+    def __init__(self, report: GateReport, reason: str | None = None):
+        self.report = report
+        self.reason = reason
+        msg = report.failure_message()
+        if reason:
+            msg = f"{msg}\n{reason}"
+        super().__init__(msg)
+
+
+class GateApproval(RunInput):
+    """The form a reviewer fills on the run's page to let a MEDIUM gate through (or not)."""
+
+    approve: bool = Field(description="Approve: continue the run. Leave unticked to reject: the run fails.")
+    reviewer: str = Field(description="Who decided.", min_length=1)
+    comment: str = Field("", description="Why (kept with the gate report).")
+
+
+def artifact_key(stage: str, suffix: str = "") -> str:
+    """A Prefect artifact key for a stage: lowercase letters, digits and dashes only."""
+    key = re.sub(r"[^a-z0-9-]+", "-", f"gate-{stage}{suffix}".lower()).strip("-")
+    return re.sub(r"-{2,}", "-", key)
+
+
+def publish(report: GateReport, out_dir: Path | None = None) -> None:
+    """Write gate_<stage>.json beside the stage outputs and, inside a Prefect run, the artifacts."""
+    if out_dir is not None:
+        report.write_json(Path(out_dir) / f"gate_{report.stage}.json")
+    if FlowRunContext.get() is None:
+        return
+    create_table_artifact(
+        key=artifact_key(report.stage),
+        table=report.table_rows(),
+        description=f"Gate `{report.stage}`: **{report.tier}** ({', '.join(report.suites)})",
+    )
+    create_markdown_artifact(key=artifact_key(report.stage, "-summary"), markdown=report.markdown(),
+                             description=f"Gate {report.stage}: {report.tier}")
+
+
+@task(name="gate", task_run_name="gate-{stage}", cache_policy=NO_CACHE)
+def check_gate(
+    stage: str,
+    tables: Mapping[str, pd.DataFrame],
+    thresholds: ThresholdsConfig,
+    out_dir: Path | None = None,
+    suite_kwargs: Mapping[str, dict] | None = None,
+) -> GateReport:
+    """Validate the stage outputs, publish the report, raise GateFailed on REJECT."""
+    logger = get_run_logger()
+    report = evaluate(stage, tables, thresholds, suite_kwargs)
+    publish(report, out_dir)
+    if report.tier == "REJECT":
+        raise GateFailed(report)
+    if report.tier == "MEDIUM":
+        logger.warning(report.failure_message())
+    else:
+        logger.info(f"Gate {stage}: HIGH ({len(report.outcomes)} expectations passed)")
+    return report
+
+
+def gate(
+    stage: str,
+    tables: Mapping[str, pd.DataFrame],
+    thresholds: ThresholdsConfig,
+    *,
+    out_dir: Path | None = None,
+    approve_medium: bool = False,
+    approval_timeout_s: int = 24 * 3600,
+    approval_poll_s: int = 10,
+    suite_kwargs: Mapping[str, dict] | None = None,
+) -> GateReport:
+    """Run a stage's gate from inside a flow.
+
+    HIGH continues; MEDIUM warns and continues, or with `approve_medium` pauses the
+    flow until a reviewer submits GateApproval on the run's page (rejecting fails the
+    run); REJECT fails the gate task and so the flow, with GateFailed's message.
+    """
+    report = check_gate(stage, tables, thresholds, out_dir, suite_kwargs)
+    if report.tier != "MEDIUM" or not approve_medium:
+        return report
+    logger = get_run_logger()
+    logger.warning(f"Gate {stage} is MEDIUM: pausing for approval. Open this run in the UI and press Resume.")
+    approval = pause_flow_run(
+        wait_for_input=GateApproval, timeout=approval_timeout_s, poll_interval=approval_poll_s, key=f"gate-{stage}"
+    )
+    decision = "approved" if approval.approve else "rejected"
+    note = f"MEDIUM gate {decision} by {approval.reviewer}" + (f": {approval.comment}" if approval.comment else "")
+    report = report.model_copy(update={"approval": note})
+    create_markdown_artifact(key=artifact_key(stage, "-approval"), markdown=f"**{note}**\n\n{report.markdown()}")
+    if out_dir is not None:
+        report.write_json(Path(out_dir) / f"gate_{stage}.json")
+    if not approval.approve:
+        raise GateFailed(report, reason=note)
+    logger.info(note)
+    return report
