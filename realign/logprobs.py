@@ -1,0 +1,158 @@
+"""Tokenizing (prompt, completion) examples, padding them into batches, and log-probs of completions.
+
+Only completion tokens count: prompt and padding positions are masked out of
+every log-prob, loss and per-token metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from realign.generate import prompt_tokens
+
+PAD_MULTIPLE = 16  # pad lengths to a multiple of this so compiled steps see few distinct shapes
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: ids = prompt + completion (+ stop token); n_prompt prompt tokens."""
+
+    ids: list[int]
+    n_prompt: int
+
+    @property
+    def n_completion(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+
+def encode(tokenizer, prompt, completion: str, *, chat: bool = True, max_len: int = 512) -> Encoded:
+    """Tokenize prompt and completion separately (no merge across the boundary), append the stop token.
+
+    Over `max_len`, the completion is cut at its end first, then the prompt from its left.
+    """
+    p = prompt_tokens(tokenizer, prompt, chat)
+    c = list(tokenizer.encode(completion, add_special_tokens=False))
+    eos = tokenizer.eos_token_id
+    if eos is not None:
+        c.append(eos)  # the model must learn to stop
+    if len(p) + len(c) > max_len:
+        c = c[: max(1, max_len - len(p))]
+        p = p[-(max_len - len(c)) :]
+    return Encoded(p + c, len(p))
+
+
+@dataclass
+class TokenBatch:
+    """Padded token ids [B, T] and completion mask [B, T-1] (mask[b, t] = 1 when ids[b, t+1] is a completion token)."""
+
+    tokens: mx.array
+    mask: mx.array
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask.sum().item())
+
+
+def collate(examples: Sequence[Encoded], pad_id: int = 0, pad_multiple: int = PAD_MULTIPLE) -> TokenBatch:
+    """Right-pad examples into one batch."""
+    longest = max(len(e.ids) for e in examples)
+    T = ((longest + pad_multiple - 1) // pad_multiple) * pad_multiple
+    tokens = np.full((len(examples), T), pad_id, dtype=np.int32)
+    mask = np.zeros((len(examples), T - 1), dtype=np.float32)
+    for b, e in enumerate(examples):
+        tokens[b, : len(e.ids)] = e.ids
+        mask[b, e.n_prompt - 1 : len(e.ids) - 1] = 1.0  # position t predicts token t+1
+    return TokenBatch(mx.array(tokens), mx.array(mask))
+
+
+def token_logps_from_logits(logits: mx.array, targets: mx.array) -> mx.array:
+    """log p(target) per position: logits [B, T, V], targets [B, T] -> [B, T] (float32)."""
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    return picked - mx.logsumexp(logits, axis=-1)
+
+
+def forward_logps(model, batch: TokenBatch) -> tuple[mx.array, mx.array]:
+    """(per-token log-probs of the next tokens [B, T-1], logits [B, T-1, V]) for a batch."""
+    logits = model(batch.tokens[:, :-1])
+    return token_logps_from_logits(logits, batch.tokens[:, 1:]), logits
+
+
+def sequence_logps(model, batch: TokenBatch) -> tuple[mx.array, mx.array]:
+    """(sum of completion-token log-probs [B], number of completion tokens [B]), prompt and padding masked."""
+    lp, _ = forward_logps(model, batch)
+    return (lp * batch.mask).sum(axis=1), batch.mask.sum(axis=1)
+
+
+def pair_batch(tokenizer, pairs: Sequence[dict], *, chat: bool = True, max_len: int = 512) -> TokenBatch:
+    """Chosen then rejected for each pair in one batch of 2B rows (one forward pass scores both)."""
+    chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=max_len) for p in pairs]
+    rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=max_len) for p in pairs]
+    return collate(chosen + rejected, pad_id=_pad_id(tokenizer))
+
+
+def _pad_id(tokenizer) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    return int(pid) if pid is not None else int(tokenizer.eos_token_id or 0)
+
+
+def reference_logps(
+    model,
+    tokenizer,
+    pairs: Sequence[dict],
+    *,
+    batch_size: int = 16,
+    chat: bool = True,
+    max_len: int = 512,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Reference log-probs of every pair, computed once so the reference model can leave memory.
+
+    Returns float64 arrays: chosen_logps, rejected_logps (sums over completion tokens)
+    and chosen_tokens, rejected_tokens (counts), each [len(pairs)].
+    """
+    out = {k: np.zeros(len(pairs)) for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        batch = pair_batch(tokenizer, chunk, chat=chat, max_len=max_len)
+        sums, counts = sequence_logps(model, batch)
+        mx.eval(sums, counts)
+        n = len(chunk)
+        sums, counts = np.array(sums), np.array(counts)
+        out["chosen_logps"][start : start + n] = sums[:n]
+        out["rejected_logps"][start : start + n] = sums[n:]
+        out["chosen_tokens"][start : start + n] = counts[:n]
+        out["rejected_tokens"][start : start + n] = counts[n:]
+        if on_progress:
+            on_progress(start + n, len(pairs))
+    return out
+
+
+def mean_completion_loss(model, tokenizer, prompts: Sequence, completions: Sequence[str], *, chat: bool = True,
+                         batch_size: int = 16, max_len: int = 512) -> np.ndarray:
+    """Mean token cross-entropy (nats) of each completion given its prompt; prompt None means no prompt.
+
+    With prompt None the completion is scored on its own, after the model's first
+    token (so it is conditioned on nothing but itself), as IFD's "loss(answer)" needs.
+    """
+    losses = np.zeros(len(completions))
+    for start in range(0, len(completions), batch_size):
+        encs = []
+        for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
+            if p is None:
+                ids = list(tokenizer.encode(c, add_special_tokens=False))
+                eos = tokenizer.eos_token_id
+                if eos is not None:
+                    ids.append(eos)
+                encs.append(Encoded(ids[:max_len], 1))  # first token has no context to be predicted from
+            else:
+                encs.append(encode(tokenizer, p, c, chat=chat, max_len=max_len))
+        batch = collate(encs, pad_id=_pad_id(tokenizer))
+        sums, counts = sequence_logps(model, batch)
+        mx.eval(sums, counts)
+        losses[start : start + len(encs)] = -np.array(sums) / np.maximum(np.array(counts), 1)
+    return losses

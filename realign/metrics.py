@@ -1,0 +1,196 @@
+"""Alignment metrics, computed from real distributions, scores and texts.
+
+Per-token metrics (KL, entropy) are token-weighted means over completion tokens:
+every completion token in the batch counts once, prompt and padding never.
+Units: nats for KL, entropy and losses; fractions in [0, 1] for rates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+
+# --- distributions -----------------------------------------------------------------
+
+
+def token_kl(policy_logits: mx.array, ref_logits: mx.array) -> mx.array:
+    """KL(policy || reference) per position over the full vocabulary: [..., V] -> [...] (nats)."""
+    lp = policy_logits.astype(mx.float32)
+    lq = ref_logits.astype(mx.float32)
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    lq = lq - mx.logsumexp(lq, axis=-1, keepdims=True)
+    return (mx.exp(lp) * (lp - lq)).sum(axis=-1)
+
+
+def token_entropy(logits: mx.array) -> mx.array:
+    """Entropy of the next-token distribution per position: [..., V] -> [...] (nats)."""
+    lp = logits.astype(mx.float32)
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    return -(mx.exp(lp) * lp).sum(axis=-1)
+
+
+def masked_mean(values: mx.array, mask: mx.array) -> float:
+    """Mean of `values` where mask == 1; NaN when the mask is empty (nothing to average)."""
+    n = float(mask.sum().item())
+    return float((values * mask).sum().item()) / n if n else float("nan")
+
+
+def mean_kl(policy_logits: mx.array, ref_logits: mx.array, mask: mx.array) -> float:
+    """Mean per-token KL(policy || reference) over masked (completion) positions."""
+    return masked_mean(token_kl(policy_logits, ref_logits), mask)
+
+
+def mean_entropy(logits: mx.array, mask: mx.array) -> float:
+    """Mean per-token policy entropy over masked (completion) positions."""
+    return masked_mean(token_entropy(logits), mask)
+
+
+# --- preferences -------------------------------------------------------------------
+
+
+def reward_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float]) -> float:
+    """Fraction of pairs with reward(chosen) > reward(rejected); ties count as wrong. NaN for no pairs."""
+    c, r = np.asarray(chosen_rewards, dtype=float), np.asarray(rejected_rewards, dtype=float)
+    return float(np.mean(c > r)) if len(c) else float("nan")
+
+
+def preference_gap(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
+    """Mean of score(chosen) - score(rejected), scores on a 0-1 scale. NaN for no pairs."""
+    c, r = np.asarray(chosen_scores, dtype=float), np.asarray(rejected_scores, dtype=float)
+    if len(c) and (c.min() < 0 or c.max() > 1 or r.min() < 0 or r.max() > 1):
+        raise ValueError("scores must be in [0, 1]")
+    return float(np.mean(c - r)) if len(c) else float("nan")
+
+
+def winner(score_a: float, score_b: float) -> int:
+    """+1 if a wins, -1 if b wins, 0 for a tie."""
+    return int(np.sign(score_a - score_b))
+
+
+def agreement_rate(first: Sequence[int], second: Sequence[int]) -> float:
+    """Fraction of pairs where two independent judgements name the same winner (+1 / -1 / 0 tie).
+
+    A tie in one judgement and a win in the other is a disagreement. NaN for no pairs.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"judgements differ in length: {len(first)} vs {len(second)}")
+    return float(np.mean(np.asarray(first) == np.asarray(second))) if len(first) else float("nan")
+
+
+# --- data hygiene ------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens used for n-gram overlap."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class DecontaminationReport:
+    """score = 1 - contaminated / items; contaminated: indices of eval items that overlap training data."""
+
+    score: float
+    n_items: int
+    contaminated: list[int] = field(default_factory=list)
+    ngram: int = 13
+    short_items: int = 0  # items with fewer than `ngram` words, checked with their full length
+
+
+def decontamination(train_texts: Iterable[str], eval_texts: Sequence[str], n: int = 13) -> DecontaminationReport:
+    """1 - the fraction of evaluation items that share an n-gram of words with the training texts.
+
+    An item shorter than n words is contaminated when all of it appears as a
+    contiguous run of words in a training text (its own length is the n-gram).
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    eval_words = [words(t) for t in eval_texts]
+    needed = sorted({min(n, len(w)) for w in eval_words if w})
+    train_grams: dict[int, set[tuple[str, ...]]] = {k: set() for k in needed}
+    for text in train_texts:
+        w = words(text)
+        for k in needed:
+            train_grams[k].update(tuple(w[i : i + k]) for i in range(len(w) - k + 1))
+    bad = []
+    for idx, w in enumerate(eval_words):
+        if not w:
+            continue
+        k = min(n, len(w))
+        if any(tuple(w[i : i + k]) in train_grams[k] for i in range(len(w) - k + 1)):
+            bad.append(idx)
+    total = len(eval_texts)
+    return DecontaminationReport(
+        score=1 - len(bad) / total if total else float("nan"),
+        n_items=total,
+        contaminated=bad,
+        ngram=n,
+        short_items=sum(1 for w in eval_words if 0 < len(w) < n),
+    )
+
+
+def ifd_score(loss_given_question: float, loss_alone: float) -> float:
+    """Instruction-following difficulty: loss(answer | question) / loss(answer). NaN if loss(answer) is 0."""
+    return loss_given_question / loss_alone if loss_alone > 0 else float("nan")
+
+
+# --- capability ----------------------------------------------------------------------
+
+
+def exact_match_accuracy(predictions: Sequence[str], references: Sequence[str],
+                         verifier: Callable[[str, str], bool] | None = None) -> float:
+    """Fraction of predictions the verifier accepts (default: whitespace-trimmed equality). NaN if empty."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    check = verifier or (lambda p, r: p.strip() == r.strip())
+    return float(np.mean([bool(check(p, r)) for p, r in zip(predictions, references)])) if predictions else float("nan")
+
+
+@dataclass
+class RetentionReport:
+    """Per-benchmark after/before ratios; `retention` is their mean over benchmarks it could be computed for."""
+
+    retention: float
+    per_benchmark: dict[str, float]
+    not_computed: dict[str, str]
+
+
+def capability_retention(before: Mapping[str, float], after: Mapping[str, float]) -> RetentionReport:
+    """score after / score before per benchmark (higher-is-better scores).
+
+    A benchmark whose baseline is 0 or missing has no ratio; it is listed in
+    `not_computed` with the reason instead of being guessed.
+    """
+    ratios, skipped = {}, {}
+    for name, b in before.items():
+        if name not in after:
+            skipped[name] = "no score after training"
+        elif b is None or (isinstance(b, float) and math.isnan(b)):
+            skipped[name] = "no baseline score"
+        elif b <= 0:
+            skipped[name] = f"baseline is {b}: a ratio is undefined"
+        else:
+            ratios[name] = after[name] / b
+    return RetentionReport(float(np.mean(list(ratios.values()))) if ratios else float("nan"), ratios, skipped)
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """ECE: sum over equal-width confidence bins of |accuracy - mean confidence| weighted by bin share."""
+    conf, corr = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
+    if not len(conf):
+        return float("nan")
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(corr[sel].mean() - conf[sel].mean())
+    return float(ece)

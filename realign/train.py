@@ -1,0 +1,448 @@
+"""One training loop for SFT and the preference losses (DPO family, RPO, ORPO, CPO/SimPO).
+
+Like mlx-lm's tuner, the loop is given the loss and a batch source and reports
+through a callback; it knows nothing about Prefect. It adds what long runs need:
+warmup + cosine LR, gradient accumulation, a compiled gradient step, per-step
+KL(policy || reference) and entropy from full distributions, checkpoints of the
+trainable weights *and* optimizer state + step + RNG, exact resume, and an early
+stop when KL passes a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from pydantic import BaseModel, ConfigDict, Field
+
+from realign.logprobs import forward_logps
+from realign.losses import cpo_loss, dpo_loss, nll_loss, orpo_loss
+from realign.metrics import token_entropy, token_kl
+
+Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-specific arrays
+
+
+class LoRAConfig(BaseModel):
+    """Low-rank adapters (mlx-lm's LoRA layers) on the attention and MLP projections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, le=1024, description="Adapter rank.")
+    scale: float = Field(20.0, gt=0, le=1000, description="Multiplier of the adapter output (mlx-lm's 'scale').")
+    layers: int = Field(-1, ge=-1, description="Adapt the last N transformer blocks; -1 for all.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by SFT and preference training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples (or pairs) per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches averaged per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to the peak.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay ends at peak * this.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None disables.")
+    seed: int = Field(0, ge=0, description="Seed for adapter init, data order and dropout.")
+    max_seq_len: int = Field(512, ge=8, le=131072, description="Longest tokenized example; longer ones are cut.")
+    lora: LoRAConfig | None = Field(default_factory=LoRAConfig, description="LoRA adapters; None trains all weights.")
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps; 0 only at the end.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    metrics_every: int = Field(1, ge=1, description="Compute KL and entropy every N steps (two extra forward passes).")
+    kl_limit: float | None = Field(None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this.")
+    compile: bool = Field(True, description="Compile the gradient step with mx.compile.")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: steps completed, why it stopped, per-step metrics, last checkpoint."""
+
+    steps_done: int
+    stopped: Literal["completed", "kl_limit"]
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+    resumed_from: int = 0
+    reason: str = ""
+
+
+# --- model preparation --------------------------------------------------------------
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Freeze the base and add LoRA adapters (seeded), or unfreeze everything for full training."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    mx.random.seed(cfg.seed)
+    if cfg.lora is None:
+        model.unfreeze()
+        return model
+    model.freeze()
+    n = len(model.layers) if cfg.lora.layers == -1 else cfg.lora.layers
+    linear_to_lora_layers(model, n, {"rank": cfg.lora.rank, "scale": cfg.lora.scale, "dropout": cfg.lora.dropout})
+    return model
+
+
+def _lora_layers(model: nn.Module) -> list:
+    from mlx_lm.tuner.lora import LoRALinear
+
+    return [m for _, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def has_adapters(model: nn.Module) -> bool:
+    return bool(_lora_layers(model))
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the base model under LoRA adapters (scale 0): the reference for KL, at no memory cost."""
+    layers = _lora_layers(model)
+    scales = [m.scale for m in layers]
+    try:
+        for m in layers:
+            m.scale = 0.0
+        yield model
+    finally:
+        for m, s in zip(layers, scales):
+            m.scale = s
+
+
+# --- losses as (model, batch) -> (loss, metrics) -------------------------------------------
+
+
+def sft_loss(model: nn.Module, batch: Batch) -> tuple[mx.array, dict[str, mx.array]]:
+    """Mean completion-token NLL (prompt and padding masked)."""
+    lp, _ = forward_logps(model, _tb(batch))
+    loss = nll_loss(lp, batch["mask"])
+    return loss, {"loss": loss}
+
+
+class PreferenceLossConfig(BaseModel):
+    """Which preference objective and its coefficients (TRL names and defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["dpo", "orpo", "cpo"] = Field("dpo", description="dpo (with a reference), orpo or cpo (reference-free).")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "simpo"] = Field(
+        "sigmoid", description="dpo: sigmoid|hinge|ipo|robust; cpo: sigmoid|simpo.")
+    beta: float = Field(0.1, gt=0, le=100, description="Inverse temperature of the implicit reward (ORPO: weight of the odds-ratio term).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Probability a preference label is flipped (cDPO / robust).")
+    rpo_alpha: float | None = Field(None, ge=0.0, description="RPO: add this times the chosen NLL to the DPO loss.")
+    cpo_alpha: float = Field(1.0, ge=0.0, description="CPO: weight of the chosen NLL (0 for pure SimPO).")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin.")
+
+    def averaged(self) -> bool:
+        """Whether log-probs are length-averaged (IPO, ORPO, SimPO) rather than summed."""
+        return self.loss_type in ("ipo", "simpo") or self.method == "orpo"
+
+
+def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], tuple[mx.array, dict]]:
+    """A loss over batches of B pairs: rows [0, B) chosen, [B, 2B) rejected.
+
+    DPO needs "ref_chosen" and "ref_rejected" (summed reference log-probs, [B]).
+    Metrics use TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies,
+    rewards/margins, logps/chosen, logps/rejected (sums), nll.
+    """
+
+    def loss_fn(model: nn.Module, batch: Batch):
+        lp, _ = forward_logps(model, _tb(batch))
+        mask = batch["mask"]
+        sums, counts = (lp * mask).sum(axis=1), mx.maximum(mask.sum(axis=1), 1)
+        B = sums.shape[0] // 2
+        pc, pr = sums[:B], sums[B:]
+        nc, nr = counts[:B], counts[B:]
+        chosen_nll = nll_loss(lp[:B], mask[:B])
+        if cfg.averaged():
+            pc_in, pr_in = pc / nc, pr / nr
+        else:
+            pc_in, pr_in = pc, pr
+        if cfg.method == "dpo":
+            rc, rr = batch["ref_chosen"], batch["ref_rejected"]
+            if cfg.averaged():
+                rc, rr = rc / nc, rr / nr
+            losses, cr, rjr = dpo_loss(pc_in, pr_in, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
+                                       label_smoothing=cfg.label_smoothing)
+            loss = losses.mean() + (cfg.rpo_alpha * chosen_nll if cfg.rpo_alpha else 0.0)
+        elif cfg.method == "orpo":
+            losses, cr, rjr, _ = orpo_loss(pc_in, pr_in, beta=cfg.beta)
+            loss = chosen_nll + losses.mean()
+        else:
+            losses, cr, rjr = cpo_loss(pc_in, pr_in, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
+                                       label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
+            loss = losses.mean() + cfg.cpo_alpha * chosen_nll
+        metrics = {
+            "loss": loss,
+            "rewards/chosen": cr.mean(),
+            "rewards/rejected": rjr.mean(),
+            "rewards/accuracies": (cr > rjr).astype(mx.float32).mean(),
+            "rewards/margins": (cr - rjr).mean(),
+            "logps/chosen": mx.stop_gradient(pc).mean(),
+            "logps/rejected": mx.stop_gradient(pr).mean(),
+            "nll": mx.stop_gradient(chosen_nll),
+        }
+        return loss, metrics
+
+    if cfg.method == "dpo" and cfg.loss_type == "simpo":
+        raise ValueError("loss_type 'simpo' belongs to method 'cpo'")
+    if cfg.method == "cpo" and cfg.loss_type not in ("sigmoid", "simpo"):
+        raise ValueError(f"method 'cpo' supports loss_type sigmoid or simpo, not '{cfg.loss_type}'")
+    return loss_fn
+
+
+def _tb(batch: Batch):
+    from realign.logprobs import TokenBatch
+
+    return TokenBatch(batch["tokens"], batch["mask"])
+
+
+def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> dict[str, float]:
+    """Mean per-token KL(policy || reference) and policy entropy on the batch's completion tokens.
+
+    reference None: the model's own base (LoRA adapters off) when it has adapters;
+    otherwise KL is not computable and is reported as NaN.
+    """
+    inputs, mask = batch["tokens"][:, :-1], batch["mask"]
+    logits = model(inputs)
+    n = mask.sum()
+    entropy = (token_entropy(logits) * mask).sum() / n
+    if reference is not None:
+        ref_logits = reference(inputs)
+    elif has_adapters(model):
+        with adapters_disabled(model):
+            ref_logits = model(inputs)
+    else:
+        mx.eval(entropy)
+        return {"kl": float("nan"), "entropy": entropy.item()}
+    kl = (token_kl(logits, ref_logits) * mask).sum() / n
+    mx.eval(kl, entropy)
+    return {"kl": kl.item(), "entropy": entropy.item()}
+
+
+# --- data order --------------------------------------------------------------------
+
+
+def batch_indices(n_examples: int, batch_size: int, seed: int) -> Callable[[int], list[int]]:
+    """Micro-batch i -> example indices: epochs of seeded permutations, so any step can be recomputed."""
+    if n_examples < 1:
+        raise ValueError("no training examples")
+
+    def at(i: int) -> list[int]:
+        out = []
+        pos = i * batch_size
+        while len(out) < batch_size:
+            epoch, offset = divmod(pos, n_examples)
+            perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
+            take = min(batch_size - len(out), n_examples - offset)
+            out.extend(perm[offset : offset + take].tolist())
+            pos += take
+        return out
+
+    return at
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+
+def _latest(ckpt_root: Path) -> Path | None:
+    pointer = ckpt_root / "latest"
+    if not pointer.is_file():
+        return None
+    path = ckpt_root / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
+                    history: list[dict]) -> Path:
+    """Write step_NNNNNN/ (trainable weights, optimizer state + RNG, state.json) atomically; update `latest`."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
+    try:
+        mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+        opt_state = dict(tree_flatten(optimizer.state))
+        opt_state["__rng__"] = mx.random.state[0]
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(), "history": history}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fd, ptr_tmp = tempfile.mkstemp(dir=ckpt_root, prefix=".latest.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(final.name)
+    os.replace(ptr_tmp, ckpt_root / "latest")
+    old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[: -cfg.keep_checkpoints]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> tuple[int, list[dict]]:
+    """Restore weights, optimizer state and RNG from a checkpoint directory; returns (step, history)."""
+    weights = mx.load(str(path / "weights.safetensors"))
+    model.load_weights(list(weights.items()), strict=False)
+    opt = mx.load(str(path / "optimizer.safetensors"))
+    mx.random.state[0] = opt.pop("__rng__")
+    optimizer.state = tree_unflatten(list(opt.items()))
+    state = json.loads((path / "state.json").read_text())
+    return int(state["step"]), list(state.get("history", []))
+
+
+# --- the loop ----------------------------------------------------------------------
+
+
+def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
+    cosine = optim.cosine_decay(cfg.learning_rate, decay_steps, cfg.learning_rate * cfg.min_lr_ratio)
+    if cfg.warmup_steps:
+        schedule = optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), cosine],
+                                        [cfg.warmup_steps])
+    else:
+        schedule = cosine
+    return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], tuple[mx.array, dict]],
+    batch_at: Callable[[int], Batch],
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    reference: nn.Module | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` (already prepared with `prepare_model`) for `cfg.steps` optimizer steps.
+
+    batch_at(i) returns micro-batch i (i = step * grad_accum + k); it must be a pure
+    function of i so a resumed run sees the same data. With `out_dir`, checkpoints go
+    to OUT_DIR/checkpoints and a run resumes from the latest one found there.
+    callback(metrics) is called after every step with: step, loss, lr, the loss's
+    metrics, kl, entropy (every `metrics_every` steps), tokens, seconds, tokens_per_s.
+    """
+    optimizer = make_optimizer(cfg)
+    ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
+    start, history, resumed = 0, [], 0
+    if ckpt_root is not None and (last := _latest(ckpt_root)) is not None:
+        start, history = load_checkpoint(last, model, optimizer)
+        resumed = start
+    else:
+        mx.random.seed(cfg.seed)
+
+    value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
+
+    def grad_step(batch: Batch):
+        (loss, metrics), grads = value_and_grad(batch)
+        return loss, metrics, grads
+
+    if cfg.compile:
+        state = [model.state, mx.random.state]
+        grad_step = partial(mx.compile, inputs=state, outputs=state)(grad_step)
+
+    result = TrainResult(steps_done=start, stopped="completed", history=history, resumed_from=resumed)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        acc_grads, sums, ntoks = None, {}, 0.0
+        for k in range(cfg.grad_accum):
+            batch = batch_at(step * cfg.grad_accum + k)
+            # Counted here, not in the loss: an output of a compiled grad step that depends only on
+            # the inputs trips an MLX compile bug (IndexError _Map_base::at).
+            ntoks += float(batch["mask"].sum().item())
+            _, metrics, grads = grad_step(batch)
+            acc_grads = grads if acc_grads is None else tree_map(mx.add, acc_grads, grads)
+            for name, v in metrics.items():
+                sums[name] = sums.get(name, 0.0) + v
+            mx.eval(acc_grads, sums)
+        if cfg.grad_accum > 1:
+            acc_grads = tree_map(lambda g: g / cfg.grad_accum, acc_grads)
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            acc_grads, grad_norm = optim.clip_grad_norm(acc_grads, cfg.max_grad_norm)
+        lr = optimizer.learning_rate.item() if isinstance(optimizer.learning_rate, mx.array) else float(optimizer.learning_rate)
+        optimizer.update(model, acc_grads)
+        mx.eval(model.parameters(), optimizer.state)
+        row = {"step": step + 1, "lr": lr}
+        row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm.item()
+        if (step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps:
+            row.update(token_stats(model, batch, reference))
+        dt = time.perf_counter() - t0
+        row.update({"tokens": ntoks, "seconds": dt, "tokens_per_s": ntoks / dt if dt > 0 else float("nan")})
+        history.append(row)
+        result.steps_done = step + 1
+        if callback:
+            callback(row)
+        kl = row.get("kl", float("nan"))
+        stop = cfg.kl_limit is not None and not math.isnan(kl) and kl > cfg.kl_limit
+        if ckpt_root is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+                                      or step + 1 == cfg.steps or stop):
+            result.checkpoint = save_checkpoint(ckpt_root, step + 1, model, optimizer, cfg, history)
+        if stop:
+            result.stopped = "kl_limit"
+            result.reason = f"KL {kl:.4f} > limit {cfg.kl_limit} at step {step + 1}"
+            break
+    return result
+
+
+# --- batch sources -----------------------------------------------------------------
+
+
+def sft_batches(tokenizer, examples: list[tuple], cfg: TrainConfig, *, chat: bool = True) -> Callable[[int], Batch]:
+    """Micro-batch source over (prompt, completion) examples, tokenized once."""
+    from realign.logprobs import collate, encode, _pad_id
+
+    encoded = [encode(tokenizer, p, c, chat=chat, max_len=cfg.max_seq_len) for p, c in examples]
+    order = batch_indices(len(encoded), cfg.batch_size, cfg.seed)
+    pad = _pad_id(tokenizer)
+
+    def at(i: int) -> Batch:
+        tb = collate([encoded[j] for j in order(i)], pad_id=pad)
+        return {"tokens": tb.tokens, "mask": tb.mask}
+
+    return at
+
+
+def preference_batches(tokenizer, pairs: list[dict], cfg: TrainConfig, *, ref: dict | None = None,
+                       chat: bool = True) -> Callable[[int], Batch]:
+    """Micro-batch source over preference pairs: chosen rows then rejected rows, plus cached reference log-probs.
+
+    ref: arrays "chosen_logps" and "rejected_logps" aligned with `pairs` (from
+    `realign.logprobs.reference_logps`); required for DPO, unused by ORPO/CPO.
+    """
+    from realign.logprobs import collate, encode, _pad_id
+
+    chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
+    rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
+    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed)
+    pad = _pad_id(tokenizer)
+
+    def at(i: int) -> Batch:
+        idx = order(i)
+        tb = collate([chosen[j] for j in idx] + [rejected[j] for j in idx], pad_id=pad)
+        batch = {"tokens": tb.tokens, "mask": tb.mask}
+        if ref is not None:
+            batch["ref_chosen"] = mx.array(np.asarray(ref["chosen_logps"])[idx], dtype=mx.float32)
+            batch["ref_rejected"] = mx.array(np.asarray(ref["rejected_logps"])[idx], dtype=mx.float32)
+        return batch
+
+    return at
