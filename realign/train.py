@@ -4,7 +4,7 @@ Like mlx-lm's tuner, the loop is given the loss and a batch source and reports
 through a callback; it knows nothing about Prefect. It adds what long runs need:
 warmup + cosine LR, gradient accumulation, a compiled gradient step, per-step
 KL(policy || reference) and entropy from full distributions, checkpoints of the
-trainable weights *and* optimizer state + step + RNG, exact resume, and an early
+trainable weights *and* optimizer state + step (randomness is seeded per step), exact resume, and an early
 stop when KL passes a limit.
 """
 
@@ -270,15 +270,13 @@ def _latest(ckpt_root: Path) -> Path | None:
 
 def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
                     history: list[dict]) -> Path:
-    """Write step_NNNNNN/ (trainable weights, optimizer state + RNG, state.json) atomically; update `latest`."""
+    """Write step_NNNNNN/ (trainable weights, optimizer state incl. its step, state.json) atomically; update `latest`."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
     try:
         mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-        opt_state = dict(tree_flatten(optimizer.state))
-        opt_state["__rng__"] = mx.random.state[0]
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(), "history": history}))
         if final.exists():
             shutil.rmtree(final)
@@ -297,11 +295,10 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: opt
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore weights, optimizer state and RNG from a checkpoint directory; returns (step, history)."""
+    """Restore weights and optimizer state (with its step) from a checkpoint directory; returns (step, history)."""
     weights = mx.load(str(path / "weights.safetensors"))
     model.load_weights(list(weights.items()), strict=False)
     opt = mx.load(str(path / "optimizer.safetensors"))
-    mx.random.state[0] = opt.pop("__rng__")
     optimizer.state = tree_unflatten(list(opt.items()))
     state = json.loads((path / "state.json").read_text())
     return int(state["step"]), list(state.get("history", []))
@@ -345,8 +342,6 @@ def train(
     if ckpt_root is not None and (last := _latest(ckpt_root)) is not None:
         start, history = load_checkpoint(last, model, optimizer)
         resumed = start
-    else:
-        mx.random.seed(cfg.seed)
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
 
@@ -361,6 +356,8 @@ def train(
     result = TrainResult(steps_done=start, stopped="completed", history=history, resumed_from=resumed)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
+        # Randomness (dropout) is seeded per step, so a resumed run draws what the original would have.
+        mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
         acc_grads, sums, ntoks = None, {}, 0.0
         for k in range(cfg.grad_accum):
             batch = batch_at(step * cfg.grad_accum + k)

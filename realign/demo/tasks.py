@@ -38,13 +38,17 @@ def example(task: str, digits: str) -> TaskExample:
 def digit_strings(n: int, seed: int, min_len: int = 3, max_len: int = 6) -> list[str]:
     """`n` distinct digit strings with lengths in [min_len, max_len]."""
     rng = random.Random(seed)
-    seen: set[str] = set()
     capacity = sum(10**k for k in range(min_len, max_len + 1))
     if n > capacity:
         raise ValueError(f"only {capacity} distinct strings of {min_len}-{max_len} digits")
-    while len(seen) < n:
-        seen.add("".join(rng.choice("0123456789") for _ in range(rng.randint(min_len, max_len))))
-    return sorted(seen, key=lambda s: (rng.random(), s))
+    seen: set[str] = set()
+    out: list[str] = []  # in draw order: set iteration order depends on PYTHONHASHSEED
+    while len(out) < n:
+        s = "".join(rng.choice("0123456789") for _ in range(rng.randint(min_len, max_len)))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
 
 
 def splits(task: str, n_train: int, n_eval: int, seed: int = 0, min_len: int = 3, max_len: int = 6
