@@ -142,6 +142,68 @@ def gate_docs(
     out.print(f"Data Docs: {index}")
 
 
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option(..., "--model", help="Model directory (or hub id when online)."),
+    prompts: Path = typer.Option(..., "--prompts", help="JSONL with a 'prompt' (or 'instruction'/'problem') per line, or a text file, one prompt per line."),
+    out_path: Path = typer.Option(..., "--out", help="Write completions here (JSONL: prompt, responses[{text, tokens}])."),
+    n: int = typer.Option(1, "--n", help="Completions per prompt."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    max_tokens: int = typer.Option(64, "--max-tokens"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Sample N completions per prompt with batched generation (chat template applied)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from realign.formats import atomic_path
+    from realign.generate import GenerationConfig, generate
+    from realign.models import ModelLoadError, load_model
+
+    try:
+        cfg = GenerationConfig(n=n, batch_size=batch_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    texts = _read_prompts(prompts)
+    try:
+        lm = load_model(model)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task("gen", total=len(texts) * n)
+        results = generate(lm.model, lm.tokenizer, texts, cfg, on_progress=lambda done, total: progress.update(task, completed=done))
+    with atomic_path(out_path, "w") as fh:
+        for p, comps in zip(texts, results):
+            fh.write(json.dumps({"prompt": p, "responses": [{"text": c.text, "tokens": c.n_tokens} for c in comps]}) + "\n")
+    total = sum(c.n_tokens for comps in results for c in comps)
+    out.print(f"wrote {len(texts) * n} completions ({total} tokens) for {len(texts)} prompts to {out_path}")
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _fail(f"{path}:{n}: invalid JSON ({exc.msg}); expected an object with a 'prompt' field")
+            text = next((obj.get(k) for k in ("prompt", "instruction", "problem") if isinstance(obj, dict) and obj.get(k)), None)
+            if not isinstance(text, str):
+                _fail(f"{path}:{n}: no 'prompt', 'instruction' or 'problem' string field")
+            prompts.append(text)
+        else:
+            prompts.append(line)
+    if not prompts:
+        _fail(f"{path}: no prompts found")
+    return prompts
+
+
 @model_app.command("tiny")
 def model_tiny(
     out_dir: Path = typer.Argument(..., help="Directory to create."),

@@ -1,0 +1,107 @@
+"""Batched generation and completion log-probs."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from realign.generate import GenerationConfig, generate, prompt_tokens
+from realign.logprobs import collate, encode, reference_logps, sequence_logps
+from realign.models import load_model
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+def test_n_samples_per_prompt_with_token_counts(lm):
+    prompts = ["Reverse: 123", "Copy: 45", "hi"]
+    out = generate(lm.model, lm.tokenizer, prompts, GenerationConfig(n=4, batch_size=5, max_tokens=6, temperature=1.0))
+    assert [len(x) for x in out] == [4, 4, 4]
+    for i, samples in enumerate(out):
+        assert [c.sample_index for c in samples] == [0, 1, 2, 3] and all(c.prompt_index == i for c in samples)
+        for c in samples:
+            assert 0 < c.n_tokens <= 6 or (c.n_tokens == 0 and c.finished)
+            assert lm.tokenizer.decode(c.tokens) == c.text
+
+
+def test_seeded_sampling_is_reproducible_and_greedy_is_deterministic(lm):
+    cfg = GenerationConfig(n=3, max_tokens=8, temperature=1.0, seed=7)
+    a = generate(lm.model, lm.tokenizer, ["Reverse: 9876"], cfg)
+    b = generate(lm.model, lm.tokenizer, ["Reverse: 9876"], cfg)
+    c = generate(lm.model, lm.tokenizer, ["Reverse: 9876"], cfg.model_copy(update={"seed": 8}))
+    assert [s.tokens for s in a[0]] == [s.tokens for s in b[0]]
+    assert [s.tokens for s in a[0]] != [s.tokens for s in c[0]]
+    g = generate(lm.model, lm.tokenizer, ["Reverse: 9876"], GenerationConfig(n=3, temperature=0.0, max_tokens=8))
+    assert len({tuple(s.tokens) for s in g[0]}) == 1
+
+
+def test_chat_template_is_applied(lm):
+    ids = prompt_tokens(lm.tokenizer, "Copy: 1")
+    assert lm.tokenizer.decode(ids) == "<|im_start|>user\nCopy: 1<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt_tokens(lm.tokenizer, "Copy: 1", chat=False) == list(lm.tokenizer.encode("Copy: 1"))
+
+
+def test_mask_covers_completion_and_stop_token_only(lm):
+    e = encode(lm.tokenizer, "Copy: 12", "12")
+    assert e.n_completion == 3  # "1", "2", <|im_end|>
+    b = collate([e], pad_id=0)
+    mask = np.array(b.mask)[0]
+    assert mask.sum() == 3 and mask[e.n_prompt - 1 : e.n_prompt + 2].tolist() == [1, 1, 1]
+    assert b.tokens.shape[1] % 16 == 0
+
+
+def test_sequence_logps_equal_a_manual_sum_and_ignore_padding(lm):
+    short = encode(lm.tokenizer, "Copy: 12", "12")
+    long = encode(lm.tokenizer, "Reverse: 123456", "654321 and more words here")
+    alone, n_alone = sequence_logps(lm.model, collate([short]))
+    both, n_both = sequence_logps(lm.model, collate([short, long]))
+    assert n_alone.tolist() == [3.0] and n_both.tolist() == [3.0, float(long.n_completion)]
+    assert both[0].item() == pytest.approx(alone[0].item(), abs=1e-4)
+    # manual: log softmax of the logits at each completion position, picked at the next token
+    logits = np.array(lm.model(mx.array([short.ids]))[0], dtype=np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    manual = sum(logits[t, short.ids[t + 1]] - logz[t] for t in range(short.n_prompt - 1, len(short.ids) - 1))
+    assert alone[0].item() == pytest.approx(manual, abs=1e-3)
+
+
+def test_reference_cache_matches_direct_computation(lm):
+    pairs = [{"prompt": "Reverse: 12", "chosen": "21", "rejected": "12"},
+             {"prompt": "Copy: 345", "chosen": "345", "rejected": "543 oops"}]
+    ref = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=1)
+    direct, counts = sequence_logps(lm.model, collate([encode(lm.tokenizer, p["prompt"], p["rejected"]) for p in pairs]))
+    assert ref["rejected_logps"] == pytest.approx(np.array(direct), abs=1e-4)
+    assert ref["rejected_tokens"].tolist() == np.array(counts).tolist()
+    assert np.all(np.isfinite(ref["chosen_logps"])) and np.all(ref["chosen_logps"] < 0)
+
+
+def test_ifd_from_model_losses(lm):
+    from realign.logprobs import mean_completion_loss
+    from realign.metrics import ifd_score
+
+    given = mean_completion_loss(lm.model, lm.tokenizer, ["Reverse: 12345"], ["54321"])
+    alone = mean_completion_loss(lm.model, lm.tokenizer, [None], ["54321"])
+    assert given[0] > 0 and alone[0] > 0
+    # both are mean per-token cross-entropies (nats): the ratio is the IFD score
+    assert ifd_score(given[0], alone[0]) == pytest.approx(given[0] / alone[0])
+    seq, n = sequence_logps(lm.model, collate([encode(lm.tokenizer, "Reverse: 12345", "54321")]))
+    assert given[0] == pytest.approx(-seq[0].item() / n[0].item(), rel=1e-5)
+
+
+def test_generate_cli(tiny_model_dir, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Reverse: 123"}\n\n{"instruction": "Copy: 9"}\n')
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+                   "--n", "3", "--max-tokens", "4", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Reverse: 123", "Copy: 9"]
+    assert all(len(r["responses"]) == 3 and all(0 <= x["tokens"] <= 4 for x in r["responses"]) for r in rows)
+    prompts.write_text('{"text": "no prompt field"}\n')
+    bad = run_cli("generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "x.jsonl"))
+    assert bad.returncode == 2 and f"{prompts}:1: no 'prompt'" in bad.stderr

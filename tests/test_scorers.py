@@ -1,0 +1,71 @@
+"""Scorers: verifier, judge (robust parsing, unparseable reported), reward model (Bradley-Terry)."""
+
+import math
+
+import pytest
+
+from realign.models import load_model
+from realign.scorers import JudgeScorer, RewardModel, Verifier, last_number, parse_rating
+
+
+def test_verifier_modes():
+    v = Verifier({"Reverse: 123": "321"})
+    assert v.score(["Reverse: 123", "Reverse: 123"], [" 321\n", "123"]) == [1.0, 0.0]
+    n = Verifier(lambda p: "42", mode="numeric")
+    assert n.score(["q", "q", "q"], ["The answer is 42.", "41 or 42.0", "forty-two"]) == [1.0, 1.0, 0.0]
+    c = Verifier(lambda p: "abc", check=lambda got, want: want in got.lower())
+    assert c.score(["q"], ["it is ABC!"]) == [1.0]
+    with pytest.raises(KeyError, match="no known answer"):
+        v.score(["Copy: 1"], ["1"])
+    assert last_number("1,234.5 then -7") == -7.0 and last_number("none") is None
+
+
+@pytest.mark.parametrize("reply,value", [
+    ("8", 0.8), ("Rating: 7/10", 0.7), ("I'd give it 9.5.", 0.95), ("3/5 overall", 0.6), (" 0", 0.0),
+    ("ten", None), ("12", None), ("", None), ("11/10", None),
+])
+def test_parse_rating(reply, value):
+    got = parse_rating(reply)
+    assert (got is None and value is None) or got == pytest.approx(value)
+
+
+def test_judge_reports_unparseable_replies(tiny_model_dir, monkeypatch):
+    import realign.generate as gen
+    from realign.generate import Completion
+
+    replies = iter(["9", "seven", "Rating: 4/10"])
+
+    def fake_generate(model, tokenizer, prompts, config=None, on_progress=None):
+        assert config.temperature == 0.0 and "Question: q1" in prompts[0]
+        return [[Completion(i, 0, next(replies), [], True)] for i in range(len(prompts))]
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    judge = JudgeScorer(model=None, tokenizer=None)
+    scores = judge.score(["q1", "q2", "q3"], ["a", "b", "c"])
+    assert scores[0] == 0.9 and math.isnan(scores[1]) and scores[2] == 0.4
+    assert judge.unparsed == [(1, "seven")]
+
+
+def test_judge_on_a_real_untrained_model_says_it_could_not_parse(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    judge = JudgeScorer(lm.model, lm.tokenizer, max_tokens=4)
+    scores = judge.score(["Reverse: 12"], ["21"])
+    # a random model rarely emits a rating; whatever it emits is either parsed or reported, never guessed
+    assert (math.isnan(scores[0]) and len(judge.unparsed) == 1) or (0 <= scores[0] <= 1 and judge.unparsed == [])
+
+
+def test_reward_model_learns_a_separable_preference(tiny_model_dir, tmp_path):
+    lm = load_model(tiny_model_dir)
+    words = ["apple", "river", "stone", "cloud", "green", "table", "music", "light", "paper", "ocean"]
+    pairs = [{"prompt": f"Say something about {w}", "chosen": f"good {w} yes", "rejected": f"bad {w} no"} for w in words * 3]
+    rm = RewardModel(lm.model, lm.tokenizer)
+    fit = rm.fit(pairs, val_fraction=0.3, steps=200)
+    assert fit.n_val == 9 and fit.n_train == 21
+    assert fit.train_accuracy == 1.0 and fit.val_accuracy >= 0.9
+    assert fit.losses[-1] < fit.losses[0] and fit.losses[0] == pytest.approx(math.log(2), abs=1e-6)  # w = 0 at start
+    s = rm.score(["Say something about tree"] * 2, ["good tree yes", "bad tree no"])
+    assert 0 <= s[1] < s[0] <= 1
+    again = RewardModel(lm.model, lm.tokenizer).load(rm.save(tmp_path / "head.json"))
+    assert again.score(["x"], ["good x yes"]) == pytest.approx(rm.score(["x"], ["good x yes"]))
+    with pytest.raises(RuntimeError, match="no head yet"):
+        RewardModel(lm.model, lm.tokenizer).reward(["x"], ["y"])
