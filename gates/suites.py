@@ -183,7 +183,7 @@ def dpo_optimization_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
         _one_row("optimization"),
         metric_check("kl", maximum=th.optimization.max_kl, remedy=REMEDY["kl"]),
         metric_check("reward_accuracy", minimum=th.reward_model.min_accuracy, remedy=REMEDY["reward_accuracy"]),
-        metric_check("reward_margin", minimum=0.0, strict_min=True, remedy=REMEDY["margin"]),
+        metric_check("reward_margin", minimum=th.optimization.min_reward_margin, strict_min=True, remedy=REMEDY["margin"]),
     ])
 
 

@@ -233,17 +233,67 @@ def _load_weights(path: Path) -> dict:
     return mx.load(str(path / "model.safetensors"))
 
 
-@app.command()
-def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its model and data."),
+run_app = typer.Typer(no_args_is_help=True, help="Run a workflow.")
+app.add_typer(run_app, name="run")
+
+
+def default_recipe() -> Path:
+    """deployments/dpo-demo.yaml of this checkout."""
+    return Path(__file__).resolve().parents[1] / "deployments" / "dpo-demo.yaml"
+
+
+@run_app.command("dpo")
+def run_dpo(
+    config: Path = typer.Option(None, "--config", help="Recipe YAML (default: deployments/dpo-demo.yaml, the embedded demo)."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (same name: resume and reuse cached stages)."),
+    runs_root: Optional[str] = typer.Option(None, "--runs-root", help="Where run directories go (default from the recipe: runs/)."),
 ) -> None:
-    """Run the default end-to-end demo on embedded data (no downloads)."""
-    from realign.demo import run_demo
+    """Run the seven-stage DPO workflow locally (Prefect ephemeral mode; no server needed)."""
+    _run_workflow(config or default_recipe(), run_name, runs_root)
+
+
+@app.command()
+def demo(run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/.")) -> None:
+    """The default demo: the DPO workflow on the tiny model and the embedded tasks (what `make demo` runs)."""
+    _run_workflow(default_recipe(), run_name, None)
+
+
+def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> None:
+    from realign.recipes import load_recipe
 
     try:
-        run_demo(workdir, console=out)
-    except Exception as exc:  # the demo is a user-facing entry point: say what failed, not a traceback
-        _fail(f"demo failed: {type(exc).__name__}: {exc}", code=1)
+        cfg = load_recipe(recipe)
+    except ValueError as exc:
+        _fail(str(exc))
+    updates = {k: v for k, v in (("run_name", run_name), ("runs_root", runs_root)) if v}
+    cfg = cfg.model_copy(update=updates)
+    from flows.dpo import dpo
+
+    state = dpo(cfg, return_state=True)
+    if not state.is_completed():
+        err.print(f"[bold red]run failed:[/] {state.message}", markup=True, highlight=False)
+        err.print("The gate report (gate_<stage>.json) is next to the failed stage's outputs; fix the cause and run again "
+                  "with the same --run-name to reuse the stages that passed.")
+        raise typer.Exit(1)
+    print_summary(state.result())
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['workflow']} run: {summary['tier']}", show_header=False)
+    for key in ("data_type", "workflow", "tier", "examples_processed", "pairs", "rounds", "machine", "generation_batch_size",
+                "dpo_batch_size", "wall_time_s", "throughput_examples_per_s", "cost_per_example"):
+        value = summary.get(key)
+        if key == "cost_per_example" and value is None:
+            value = summary.get("cost_note")
+        table.add_row(key, str(value))
+    for key, value in summary.get("results", {}).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key in ("run_dir", "final_model", "summary_path"):
+        table.add_row(key, str(summary.get(key)))
+    for p in summary.get("plots", []):
+        table.add_row("plot", p)
+    out.print(table)
+    out.print(summary.get("verdict", ""), markup=False)
 
 
 def main() -> None:  # console-script entry point

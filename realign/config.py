@@ -115,6 +115,7 @@ class OptimizationThresholds(_Strict):
     max_kl: float = Field(0.1, gt=0.0, description="Maximum mean per-token KL(policy || reference).")
     min_entropy: float = Field(0.5, ge=0.0, description="Minimum mean per-token policy entropy (nats); below is entropy collapse.")
     max_entropy: float = Field(2.0, gt=0.0, description="Maximum mean per-token policy entropy (nats).")
+    min_reward_margin: float = Field(0.0, ge=-1000, le=1000, description="Held-out implicit reward margin (chosen - rejected) must be strictly above this: the preference was learned.")
 
     @model_validator(mode="after")
     def _range(self) -> "OptimizationThresholds":

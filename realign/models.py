@@ -92,3 +92,45 @@ def load_model(path_or_repo: str | os.PathLike, *, adapter_path: str | None = No
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ModelLoadError(f"{path}: could not load the model with mlx-lm: {exc}") from exc
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, config=config)
+
+
+def fuse_adapters(model) -> None:
+    """Fold LoRA adapters into their base linear layers, in place (no-op without adapters)."""
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.lora import LoRALinear
+
+    fused = [(name, m.fuse()) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+
+
+def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write `model` as a model directory (adapters fused) with `source_dir`'s config and tokenizer files.
+
+    Written to a temporary sibling and renamed into place, so a crash leaves no half model.
+    Returns out_dir. Adapters in `model` are fused in place.
+    """
+    import shutil
+    import tempfile
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    src, out = Path(source_dir), Path(out_dir)
+    fuse_adapters(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in src.iterdir():
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+                shutil.copy2(f, tmp / f.name)
+        weights = dict(tree_flatten(model.parameters()))
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -39,15 +39,3 @@ def test_packaging_pins_and_console_script():
 def test_prefect_yaml_parses():
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     assert doc["name"] == "realign" and isinstance(doc["deployments"], list)
-
-
-def test_demo_runs_end_to_end(tmp_path):
-    from rich.console import Console
-
-    from realign.demo import run_demo
-
-    result = run_demo(tmp_path, console=Console(file=open(tmp_path / "log.txt", "w")))
-    assert (result["valid"], result["rejected"]) == (198, 2)
-    assert result["tokens"] > 0
-    assert len((tmp_path / "pairs.clean.jsonl").read_text().splitlines()) == 198
-    assert len((tmp_path / "pairs.rejects.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,107 @@
+"""The data a workflow run uses: SFT examples, prompts with known answers, held-out evaluation sets.
+
+Either the embedded digit tasks (realign.demo.tasks) or user files named in the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from realign.formats import DataFormatError, read_rows
+from realign.recipes import DataConfig
+
+
+@dataclass
+class EvalItems:
+    """A verifiable held-out set. role: 'target' (the aligned skill) or 'benchmark' (a capability to keep)."""
+
+    name: str
+    role: str
+    prompts: list[str]
+    answers: list[str]
+
+
+@dataclass
+class DataBundle:
+    sft: list[tuple[str, str]]            # (prompt, completion)
+    prompts: list[str]                    # for preference data
+    answers: dict[str, str]               # prompt -> known answer (for the verifier)
+    eval_sets: list[EvalItems] = field(default_factory=list)
+    heldout_text: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion) for perplexity
+    dev: EvalItems | None = None  # target-skill items for round-to-round decisions (kept apart from the final evaluation)
+
+    @property
+    def target(self) -> EvalItems:
+        return next(e for e in self.eval_sets if e.role == "target")
+
+    @property
+    def benchmarks(self) -> list[EvalItems]:
+        return [e for e in self.eval_sets if e.role == "benchmark"]
+
+
+def _read_qa(path: str) -> tuple[list[str], list[str]]:
+    prompts, answers = [], []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(path, n, [f"invalid JSON: {exc.msg} (expected an object with prompt and answer)"]) from exc
+            missing = [k for k in ("prompt", "answer") if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()]
+            if missing:
+                raise DataFormatError(path, n, [f"missing or empty field {', '.join(repr(m) for m in missing)} (expected non-empty strings prompt and answer)"])
+            prompts.append(obj["prompt"])
+            answers.append(obj["answer"])
+    if not prompts:
+        raise DataFormatError(path, 0, ["no rows (expected JSONL with prompt and answer)"])
+    return prompts, answers
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Build the bundle. Embedded splits are disjoint: SFT, preference prompts and evaluation items never share a digit string."""
+    if cfg.source == "files":
+        prompts, answers = _read_qa(cfg.prompts)  # type: ignore[arg-type]
+        sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
+        evals = []
+        for e in cfg.eval_sets:
+            p, a = _read_qa(e.path)
+            evals.append(EvalItems(e.name, e.role, p, a))
+        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.answers)]
+        # No separate dev set in user files: round decisions use the target set (the report says so).
+        return DataBundle(sft, prompts, dict(zip(prompts, answers)), evals, held, None)
+
+    from realign.demo.tasks import digit_strings, example
+
+    # One pool of distinct strings per task, cut into disjoint slices.
+    n_t = cfg.n_sft_target + cfg.n_prompts + cfg.n_eval + cfg.n_dev
+    n_b = cfg.n_sft_benchmark + cfg.n_eval
+    rev = [example("reverse", s) for s in digit_strings(n_t, seed=cfg.seed)]
+    cop = [example("copy", s) for s in digit_strings(n_b, seed=cfg.seed + 1)]
+    a, b = cfg.n_sft_target, cfg.n_sft_target + cfg.n_prompts
+    sft_rev, pref, dev_rev = rev[:a], rev[a:b], rev[b : b + cfg.n_dev]
+    eval_rev = rev[b + cfg.n_dev :]
+    sft_cop, eval_cop = cop[: cfg.n_sft_benchmark], cop[-cfg.n_eval :]
+    sft = [(e.prompt, e.answer) for e in sft_rev + sft_cop]
+    import random
+
+    random.Random(cfg.seed).shuffle(sft)  # interleave skills so every batch sees both
+    evals = [
+        EvalItems("reverse", "target", [e.prompt for e in eval_rev], [e.answer for e in eval_rev]),
+        EvalItems("copy", "benchmark", [e.prompt for e in eval_cop], [e.answer for e in eval_cop]),
+    ]
+    held = [(e.prompt, e.answer) for e in eval_rev + eval_cop]
+    dev = EvalItems("reverse_dev", "target", [e.prompt for e in dev_rev], [e.answer for e in dev_rev])
+    return DataBundle(sft, [e.prompt for e in pref], {e.prompt: e.answer for e in pref}, evals, held, dev)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    from realign.formats import atomic_path
+
+    with atomic_path(path, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,67 @@
+"""PNG plots of a run: training curves per step and before/after bars."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: pd.DataFrame, path: str | Path, title: str = "DPO training") -> Path:
+    """loss, rewards/margins, KL and rewards/accuracies per step (rounds concatenated)."""
+    plt = _plt()
+    h = history.reset_index(drop=True)
+    x = range(1, len(h) + 1)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (col, label) in zip(axes.flat, [("loss", "loss"), ("rewards/margins", "reward margin"),
+                                            ("kl", "KL(policy || reference), nats/token"), ("rewards/accuracies", "reward accuracy")]):
+        if col in h:
+            series = h[col]
+            ax.plot([i for i, v in zip(x, series) if v == v], [v for v in series if v == v], marker=".", linewidth=1)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if "round" in h and h["round"].nunique() > 1:
+        for boundary in h.index[h["round"].diff().fillna(0) != 0]:
+            for ax in axes.flat:
+                ax.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def before_after(values: Mapping[str, Mapping[str, float]], path: str | Path, title: str = "before / after") -> Path:
+    """Grouped bars: values[metric][variant] (variants e.g. baseline, dpo, control)."""
+    plt = _plt()
+    metrics = list(values)
+    variants = list(dict.fromkeys(v for m in metrics for v in values[m]))
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(metrics) + 2), 4.5))
+    width = 0.8 / max(1, len(variants))
+    for j, var in enumerate(variants):
+        ys = [values[m].get(var, float("nan")) for m in metrics]
+        bars = ax.bar([i + j * width for i in range(len(metrics))], ys, width, label=var)
+        for b, y in zip(bars, ys):
+            if y == y:
+                ax.annotate(f"{y:.2f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,43 @@
+"""Stage 4: preference modeling. Is the preference signal learnable? A reward model's held-out accuracy says."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from realign.models import load_model
+from realign.recipes import RewardModelStageConfig
+from realign.scorers import RewardModel
+from tasks.common import STAGE_CACHE, stage_dir, write_json
+
+
+class RewardModelResult(BaseModel):
+    head_path: str
+    accuracy: float           # held-out
+    train_accuracy: float
+    train_val_gap: float
+    n_train: int
+    n_val: int
+    seconds: float
+
+
+@task(name="4-preference-modeling", cache_policy=STAGE_CACHE, persist_result=True)
+def model_preferences(cfg: RewardModelStageConfig, model_dir: str, pairs_path: str, run_dir: str, seed: int = 0,
+                      round: int = 1) -> RewardModelResult:
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = stage_dir(run_dir, 4, f"_round{round}" if round > 1 else "")
+    pairs = pd.read_parquet(pairs_path).to_dict("records")
+    lm = load_model(model_dir)
+    rm = RewardModel(lm.model, lm.tokenizer, pooling=cfg.pooling)
+    fit = rm.fit(pairs, val_fraction=cfg.val_fraction, steps=cfg.steps, learning_rate=cfg.learning_rate, seed=seed)
+    head = rm.save(out / "reward_head.json")
+    metrics = {"accuracy": fit.val_accuracy, "train_accuracy": fit.train_accuracy, "train_val_gap": fit.train_val_gap,
+               "n_train": fit.n_train, "n_val": fit.n_val, "final_loss": fit.losses[-1] if fit.losses else None}
+    write_json(out / "reward_model.json", metrics)
+    log.info(f"reward model: held-out accuracy {fit.val_accuracy:.3f} on {fit.n_val} pairs (train {fit.train_accuracy:.3f})")
+    return RewardModelResult(head_path=str(head), accuracy=fit.val_accuracy, train_accuracy=fit.train_accuracy,
+                             train_val_gap=fit.train_val_gap, n_train=fit.n_train, n_val=fit.n_val, seconds=time.perf_counter() - t0)

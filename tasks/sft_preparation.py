@@ -1,0 +1,66 @@
+"""Stage 1: SFT preparation. The stage-1 model (base, or base + SFT) and its baseline metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from realign.datasets import load_data
+from realign.evaluation import accuracy, perplexity
+from realign.models import load_model, save_model
+from realign.recipes import DataConfig, ModelSpec, SFTStageConfig
+from realign.tiny import build_tiny_model
+from realign.train import prepare_model, sft_batches, sft_loss, train
+from tasks.common import STAGE_CACHE, stage_dir, write_json
+
+
+class SFTPrepResult(BaseModel):
+    """model_dir: the stage-1 model (the reference of later stages); baseline: metric -> value."""
+
+    model_dir: str
+    baseline: dict[str, float]
+    sft_steps: int
+    sft_examples: int
+    seconds: float
+
+
+@task(name="1-sft-preparation", cache_policy=STAGE_CACHE, persist_result=True)
+def prepare_sft(model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12) -> SFTPrepResult:
+    import time
+
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = stage_dir(run_dir, 1)
+    if model.path == "tiny":
+        base = build_tiny_model(out / "base_model", model.tiny, force=True)
+        log.info(f"built tiny model {base} ({model.tiny.hidden} hidden, {model.tiny.layers} layers)")
+    else:
+        base = model.path
+    lm = load_model(base)
+    bundle = load_data(data)
+    steps = 0
+    if sft.enabled and bundle.sft:
+        cfg = sft.train
+        prepare_model(lm.model, cfg)
+        log.info(f"SFT: {len(bundle.sft)} examples, {cfg.steps} steps, batch {cfg.batch_size}")
+
+        def progress(row):
+            if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
+                log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
+
+        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, bundle.sft, cfg), cfg, out_dir=out / "sft", callback=progress)
+        steps = result.steps_done
+    model_dir = save_model(lm.model, lm.path, out / "model")
+
+    baseline: dict[str, float] = {}
+    for ev in bundle.eval_sets:
+        acc = accuracy(lm.model, lm.tokenizer, ev.prompts, ev.answers, max_tokens=eval_max_tokens)
+        baseline[f"{ev.name}_accuracy"] = acc.accuracy
+        baseline[f"{ev.name}_score"] = acc.mean_score
+    baseline["perplexity"] = perplexity(lm.model, lm.tokenizer, bundle.heldout_text)
+    write_json(out / "baseline_metrics.json", baseline)
+    log.info("baseline: " + ", ".join(f"{k}={v:.4g}" for k, v in baseline.items()))
+    return SFTPrepResult(model_dir=str(model_dir), baseline=baseline, sft_steps=steps, sft_examples=len(bundle.sft),
+                         seconds=time.perf_counter() - t0)

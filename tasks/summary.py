@@ -1,0 +1,36 @@
+"""The run summary: what was made, how good, on what machine, at what cost; summary.json + a UI artifact."""
+
+from __future__ import annotations
+
+import platform
+import socket
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+
+from tasks.common import write_json
+
+
+def machine_description() -> str:
+    return f"{socket.gethostname()} ({platform.system()} {platform.machine()}, {platform.processor() or 'cpu'})"
+
+
+@task(name="summary", cache_policy=NO_CACHE)
+def write_summary(run_dir: str, summary: dict) -> dict:
+    """Write RUN_DIR/summary.json and, inside a flow run, a markdown artifact `run-summary`."""
+    path = write_json(Path(run_dir) / "summary.json", summary)
+    if FlowRunContext.get() is not None:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+        nums = summary.get("results", {})
+        res = "\n".join(f"| {k} | {v} |" for k, v in nums.items())
+        create_markdown_artifact(
+            key="run-summary",
+            markdown=f"# {summary['workflow']} run `{Path(run_dir).name}`: **{summary['tier']}**\n\n{summary.get('verdict', '')}\n\n"
+                     f"| field | value |\n|---|---|\n{rows}\n\n## results\n\n| metric | value |\n|---|---|\n{res}\n\n"
+                     f"Plots: " + ", ".join(f"`{p}`" for p in summary.get("plots", [])),
+            description=f"{summary['workflow']} summary",
+        )
+    return {**summary, "summary_path": str(path)}

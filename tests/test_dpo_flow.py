@@ -1,0 +1,110 @@
+"""The DPO workflow under prefect_test_harness: all seven stages, outputs, and cached stages on a rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import run_cli
+from flows.dpo import dpo
+from gates.gate import GateFailed
+from realign.recipes import DPOWorkflowConfig
+
+# Small and fast; thresholds relaxed so the test exercises the plumbing, not the tiny model's luck.
+# (The real thresholds are exercised by the gate tests and by `make demo`.)
+SMALL = {
+    "data": {"n_prompts": 120, "n_sft_target": 600, "n_sft_benchmark": 1200, "n_eval": 40, "n_dev": 20},
+    "sft": {"train": {"steps": 250, "batch_size": 32, "learning_rate": 3e-4, "warmup_steps": 5, "lora": None, "metrics_every": 50}},
+    "pairs": {"generation": {"n": 3, "batch_size": 64, "max_tokens": 10}},
+    "reward_model": {"steps": 50},
+    "dpo": {"train": {"steps": 6, "batch_size": 8, "learning_rate": 5e-5, "checkpoint_every": 3, "metrics_every": 3}},
+    "iterations": {"max_rounds": 2, "epsilon": -1.0},
+    "thresholds": {
+        "preference": {"min_pairs": 10, "min_preference_gap": 0.15},
+        "sft": {"max_perplexity": 1000},
+        "tiers": {"agreement_rate": {"direction": "higher", "high": 0.0, "medium": 0.0}},
+        "reward_model": {"min_accuracy": 0.0},
+        "optimization": {"max_kl": 100.0, "min_reward_margin": -100.0},
+        "evaluation": {"min_capability_retention": 0.0},
+    },
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def config(tmp_path: Path, name: str, **overrides) -> DPOWorkflowConfig:
+    data = json.loads(json.dumps(SMALL))
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return DPOWorkflowConfig.model_validate({**data, "run_name": name, "runs_root": str(tmp_path)})
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+@pytest.mark.slow
+def test_all_seven_stages_run_and_write_their_outputs(tmp_path):
+    state = dpo(config(tmp_path, "full"), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    run = tmp_path / "full"
+    for d in ("01_sft_preparation", "02_preference_data", "03_model_initialization", "04_preference_modeling",
+              "05_dpo_optimization", "06_iterative_training", "07_evaluation"):
+        assert (run / d).is_dir(), d
+        assert list((run / d).glob("gate_*.json")), f"no gate report in {d}"
+    assert summary["rounds"] == 2 and (run / "02_preference_data_round2" / "pairs.parquet").exists()
+    assert summary["gate_tiers"]["1-sft-preparation"] in ("HIGH", "MEDIUM")
+    assert set(summary["gate_tiers"]) >= {"1-sft-preparation", "2-preference-data", "2-preference-data-round2",
+                                         "5-dpo-optimization-round2", "6-iterative-training", "7-evaluation"}
+    for key in ("data_type", "workflow", "tier", "examples_processed", "machine", "generation_batch_size", "wall_time_s",
+                "throughput_examples_per_s", "cost_per_example", "run_dir", "final_model"):
+        assert key in summary, key
+    assert summary["cost_per_example"] is None and "not configured" in summary["cost_note"]
+    assert summary["examples_processed"] == 2 * 120 * 3
+    results = summary["results"]
+    for key in ("before/reverse_accuracy", "after/reverse_accuracy", "control/reverse_accuracy", "capability_retention", "kl",
+                "decontamination", "win_rate"):
+        assert key in results, key
+    assert json.loads((run / "summary.json").read_text())["tier"] == summary["tier"]
+    for png in ("training_curves.png", "before_after.png"):
+        assert (run / "07_evaluation" / png).stat().st_size > 1000
+    assert (run / "07_evaluation" / "final_model" / "model.safetensors").exists()
+    assert (run / "01_sft_preparation" / "baseline_metrics.json").exists()
+    # the outputs are data files realign (and TRL / mlx-lm) read
+    assert run_cli("validate", str(run / "02_preference_data" / "train.jsonl"), "--format", "dpo").returncode == 0
+    assert run_cli("validate", str(run / "02_preference_data" / "completions.jsonl"), "--format", "grpo").returncode == 0
+    import mlx_lm
+
+    mlx_lm.load(str(run / "07_evaluation" / "final_model"))
+
+
+@pytest.mark.slow
+def test_a_rejected_stage_5_is_rerun_with_stages_1_to_4_cached(tmp_path):
+    strict = config(tmp_path, "retry", iterations={"max_rounds": 1},
+                    thresholds={**SMALL["thresholds"], "optimization": {"max_kl": 1e-9, "min_reward_margin": -100.0}})
+    failed = dpo(strict, return_state=True)
+    assert failed.is_failed()
+    with pytest.raises(GateFailed, match="Gate 5-dpo-optimization: REJECT"):
+        failed.result()
+    first = task_states(failed.state_details.flow_run_id)
+    assert first["gate-5-dpo-optimization"] == "Failed"
+
+    fixed = config(tmp_path, "retry", iterations={"max_rounds": 1})
+    again = dpo(fixed, return_state=True)
+    assert again.is_completed(), again.message
+    states = task_states(again.state_details.flow_run_id)
+    for stage in ("1-sft-preparation", "2-preference-data", "3-model-initialization", "4-preference-modeling"):
+        assert [s for n, s in states.items() if n.startswith(stage)] == ["Cached"], (stage, states)
+    assert any(n.startswith("7-evaluation") and s == "Completed" for n, s in states.items())

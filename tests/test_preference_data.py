@@ -1,0 +1,69 @@
+"""Best-vs-worst pair building: gap filter, agreement, dedupe, decontamination, counts."""
+
+import math
+
+import pytest
+
+from realign.evaluation import positional_match, win_rate
+from realign.preference_data import build_pairs
+
+
+def test_best_vs_worst_with_counts():
+    prompts = ["Reverse: 123", "Reverse: 456", "Reverse: 789", "Reverse: 111"]
+    comps = [["321", "123", "311"], ["654", "655", "654"], ["987", "987", "987"], ["x", "111", "11"]]
+    graded = [[positional_match(c, a) for c in cs] for cs, a in zip(comps, ["321", "654", "987", "111"])]
+    exact = [[float(c == a) for c in cs] for cs, a in zip(comps, ["321", "654", "987", "111"])]
+    pairs, stats = build_pairs(prompts, comps, graded, exact, min_gap=0.15)
+    # prompt 1: best 654 (1.0) vs worst 655 (2/3): gap 1/3; prompt 2: all equal -> no gap; prompt 3: 111 vs x
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("321", "123"), ("654", "655"), ("111", "x")]
+    assert pairs[1]["gap"] == pytest.approx(1 / 3)
+    assert stats.no_gap == 1 and stats.pairs == 3 and stats.candidates == 12
+    assert stats.preference_gap == pytest.approx((2 / 3 + 1 / 3 + 1.0) / 3)
+    assert stats.agreement_rate == 1.0
+
+
+def test_agreement_counts_ties_of_the_second_judgement_as_disagreement():
+    pairs, stats = build_pairs(["q1", "q2"], [["ab", "zz"], ["ax", "zz"]], [[1.0, 0.0], [0.5, 0.0]],
+                               [[1.0, 0.0], [0.0, 0.0]], min_gap=0.15)
+    assert stats.pairs == 2 and stats.agreement_rate == 0.5
+
+
+def test_unscored_candidates_are_excluded_and_counted():
+    pairs, stats = build_pairs(["q"], [["a", "b", "c"]], [[float("nan"), 0.9, 0.1]], None, min_gap=0.15)
+    assert stats.unscored == 1 and pairs[0]["chosen"] == "b" and math.isnan(stats.agreement_rate)
+
+
+def test_decontamination_drops_pairs_overlapping_eval_items():
+    prompts = ["Reverse: 12345", "Reverse: 999"]
+    pairs, stats = build_pairs(prompts, [["54321", "1"], ["999", "1"]], [[1.0, 0.0], [1.0, 0.0]], None,
+                               min_gap=0.15, eval_texts=["Reverse: 12345", "Copy: 55"])
+    assert [p["prompt"] for p in pairs] == ["Reverse: 999"] and stats.contaminated == 1
+    assert stats.decontamination == 1.0
+
+
+def test_duplicates_and_identical_texts():
+    pairs, stats = build_pairs(["q", "q", "r"], [["a", "b"], ["a", "b"], ["c ", "c"]], [[1, 0], [1, 0], [1, 0]], None, min_gap=0.1)
+    assert stats.duplicates == 1 and stats.identical == 1 and stats.pairs == 1
+
+
+def test_graded_score_and_win_rate():
+    assert positional_match("54321", "54321") == 1.0
+    assert positional_match("54311", "54321") == 0.8
+    assert positional_match("543", "54321") == 0.6
+    assert positional_match("", "12") == 0.0
+    assert win_rate([1.0, 0.5, 0.2], [0.5, 0.5, 0.9]) == pytest.approx((1 + 0.5) / 3)
+
+
+def test_blank_completions_are_excluded_and_counted():
+    pairs, stats = build_pairs(["q"], [["", "good", "bad"]], [[0.0, 1.0, 0.5]], None, min_gap=0.15)
+    assert stats.blank == 1 and pairs[0]["rejected"] == "bad"
+
+
+def test_edit_similarity():
+    from realign.evaluation import edit_similarity
+
+    assert edit_similarity("54321", "54321") == 1.0
+    assert edit_similarity("4321", "54321") == pytest.approx(0.8)  # one deletion; positional match gives 0.0
+    assert positional_match("4321", "54321") == 0.0
+    assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert edit_similarity("", "") == 1.0 and edit_similarity("", "ab") == 0.0
