@@ -13,7 +13,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from gates.gate import gate
+from gates.gate import GateFailed, gate
 from realign.recipes import DPOWorkflowConfig
 from tasks.common import stage_dir, stage_name
 from tasks.dpo_optimization import optimize_dpo
@@ -87,15 +87,16 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
         pair_results.append(s2)
         dpo_results.append(s5)
         # 6. Iterative training: measure, decide.
-        history.append(score_round(config.data, s5.model_dir, rnd, config.eval_max_tokens))
+        history.append(score_round(config.data, s5.model_dir, rnd, config.eval_max_tokens, s1.model_dir,
+                                   pair_results[0].pairs_path))
         decision = ("stop_kl_limit", s5.reason) if s5.stopped == "kl_limit" else decide(
-            history, baseline_dev.target_metric, config.iterations.epsilon, config.iterations.max_rounds)
+            history, baseline_dev.target_metric, config.iterations.epsilon, config.iterations.max_rounds, th.optimization.max_kl)
         decisions.append(decision)
         log.info(f"round {rnd}: {decision[0]} ({decision[1]})")
         model_dir = s5.model_dir
         if decision[0] != "continue":
             break
-    s6 = record_rounds(history, decisions, baseline_dev.target_metric, run_dir)
+    s6 = record_rounds(history, decisions, baseline_dev.target_metric, run_dir, s1.model_dir, th.optimization.max_kl)
     tiers[stage_name(6)] = gate(stage_name(6), {"iteration": pd.DataFrame(s6.rounds)}, th, out_dir=stage_dir(run_dir, 6),
                                 approve_medium=approve).tier
 
@@ -105,36 +106,45 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
                       sum(d.steps for d in dpo_results), run_dir, config.control, config.eval_max_tokens,
                       th.evaluation.decontamination_ngram)
     m = s7.metrics
-    tiers[stage_name(7)] = gate(stage_name(7), {"evaluation": one_row(capability_retention=m["capability_retention"],
-                                                                        decontamination=m["decontamination"], kl=m["kl"])},
-                                th, out_dir=stage_dir(run_dir, 7), approve_medium=approve).tier
 
-    wall = time.perf_counter() - t0
-    examples = sum(p.completions for p in pair_results)
-    pairs = sum(p.stats["pairs"] for p in pair_results)
-    cost = config.price_per_hour * wall / 3600 / examples if config.price_per_hour is not None and examples else None
-    order = {"HIGH": 0, "MEDIUM": 1, "REJECT": 2}
-    summary = {
-        "data_type": "DPO",
-        "workflow": "dpo",
-        "tier": max(tiers.values(), key=order.__getitem__),
-        "examples_processed": examples,
-        "pairs": pairs,
-        "rounds": len(history),
-        "machine": machine_description(),
-        "generation_batch_size": config.pairs.generation.batch_size,
-        "dpo_batch_size": config.dpo.train.batch_size,
-        "wall_time_s": round(wall, 1),
-        "throughput_examples_per_s": round(examples / wall, 3) if wall else None,
-        "cost_per_example": cost,
-        "cost_note": None if cost is not None else "price_per_hour not configured: cost not computed",
-        "verdict": s7.verdict,
-        "results": {**{f"before/{k}": v for k, v in s7.before.items()}, **{f"after/{k}": v for k, v in s7.after.items()},
-                    **({f"control/{k}": v for k, v in s7.control.items()} if s7.control else {}), **m},
-        "gate_tiers": tiers,
-        "run_dir": run_dir,
-        "final_model": s7.final_model_dir,
-        "train_jsonl": [p.train_jsonl for p in pair_results],
-        "plots": s7.plots,
-    }
-    return write_summary(run_dir, summary)
+    def summary(failure: str | None = None) -> dict:
+        wall = time.perf_counter() - t0
+        examples = sum(p.completions for p in pair_results)
+        cost = config.price_per_hour * wall / 3600 / examples if config.price_per_hour is not None and examples else None
+        order = {"HIGH": 0, "MEDIUM": 1, "REJECT": 2}
+        return {
+            "data_type": "DPO",
+            "workflow": "dpo",
+            "tier": max(tiers.values(), key=order.__getitem__),
+            "failure": failure,
+            "examples_processed": examples,
+            "pairs": sum(p.stats["pairs"] for p in pair_results),
+            "rounds": len(history),
+            "best_round": s6.best_round,
+            "machine": machine_description(),
+            "generation_batch_size": config.pairs.generation.batch_size,
+            "dpo_batch_size": config.dpo.train.batch_size,
+            "wall_time_s": round(wall, 1),
+            "throughput_examples_per_s": round(examples / wall, 3) if wall else None,
+            "cost_per_example": cost,
+            "cost_note": None if cost is not None else "price_per_hour not configured: cost not computed",
+            "verdict": s7.verdict,
+            "results": {**{f"before/{k}": v for k, v in s7.before.items()}, **{f"after/{k}": v for k, v in s7.after.items()},
+                        **({f"control/{k}": v for k, v in s7.control.items()} if s7.control else {}), **m},
+            "gate_tiers": tiers,
+            "run_dir": run_dir,
+            "final_model": s7.final_model_dir,
+            "train_jsonl": [p.train_jsonl for p in pair_results],
+            "plots": s7.plots,
+        }
+
+    try:
+        tiers[stage_name(7)] = gate(stage_name(7), {"evaluation": one_row(capability_retention=m["capability_retention"],
+                                                                            decontamination=m["decontamination"], kl=m["kl"])},
+                                    th, out_dir=stage_dir(run_dir, 7), approve_medium=approve).tier
+    except GateFailed as exc:
+        # The run fails, but what it measured is still reported: summary.json says what was made and why it was rejected.
+        tiers[stage_name(7)] = "REJECT"
+        write_summary(run_dir, summary(str(exc)))
+        raise
+    return write_summary(run_dir, summary())

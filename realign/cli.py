@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import realign  # noqa: F401  (preloads the fast BLAS before anything imports mlx)
@@ -265,15 +266,23 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
         cfg = load_recipe(recipe)
     except ValueError as exc:
         _fail(str(exc))
+    import time
+
     updates = {k: v for k, v in (("run_name", run_name), ("runs_root", runs_root)) if v}
     cfg = cfg.model_copy(update=updates)
+    if cfg.run_name is None:  # named here so the CLI knows where the run writes, even if it fails
+        cfg = cfg.model_copy(update={"run_name": time.strftime("dpo-%Y%m%d-%H%M%S")})
+    run_dir = Path(cfg.runs_root) / cfg.run_name
     from flows.dpo import dpo
 
     state = dpo(cfg, return_state=True)
     if not state.is_completed():
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            print_summary(json.loads(summary_path.read_text()))
         err.print(f"[bold red]run failed:[/] {state.message}", markup=True, highlight=False)
-        err.print("The gate report (gate_<stage>.json) is next to the failed stage's outputs; fix the cause and run again "
-                  "with the same --run-name to reuse the stages that passed.")
+        err.print(f"Gate reports (gate_<stage>.json) are next to each stage's outputs in {run_dir}; fix the cause and run "
+                  f"again with --run-name {cfg.run_name} to reuse the stages that passed.")
         raise typer.Exit(1)
     print_summary(state.result())
 
@@ -287,9 +296,10 @@ def print_summary(summary: dict) -> None:
             value = summary.get("cost_note")
         table.add_row(key, str(value))
     for key, value in summary.get("results", {}).items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    for key in ("run_dir", "final_model", "summary_path"):
-        table.add_row(key, str(summary.get(key)))
+        table.add_row(key, "not computed" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key in ("failure", "run_dir", "final_model", "summary_path"):
+        if summary.get(key) is not None:
+            table.add_row(key, escape(str(summary[key])))
     for p in summary.get("plots", []):
         table.add_row("plot", p)
     out.print(table)

@@ -78,13 +78,15 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
     # One pool of distinct strings per task, cut into disjoint slices.
     n_t = cfg.n_sft_target + cfg.n_prompts + cfg.n_eval + cfg.n_dev
-    n_b = cfg.n_sft_benchmark + cfg.n_eval
+    n_b = cfg.n_sft_benchmark + cfg.n_eval  # + n_prompts_benchmark, drawn below
     rev = [example("reverse", s) for s in digit_strings(n_t, seed=cfg.seed)]
-    cop = [example("copy", s) for s in digit_strings(n_b, seed=cfg.seed + 1)]
+    cop = [example("copy", s) for s in digit_strings(n_b + cfg.n_prompts_benchmark, seed=cfg.seed + 1)]
     a, b = cfg.n_sft_target, cfg.n_sft_target + cfg.n_prompts
     sft_rev, pref, dev_rev = rev[:a], rev[a:b], rev[b : b + cfg.n_dev]
     eval_rev = rev[b + cfg.n_dev :]
     sft_cop, eval_cop = cop[: cfg.n_sft_benchmark], cop[-cfg.n_eval :]
+    # Capability data: some preference prompts of the benchmark skill, so aligning the target does not erase it.
+    pref += cop[cfg.n_sft_benchmark : cfg.n_sft_benchmark + cfg.n_prompts_benchmark]
     sft = [(e.prompt, e.answer) for e in sft_rev + sft_cop]
     import random
 

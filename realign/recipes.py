@@ -42,8 +42,9 @@ class DataConfig(_Recipe):
     sft: str | None = Field(None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1.")
     eval_sets: list[EvalSet] = Field(default_factory=list, description="files: held-out evaluation sets (one 'target' at least).")
     n_prompts: int = Field(1200, ge=1, le=10_000_000, description="embedded: prompts for preference data per round.")
-    n_sft_target: int = Field(400, ge=0, description="embedded: SFT examples of the target skill (reverse).")
+    n_sft_target: int = Field(1000, ge=0, description="embedded: SFT examples of the target skill (reverse).")
     n_sft_benchmark: int = Field(2000, ge=0, description="embedded: SFT examples of the benchmark skill (copy).")
+    n_prompts_benchmark: int = Field(1200, ge=0, description="embedded: preference prompts of the benchmark skill (capability data).")
     n_eval: int = Field(200, ge=10, description="embedded: held-out items per evaluation set.")
     n_dev: int = Field(100, ge=10, description="embedded: target items for round-to-round decisions, apart from evaluation.")
     seed: int = Field(0, ge=0, description="Seed of the embedded splits.")
@@ -62,7 +63,7 @@ class SFTStageConfig(_Recipe):
 
     enabled: bool = Field(True, description="Run SFT; when off, the base model is the stage-1 model.")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(steps=200, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None,
+        default_factory=lambda: TrainConfig(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None,
                                             metrics_every=50),
         description="SFT optimisation (full fine-tuning by default for the tiny model).",
     )
@@ -72,7 +73,7 @@ class PairsConfig(_Recipe):
     """Stage 2: sampling and scoring."""
 
     generation: GenerationConfig = Field(
-        default_factory=lambda: GenerationConfig(n=4, batch_size=64, temperature=1.0, max_tokens=12, seed=0),
+        default_factory=lambda: GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
         description="How candidate answers are sampled (n per prompt).",
     )
     scorer: Literal["verifier", "judge"] = Field("verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating.")
@@ -91,14 +92,14 @@ class RewardModelStageConfig(_Recipe):
 class DPOStageConfig(_Recipe):
     """Stage 5: preference optimisation."""
 
-    loss: PreferenceLossConfig = Field(default_factory=lambda: PreferenceLossConfig(beta=0.5, rpo_alpha=1.0),
+    loss: PreferenceLossConfig = Field(default_factory=lambda: PreferenceLossConfig(beta=1.0, rpo_alpha=1.0),
                                        description="Objective (sigmoid DPO + RPO NLL by default; chosen by measurement on the demo).")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(steps=60, batch_size=16, learning_rate=1e-3, warmup_steps=5,
-                                            lora=LoRAConfig(rank=8, scale=20.0), checkpoint_every=20, metrics_every=5),
-        description="Optimisation (LoRA by default).",
+        default_factory=lambda: TrainConfig(steps=120, batch_size=16, learning_rate=5e-6, warmup_steps=5, lora=None,
+                                            checkpoint_every=40, metrics_every=10),
+        description="Optimisation (full fine-tuning of the tiny model by default; LoRA for large models).",
     )
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of pairs held out for implicit reward accuracy and KL.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of pairs held out for implicit reward accuracy and KL.")
 
 
 class IterationConfig(_Recipe):

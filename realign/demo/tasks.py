@@ -16,6 +16,7 @@ from dataclasses import dataclass
 TASKS = {
     "reverse": ("Reverse: {x}", lambda x: x[::-1]),
     "copy": ("Copy: {x}", lambda x: x),
+    "count": ("Count the digits: {x}", lambda x: str(len(x))),
 }
 
 
