@@ -273,6 +273,10 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
     if cfg.run_name is None:  # named here so the CLI knows where the run writes, even if it fails
         cfg = cfg.model_copy(update={"run_name": time.strftime("dpo-%Y%m%d-%H%M%S")})
     run_dir = Path(cfg.runs_root) / cfg.run_name
+    import os
+
+    # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked") and cannot reach out anyway.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.dpo import dpo
 
     state = dpo(cfg, return_state=True)
@@ -289,6 +293,8 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
 
 def print_summary(summary: dict) -> None:
     table = Table(title=f"{summary['workflow']} run: {summary['tier']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
     for key in ("data_type", "workflow", "tier", "examples_processed", "pairs", "rounds", "machine", "generation_batch_size",
                 "dpo_batch_size", "wall_time_s", "throughput_examples_per_s", "cost_per_example"):
         value = summary.get(key)

@@ -18,7 +18,7 @@ from realign.recipes import DPOWorkflowConfig
 # Small and fast; thresholds relaxed so the test exercises the plumbing, not the tiny model's luck.
 # (The real thresholds are exercised by the gate tests and by `make demo`.)
 SMALL = {
-    "data": {"n_prompts": 120, "n_sft_target": 600, "n_sft_benchmark": 1200, "n_eval": 40, "n_dev": 20},
+    "data": {"n_prompts": 120, "n_prompts_benchmark": 60, "n_sft_target": 600, "n_sft_benchmark": 1200, "n_eval": 40, "n_dev": 20},
     "sft": {"train": {"steps": 250, "batch_size": 32, "learning_rate": 3e-4, "warmup_steps": 5, "lora": None, "metrics_every": 50}},
     "pairs": {"generation": {"n": 3, "batch_size": 64, "max_tokens": 10}},
     "reward_model": {"steps": 50},
@@ -72,7 +72,7 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path):
                 "throughput_examples_per_s", "cost_per_example", "run_dir", "final_model"):
         assert key in summary, key
     assert summary["cost_per_example"] is None and "not configured" in summary["cost_note"]
-    assert summary["examples_processed"] == 2 * 120 * 3
+    assert summary["examples_processed"] == 2 * (120 + 60) * 3  # rounds x prompts x samples
     results = summary["results"]
     for key in ("before/reverse_accuracy", "after/reverse_accuracy", "control/reverse_accuracy", "capability_retention", "kl",
                 "decontamination", "win_rate"):
