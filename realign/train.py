@@ -269,7 +269,7 @@ def _latest(ckpt_root: Path) -> Path | None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
-                    history: list[dict]) -> Path:
+                    history: list[dict], resume_key: str | None = None) -> Path:
     """Write step_NNNNNN/ (trainable weights, optimizer state incl. its step, state.json) atomically; update `latest`."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
@@ -277,7 +277,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: opt
     try:
         mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(), "history": history}))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(mode="json"), "resume_key": resume_key,
+                                                    "history": history}))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -327,6 +328,7 @@ def train(
     out_dir: str | Path | None = None,
     reference: nn.Module | None = None,
     callback: Callable[[dict], None] | None = None,
+    resume_key: str | None = None,
 ) -> TrainResult:
     """Train `model` (already prepared with `prepare_model`) for `cfg.steps` optimizer steps.
 
@@ -335,13 +337,21 @@ def train(
     to OUT_DIR/checkpoints and a run resumes from the latest one found there.
     callback(metrics) is called after every step with: step, loss, lr, the loss's
     metrics, kl, entropy (every `metrics_every` steps), tokens, seconds, tokens_per_s.
+    A checkpoint is resumed only if it was written with the same config and `resume_key`
+    (e.g. a hash of the data); otherwise the old checkpoints are moved aside, not reused.
     """
     optimizer = make_optimizer(cfg)
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
     start, history, resumed = 0, [], 0
     if ckpt_root is not None and (last := _latest(ckpt_root)) is not None:
-        start, history = load_checkpoint(last, model, optimizer)
-        resumed = start
+        saved = json.loads((last / "state.json").read_text())
+        if saved.get("config") == cfg.model_dump(mode="json") and saved.get("resume_key") == resume_key:
+            start, history = load_checkpoint(last, model, optimizer)
+            resumed = start
+        else:
+            # Checkpoints of another config or other data: keep them, but never continue from them.
+            stale = tempfile.mkdtemp(prefix=f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}-", dir=ckpt_root.parent)
+            os.replace(ckpt_root, stale)
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
 
@@ -393,7 +403,7 @@ def train(
         stop = cfg.kl_limit is not None and not math.isnan(kl) and kl > cfg.kl_limit
         if ckpt_root is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
                                       or step + 1 == cfg.steps or stop):
-            result.checkpoint = save_checkpoint(ckpt_root, step + 1, model, optimizer, cfg, history)
+            result.checkpoint = save_checkpoint(ckpt_root, step + 1, model, optimizer, cfg, history, resume_key)
         if stop:
             result.stopped = "kl_limit"
             result.reason = f"KL {kl:.4f} > limit {cfg.kl_limit} at step {step + 1}"

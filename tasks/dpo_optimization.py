@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,8 +89,15 @@ def optimize_dpo(cfg: DPOStageConfig, start_dir: str, pairs_path: str, ref_logps
 
     log.info(f"round {round}: {cfg.loss.method}/{cfg.loss.loss_type} beta={cfg.loss.beta} on {len(train_pairs)} pairs "
              f"({len(val_pairs)} held out), {steps} steps")
+    import hashlib
+
+    # Resume from this stage's checkpoints only if they were made from the same start model, pairs and loss.
+    key = hashlib.sha256(b"".join([Path(pairs_path).read_bytes(), Path(ref_logps_path).read_bytes(), start_dir.encode(),
+                                   cfg.loss.model_dump_json().encode()])).hexdigest()
     result = train(lm.model, preference_loss(cfg.loss), preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr),
-                   cfg.train, out_dir=out, reference=reference, callback=progress)
+                   cfg.train, out_dir=out, reference=reference, callback=progress, resume_key=key)
+    if result.resumed_from:
+        log.info(f"resumed from the checkpoint at step {result.resumed_from}")
     history = pd.DataFrame(result.history)
     history["round"] = round
     history.to_parquet(out / ".metrics.parquet.tmp")

@@ -50,7 +50,11 @@ def prepare_sft(model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
-        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, bundle.sft, cfg), cfg, out_dir=out / "sft", callback=progress)
+        import hashlib
+
+        key = hashlib.sha256(repr((str(base), bundle.sft)).encode()).hexdigest()  # same base model and data, or start over
+        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, bundle.sft, cfg), cfg, out_dir=out / "sft", callback=progress,
+                       resume_key=key)
         steps = result.steps_done
     model_dir = save_model(lm.model, lm.path, out / "model")
 

@@ -185,3 +185,18 @@ def test_task_splits_do_not_depend_on_the_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": h},
                            cwd=REPO).stdout for h in ("1", "2")}
     assert len(outs) == 1 and outs.pop().startswith("['")
+
+
+def test_checkpoints_of_another_config_are_set_aside_not_resumed(tiny_model_dir, tmp_path):
+    rows, _ = splits("copy", 32, 1, seed=2)
+    examples = [(e.prompt, e.answer) for e in rows]
+    resumed = []
+    for lr, key in ((1e-3, "data-a"), (1e-3, "data-a"), (2e-3, "data-a"), (2e-3, "data-b")):
+        lm = load_model(tiny_model_dir)
+        cfg = TrainConfig(steps=2, batch_size=4, learning_rate=lr, seed=1)
+        prepare_model(lm.model, cfg)
+        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, examples, cfg), cfg, out_dir=tmp_path, resume_key=key)
+        resumed.append(result.resumed_from)
+    # same config and data: the finished run is found; a new lr, then new data: old checkpoints set aside, kept
+    assert resumed == [0, 2, 0, 0]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.stale-")]) == 2
