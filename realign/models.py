@@ -111,26 +111,18 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike)
     Returns out_dir. Adapters in `model` are fused in place.
     """
     import shutil
-    import tempfile
 
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    from realign.formats import atomic_dir
+
     src, out = Path(source_dir), Path(out_dir)
     fuse_adapters(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for f in src.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
                 shutil.copy2(f, tmp / f.name)
         weights = dict(tree_flatten(model.parameters()))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,15 +198,15 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, *,
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; choose another directory or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     tok = train_tokenizer(cfg.vocab)
     eos_id, pad_id = tok.token_to_id(IM_END), tok.token_to_id(PAD_TOKEN)
     hf_config = _hf_config(cfg, cfg.vocab, eos_id, pad_id)
     weights = _init_weights(hf_config, cfg.seed, cfg.init_std)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from realign.formats import atomic_dir
+
+    with atomic_dir(out) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(
             json.dumps(
@@ -232,11 +230,4 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, *,
         (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id, "pad_token_id": pad_id}, indent=2))
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

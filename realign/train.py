@@ -271,24 +271,16 @@ def _latest(ckpt_root: Path) -> Path | None:
 def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
                     history: list[dict], resume_key: str | None = None) -> Path:
     """Write step_NNNNNN/ (trainable weights, optimizer state incl. its step, state.json) atomically; update `latest`."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    from realign.formats import atomic_dir, atomic_path
+
     final = ckpt_root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
-    try:
+    with atomic_dir(final) as tmp:
         mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(mode="json"), "resume_key": resume_key,
                                                     "history": history}))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fd, ptr_tmp = tempfile.mkstemp(dir=ckpt_root, prefix=".latest.")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_path(ckpt_root / "latest", "w") as fh:
         fh.write(final.name)
-    os.replace(ptr_tmp, ckpt_root / "latest")
     old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[: -cfg.keep_checkpoints]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)

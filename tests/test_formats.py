@@ -154,3 +154,20 @@ def test_row_models_are_strict_about_types():
         GRPORow.model_validate({"prompt": "p", "responses": [{"text": "t", "score": True}]})
     assert DPORow.model_validate({"prompt": "p", "chosen": "a", "rejected": "b", "meta": {"x": 1}}).chosen == "a"
     assert RLVRRow.model_validate({"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": True}]}).responses[0].correct
+
+
+def test_atomic_dir_replaces_whole_or_leaves_the_old(tmp_path):
+    from realign.formats import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as d:
+        (d / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as d:
+            (d / "a.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "v1"  # the old one survives a failed rewrite
+    with atomic_dir(target) as d:
+        (d / "b.txt").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary siblings left
