@@ -54,7 +54,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
                                 approve_medium=approve, suite_kwargs={"sft_baseline": {"benchmarks": benchmarks}}).tier
     baseline_dev = score_round(config.data, s1.model_dir, 0, config.eval_max_tokens)
 
-    history, decisions, pair_results, dpo_results = [], [], [], []
+    history, decisions, pair_results, dpo_results, stage_seconds = [], [], [], [], [s1.seconds]
     model_dir = s1.model_dir
     for rnd in range(1, config.iterations.max_rounds + 1):
         sfx = "" if rnd == 1 else f"-round{rnd}"
@@ -86,6 +86,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             th, out_dir=Path(s5.metrics_path).parent, approve_medium=approve).tier
         pair_results.append(s2)
         dpo_results.append(s5)
+        stage_seconds += [s2.seconds, s3.seconds, s4.seconds, s5.seconds]
         # 6. Iterative training: measure, decide.
         history.append(score_round(config.data, s5.model_dir, rnd, config.eval_max_tokens, s1.model_dir,
                                    pair_results[0].pairs_path))
@@ -109,8 +110,11 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
 
     def summary(failure: str | None = None) -> dict:
         wall = time.perf_counter() - t0
+        # Compute time of every stage, counting cached stages at what they cost when they ran, so a
+        # retried run reports throughput and cost for all the work, not just the part it redid.
+        compute = sum(stage_seconds) + s7.seconds
         examples = sum(p.completions for p in pair_results)
-        cost = config.price_per_hour * wall / 3600 / examples if config.price_per_hour is not None and examples else None
+        cost = config.price_per_hour * compute / 3600 / examples if config.price_per_hour is not None and examples else None
         order = {"HIGH": 0, "MEDIUM": 1, "REJECT": 2}
         return {
             "data_type": "DPO",
@@ -125,7 +129,8 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             "generation_batch_size": config.pairs.generation.batch_size,
             "dpo_batch_size": config.dpo.train.batch_size,
             "wall_time_s": round(wall, 1),
-            "throughput_examples_per_s": round(examples / wall, 3) if wall else None,
+            "compute_time_s": round(compute, 1),
+            "throughput_examples_per_s": round(examples / compute, 3) if compute else None,
             "cost_per_example": cost,
             "cost_note": None if cost is not None else "price_per_hour not configured: cost not computed",
             "verdict": s7.verdict,

@@ -296,7 +296,7 @@ def print_summary(summary: dict) -> None:
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for key in ("data_type", "workflow", "tier", "examples_processed", "pairs", "rounds", "machine", "generation_batch_size",
-                "dpo_batch_size", "wall_time_s", "throughput_examples_per_s", "cost_per_example"):
+                "dpo_batch_size", "wall_time_s", "compute_time_s", "throughput_examples_per_s", "cost_per_example"):
         value = summary.get(key)
         if key == "cost_per_example" and value is None:
             value = summary.get("cost_note")

@@ -68,6 +68,8 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path):
     assert summary["gate_tiers"]["1-sft-preparation"] in ("HIGH", "MEDIUM")
     assert set(summary["gate_tiers"]) >= {"1-sft-preparation", "2-preference-data", "2-preference-data-round2",
                                          "5-dpo-optimization-round2", "6-iterative-training", "7-evaluation"}
+    assert summary["compute_time_s"] > 0
+    assert summary["throughput_examples_per_s"] == pytest.approx(summary["examples_processed"] / summary["compute_time_s"], rel=0.01)
     for key in ("data_type", "workflow", "tier", "examples_processed", "machine", "generation_batch_size", "wall_time_s",
                 "throughput_examples_per_s", "cost_per_example", "run_dir", "final_model"):
         assert key in summary, key
