@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from gates.gate import GateFailed, gate
+from hardware.profiles import load_calibration
 from realign.recipes import DPOWorkflowConfig
 from tasks.common import stage_dir, stage_name
 from tasks.dpo_optimization import optimize_dpo
@@ -55,11 +56,19 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
     baseline_dev = score_round(config.data, s1.model_dir, 0, config.eval_max_tokens)
 
     history, decisions, pair_results, dpo_results, stage_seconds = [], [], [], [], [s1.seconds]
+    pairs_cfg, batch_source = config.pairs, "recipe"
+    calibration = load_calibration() if config.pairs.use_calibration else None
+    if calibration:
+        # Measured on this machine beats the recipe's guess (the chosen batch is part of stage 2's cache key).
+        gen = config.pairs.generation.model_copy(update={"batch_size": int(calibration["chosen_batch"])})
+        pairs_cfg = config.pairs.model_copy(update={"generation": gen})
+        batch_source = f"calibrated on this machine ({calibration.get('profile', 'generic')} profile)"
+        log.info(f"generation batch size {gen.batch_size}: {batch_source}")
     model_dir = s1.model_dir
     for rnd in range(1, config.iterations.max_rounds + 1):
         sfx = "" if rnd == 1 else f"-round{rnd}"
         # 2. Preference data generation, on-policy from the current model.
-        s2 = generate_pairs(config.pairs, config.data, th.preference.min_preference_gap, th.evaluation.decontamination_ngram,
+        s2 = generate_pairs(pairs_cfg, config.data, th.preference.min_preference_gap, th.evaluation.decontamination_ngram,
                             model_dir, run_dir, rnd)
         st = s2.stats
         tiers[stage_name(2) + sfx] = gate(
@@ -126,7 +135,8 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             "rounds": len(history),
             "best_round": s6.best_round,
             "machine": machine_description(),
-            "generation_batch_size": config.pairs.generation.batch_size,
+            "generation_batch_size": pairs_cfg.generation.batch_size,
+            "batch_size_source": batch_source,
             "dpo_batch_size": config.dpo.train.batch_size,
             "wall_time_s": round(wall, 1),
             "compute_time_s": round(compute, 1),

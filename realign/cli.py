@@ -234,6 +234,110 @@ def _load_weights(path: Path) -> dict:
     return mx.load(str(path / "model.safetensors"))
 
 
+@app.command()
+def plan(
+    model: str = typer.Option(..., "--model", help="A model directory, or a size such as '7B' or 'Qwen 70B'."),
+    examples: int = typer.Option(..., "--examples", help="Examples to process."),
+    throughput: Optional[list[str]] = typer.Option(None, "--throughput", help="POOL=EX_PER_S, measured (repeatable)."),
+    price: Optional[list[str]] = typer.Option(None, "--price", help="POOL=USD_PER_HOUR (repeatable)."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per example, for the KV-cache estimate."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Machine, batch size, mode, split, environment, estimated time and cost for a job."""
+    from hardware.plan import make_plan
+
+    def pairs(items, what):
+        out_ = {}
+        for item in items or []:
+            name, _, value = item.partition("=")
+            try:
+                out_[name] = float(value)
+            except ValueError:
+                _fail(f"--{what} {item!r}: expected POOL=NUMBER, e.g. m4-max=1.95")
+        return out_
+
+    try:
+        p = make_plan(model, examples, throughput=pairs(throughput, "throughput") or None, price_per_hour=pairs(price, "price") or None,
+                      seq_len=seq_len)
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(p.as_dict()))
+        return
+    table = Table(title=f"plan: {examples:,} examples on {model}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    mem = p.memory
+    table.add_row("model size", f"{p.params_b:.3g}B parameters")
+    table.add_row("memory", f"{mem['total_gb']:.1f} GB" + (f" ({mem['note']})" if mem["note"] else
+                  f" (weights {mem['weights_gb']:.1f} + KV {mem['kv_cache_gb']:.1f} + activations {mem['activations_gb']:.1f})"))
+    table.add_row("machine", ", ".join(p.machines))
+    table.add_row("mode", f"{p.mode}: {p.reason}")
+    table.add_row("batch size", ", ".join(f"{k}={v}" for k, v in p.batch_size.items()))
+    table.add_row("split", ", ".join(f"{k}={v:,} ({v / max(1, examples):.1%})" for k, v in p.split.items()))
+    table.add_row("throughput", ", ".join(f"{k}={v:g} ex/s" for k, v in p.throughput.items()) + f" [{p.throughput_source}]")
+    table.add_row("environment", " ".join(f"{k}={v}" for k, v in p.environment.items()))
+    table.add_row("estimated time", f"{p.estimated_seconds / 3600:.2f} h ({p.estimated_seconds:,.0f} s)"
+                  if p.estimated_seconds is not None else "not estimated (throughput unknown)")
+    table.add_row("cost", f"${p.cost:,.2f} (${p.cost_per_example:.6f}/example)" if p.cost is not None else p.cost_note)
+    out.print(table)
+
+
+@app.command()
+def calibrate(
+    model: Optional[Path] = typer.Option(None, "--model", help="Model directory to sweep (default: a tiny model built for the purpose)."),
+    batch_sizes: str = typer.Option("1,2,4,8,16,32,64", "--batch-sizes", help="Comma-separated batch sizes to sweep."),
+    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens generated per sequence."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Chosen batch: the smallest within this fraction of the peak."),
+) -> None:
+    """Measure this machine: matmul GFLOPS and examples/s per batch size; save the profile later runs use."""
+    import tempfile
+
+    from hardware.calibrate import calibrate as run_calibration
+    from hardware.profiles import detect, match_profile, save_calibration
+    from realign.tiny import build_tiny_model
+
+    try:
+        sizes = sorted({int(x) for x in batch_sizes.split(",") if x.strip()})
+    except ValueError:
+        _fail(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers, e.g. 1,2,4,8")
+    if not sizes or sizes[0] < 1:
+        _fail("--batch-sizes needs positive integers")
+    with tempfile.TemporaryDirectory() as d:
+        model_dir = model or build_tiny_model(Path(d) / "tiny")
+        result = run_calibration(str(model_dir), sizes, max_tokens=max_tokens, tolerance=tolerance,
+                                 on_point=lambda b, v: err.print(f"batch {b:>4}: {v:8.1f} examples/s"))
+    machine = detect()
+    known = match_profile(machine)
+    path = save_calibration({**result.as_dict(), "profile": known.name if known else "generic"}, machine)
+    table = Table(title=f"calibration: {machine.chip} ({machine.memory_gb:.0f} GB)")
+    table.add_column("batch", justify="right")
+    table.add_column("examples/s", justify="right")
+    table.add_column("")
+    for b, v in result.curve.items():
+        bar = "#" * max(1, round(30 * v / result.peak_examples_per_s))
+        table.add_row(str(b), f"{v:.1f}", bar + ("  <- chosen" if b == result.chosen_batch else ""))
+    out.print(table)
+    out.print(f"matmul: {result.gflops:.1f} GFLOPS; chosen batch {result.chosen_batch} (smallest within "
+              f"{tolerance:.0%} of the peak {result.peak_examples_per_s:.1f} examples/s); profile saved to {path}")
+    try:
+        from realign.plots import _plt
+
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(list(result.curve), list(result.curve.values()), marker="o")
+        ax.axvline(result.chosen_batch, color="grey", linestyle="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("examples/s")
+        fig.tight_layout()
+        fig.savefig(path.with_suffix(".png"), dpi=100)
+        plt.close(fig)
+        out.print(f"plot: {path.with_suffix('.png')}")
+    except Exception as exc:  # the plot is a convenience; the profile is saved either way
+        err.print(f"warning: could not draw the plot: {exc}")
+
+
 run_app = typer.Typer(no_args_is_help=True, help="Run a workflow.")
 app.add_typer(run_app, name="run")
 
@@ -296,6 +400,7 @@ def print_summary(summary: dict) -> None:
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for key in ("data_type", "workflow", "tier", "examples_processed", "pairs", "rounds", "machine", "generation_batch_size",
+                "batch_size_source",
                 "dpo_batch_size", "wall_time_s", "compute_time_s", "throughput_examples_per_s", "cost_per_example"):
         value = summary.get(key)
         if key == "cost_per_example" and value is None:

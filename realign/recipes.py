@@ -78,6 +78,7 @@ class PairsConfig(_Recipe):
     )
     scorer: Literal["verifier", "judge"] = Field("verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating.")
     judge_model: str | None = Field(None, description="judge: the judge model directory.")
+    use_calibration: bool = Field(True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one.")
 
 
 class RewardModelStageConfig(_Recipe):

@@ -28,3 +28,10 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     return subprocess.run(
         [sys.executable, "-m", "realign.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=300
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_profiles(tmp_path_factory):
+    """A machine's own calibration (~/.realign/profiles) must not change what tests run."""
+    os.environ["REALIGN_PROFILE_DIR"] = str(tmp_path_factory.mktemp("profiles"))
+    yield

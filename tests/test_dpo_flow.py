@@ -55,7 +55,11 @@ def task_states(flow_run_id) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_all_seven_stages_run_and_write_their_outputs(tmp_path):
+def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch):
+    from hardware.profiles import save_calibration
+
+    monkeypatch.setenv("REALIGN_PROFILE_DIR", str(tmp_path / "profiles"))
+    save_calibration({"chosen_batch": 48, "profile": "generic"})  # as `realign calibrate` would leave it
     state = dpo(config(tmp_path, "full"), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
@@ -68,6 +72,7 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path):
     assert summary["gate_tiers"]["1-sft-preparation"] in ("HIGH", "MEDIUM")
     assert set(summary["gate_tiers"]) >= {"1-sft-preparation", "2-preference-data", "2-preference-data-round2",
                                          "5-dpo-optimization-round2", "6-iterative-training", "7-evaluation"}
+    assert summary["generation_batch_size"] == 48 and summary["batch_size_source"].startswith("calibrated")
     assert summary["compute_time_s"] > 0
     assert summary["throughput_examples_per_s"] == pytest.approx(summary["examples_processed"] / summary["compute_time_s"], rel=0.01)
     for key in ("data_type", "workflow", "tier", "examples_processed", "machine", "generation_batch_size", "wall_time_s",

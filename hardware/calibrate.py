@@ -1,0 +1,65 @@
+"""Calibration: measure this machine instead of trusting the default table.
+
+matmul GFLOPS with MLX, then a batch-size sweep (1, 2, 4, ... 64) of the real
+workload (batched generation with the run's model) giving an examples/s curve.
+The chosen batch is the smallest within `tolerance` of the peak: a machine that
+"peaks early" gets a small batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+
+def choose_batch(curve: dict[int, float], tolerance: float = 0.05) -> int:
+    """Smallest batch size whose throughput is within `tolerance` (fraction) of the best."""
+    if not curve:
+        raise ValueError("empty throughput curve")
+    peak = max(curve.values())
+    return min(b for b, v in curve.items() if v >= (1 - tolerance) * peak)
+
+
+@dataclass
+class CalibrationResult:
+    gflops: float
+    curve: dict[int, float]       # batch size -> examples/s
+    chosen_batch: int
+    peak_examples_per_s: float
+    model: str
+    max_tokens: int
+    tolerance: float
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["curve"] = {str(k): v for k, v in self.curve.items()}
+        return d
+
+
+def calibrate(model_dir: str, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), *, max_tokens: int = 16,
+              tolerance: float = 0.05, rounds: int = 2, on_point: Callable[[int, float], None] | None = None) -> CalibrationResult:
+    """Measure GFLOPS and the generation throughput curve of `model_dir` on this machine.
+
+    Each batch size generates `rounds` batches of `max_tokens` tokens after one warm-up batch;
+    examples/s = sequences finished / seconds.
+    """
+    from realign.doctor import measure_matmul_gflops
+    from realign.generate import GenerationConfig, generate
+    from realign.models import load_model
+
+    gflops, _ = measure_matmul_gflops()
+    lm = load_model(model_dir)
+    curve: dict[int, float] = {}
+    for b in batch_sizes:
+        prompts = [f"Reverse: {1000 + 37 * i}" for i in range(b)]
+        cfg = GenerationConfig(batch_size=b, max_tokens=max_tokens, temperature=1.0, seed=0)
+        generate(lm.model, lm.tokenizer, prompts, cfg)  # warm-up at this shape
+        start = time.perf_counter()
+        for _ in range(rounds):
+            generate(lm.model, lm.tokenizer, prompts, cfg)
+        curve[b] = rounds * b / (time.perf_counter() - start)
+        if on_point:
+            on_point(b, curve[b])
+    chosen = choose_batch(curve, tolerance)
+    return CalibrationResult(gflops, curve, chosen, max(curve.values()), str(model_dir), max_tokens, tolerance)
