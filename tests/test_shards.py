@@ -31,3 +31,17 @@ def test_proportional_split_beats_half_and_half():
     half = makespan({"m4-max": 500, "m3-ultra": 500}, tp)
     assert calibrated == pytest.approx(max(654 / 1.95, 346 / 1.03))
     assert half == pytest.approx(500 / 1.03) and half / calibrated > 1.4
+
+
+def test_merge_checks_every_row_comes_back_exactly_once():
+    from hardware.shards import ShardMismatch, assign_rows, merge_shards
+
+    assigned = assign_rows(list(range(10)), {"m4-max": 6, "m3-ultra": 4})
+    assert assigned == {"m4-max": [0, 1, 2, 3, 4, 5], "m3-ultra": [6, 7, 8, 9]}
+    assert merge_shards(assigned, {"m4-max": [5, 4, 3, 2, 1, 0], "m3-ultra": [6, 7, 8, 9]}) == list(range(10))
+    with pytest.raises(ShardMismatch, match=r"shard m3-ultra: 1 missing \(e.g. \[9\]\), 1 duplicated \(e.g. \[8\]\)"):
+        merge_shards(assigned, {"m4-max": list(range(6)), "m3-ultra": [6, 7, 8, 8]})
+    with pytest.raises(ShardMismatch, match="shard m4-max: returned nothing"):
+        merge_shards(assigned, {"m3-ultra": [6, 7, 8, 9]})
+    with pytest.raises(ValueError, match="plan covers 9 rows"):
+        assign_rows(list(range(10)), {"a": 9})
