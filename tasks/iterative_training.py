@@ -17,7 +17,7 @@ class RoundScore(BaseModel):
     model_dir: str
     target_metric: float       # exact-match accuracy on the dev (or target) set
     split: str
-    kl_from_start: float = 0.0  # mean per-token KL(round model || stage-1 model) on the round-1 pairs
+    kl_from_start: float = float("nan")  # mean per-token KL(round model || stage-1 model) on the round-1 pairs; NaN: not measured
 
 
 @task(name="6-iterative-training-score", cache_policy=STAGE_CACHE, persist_result=True)
@@ -33,14 +33,15 @@ def score_round(data: DataConfig, model_dir: str, round: int, max_tokens: int = 
     items = bundle.dev or bundle.target
     lm = load_model(model_dir)
     acc = accuracy(lm.model, lm.tokenizer, items.prompts, items.answers, max_tokens=max_tokens)
-    kl = 0.0
+    kl = float("nan")
     if start_dir is not None and probe_pairs_path is not None:
         pairs = pd.read_parquet(probe_pairs_path).to_dict("records")[:64]
         if pairs:
             start = load_model(start_dir)
             probe = pair_batch(lm.tokenizer, pairs)
             kl = mean_kl(lm.model(probe.tokens[:, :-1]), start.model(probe.tokens[:, :-1]), probe.mask)
-    get_run_logger().info(f"round {round}: {items.name} accuracy {acc.accuracy:.3f}, KL from the stage-1 model {kl:.4f}")
+    get_run_logger().info(f"round {round}: {items.name} accuracy {acc.accuracy:.3f}, KL from the stage-1 model "
+                          + (f"{kl:.4f}" if kl == kl else "not measured"))
     return RoundScore(round=round, model_dir=model_dir, target_metric=acc.accuracy, split=items.name, kl_from_start=kl)
 
 
@@ -52,6 +53,8 @@ def decide(history: list[RoundScore], baseline: float, epsilon: float, max_round
     model has drifted more than max_kl from the stage-1 model (the final KL gate would reject it).
     """
     last = history[-1]
+    if last.kl_from_start != last.kl_from_start and max_kl != float("inf"):
+        return "stop_kl_limit", f"round {last.round}: KL from the stage-1 model was not measured, so the budget cannot be checked"
     if last.kl_from_start > max_kl:
         return "stop_kl_limit", f"round {last.round} drifted {last.kl_from_start:.4f} > {max_kl} (KL from the stage-1 model)"
     before = history[-2].target_metric if len(history) > 1 else baseline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,14 @@ def initialize_reference(reference_dir: str, pairs_path: str, train_cfg: TrainCo
     if probe is not None:
         inputs = probe.tokens[:, :-1]
         init_kl = mean_kl(policy.model(inputs), ref.model(inputs), probe.mask)
-    metrics = {"reference_present": True, "ref_logps_finite_fraction": finite, "init_kl": init_kl, "pairs": len(pairs)}
+    # Present = a loadable model directory whose weights are all finite (not merely a path that exists).
+    from mlx.utils import tree_flatten
+    import mlx.core as mx
+
+    present = (Path(reference_dir) / "config.json").is_file() and all(
+        bool(mx.all(mx.isfinite(v)).item()) for _, v in tree_flatten(ref.model.parameters()))
+    metrics = {"reference_present": present, "ref_logps_finite_fraction": finite, "init_kl": init_kl, "pairs": len(pairs)}
     write_json(out / "reference.json", {**metrics, "reference_dir": reference_dir})
     log.info(f"reference {reference_dir}: {len(pairs)} pairs cached, finite {finite:.3f}, KL at init {init_kl:.2e}")
-    return ReferenceResult(reference_dir=reference_dir, ref_logps_path=str(out / "reference_logps.parquet"), reference_present=True,
+    return ReferenceResult(reference_dir=reference_dir, ref_logps_path=str(out / "reference_logps.parquet"), reference_present=present,
                            ref_logps_finite_fraction=finite, init_kl=init_kl, seconds=time.perf_counter() - t0)

@@ -130,3 +130,17 @@ def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
     assert by_stage["gate-5-dpo-optimization"] == ["Failed", "Completed"]
     assert by_stage["7-evaluation"] == ["Completed"]
     assert json.loads((tmp_path / "retry" / "summary.json").read_text())["tier"] in ("HIGH", "MEDIUM")
+
+
+def test_round_decisions():
+    from tasks.iterative_training import RoundScore, decide
+
+    def r(n, acc, kl):
+        return RoundScore(round=n, model_dir=f"m{n}", target_metric=acc, split="dev", kl_from_start=kl)
+
+    assert decide([r(1, 0.60, 0.02)], 0.55, 0.01, 3, 0.1)[0] == "continue"
+    assert decide([r(1, 0.60, 0.02), r(2, 0.605, 0.04)], 0.55, 0.01, 3, 0.1)[0] == "stop_no_improvement"
+    assert decide([r(1, 0.70, 0.02)], 0.55, 0.01, 1, 0.1)[0] == "stop_max_rounds"
+    assert decide([r(1, 0.70, 0.2)], 0.55, 0.01, 3, 0.1)[0] == "stop_kl_limit"
+    decision, reason = decide([r(1, 0.70, float("nan"))], 0.55, 0.01, 3, 0.1)
+    assert decision == "stop_kl_limit" and "not measured" in reason  # an unmeasured KL never passes as 0
