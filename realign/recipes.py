@@ -69,6 +69,29 @@ class SFTStageConfig(_Recipe):
     )
 
 
+class ShardingConfig(_Recipe):
+    """Stage 2 across machines: one shard per work pool, sized by measured throughput."""
+
+    pools: list[str] = Field(default_factory=list, max_length=64,
+                             description="Work pools to fan out to (e.g. [m4-max, m3-ultra]); empty: run in this process.")
+    throughput: dict[str, float] = Field(default_factory=dict, description="Measured examples/s per pool (`realign calibrate` "
+                                         "on that machine); a pool not listed takes its hardware profile's scoring rate.")
+    deployment: str = Field("shard/shard-{pool}", min_length=1, description="Deployment each pool's shard runs as ({pool} is filled in).")
+    results_path: str | None = Field(None, description="Folder for shard inputs/outputs that every machine can reach; "
+                                     "default RUN_DIR/02_preference_data/shards (put runs_root on shared storage).")
+    timeout_s: float = Field(6 * 3600, gt=0, le=7 * 24 * 3600, description="Fail the stage when shards are not all back after this long.")
+    poll_s: float = Field(2.0, gt=0, le=600, description="How often the owning stage checks on its shards.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ShardingConfig":
+        dup = sorted({p for p in self.pools if self.pools.count(p) > 1})
+        if dup:
+            raise ValueError(f"pairs.sharding.pools lists {dup} more than once (one shard per pool)")
+        if "{pool}" not in self.deployment:
+            raise ValueError("pairs.sharding.deployment must contain {pool}, e.g. 'shard/shard-{pool}'")
+        return self
+
+
 class PairsConfig(_Recipe):
     """Stage 2: sampling and scoring."""
 
@@ -79,6 +102,7 @@ class PairsConfig(_Recipe):
     scorer: Literal["verifier", "judge"] = Field("verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating.")
     judge_model: str | None = Field(None, description="judge: the judge model directory.")
     use_calibration: bool = Field(True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one.")
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig, description="Fan the sampling out to work pools.")
 
 
 class RewardModelStageConfig(_Recipe):

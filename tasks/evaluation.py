@@ -19,7 +19,7 @@ from realign.models import load_model, save_model
 from realign.plots import before_after, training_curves
 from realign.recipes import DataConfig, DPOStageConfig
 from realign.train import prepare_model, sft_batches, sft_loss, train
-from tasks.common import STAGE_CACHE, stage_dir, write_json
+from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
 
 
 class EvaluationResult(BaseModel):
@@ -34,7 +34,7 @@ class EvaluationResult(BaseModel):
     seconds: float
 
 
-@task(name="7-evaluation", cache_policy=STAGE_CACHE, persist_result=True)
+@task(name="7-evaluation", cache_policy=stage_cache("eval_sets"), persist_result=True)
 def evaluate_run(data: DataConfig, dpo: DPOStageConfig, reference_dir: str, final_model_dir: str, baseline: dict[str, float],
                  pair_paths: list[str], metrics_paths: list[str], total_dpo_steps: int, run_dir: str, control: bool = True,
                  max_tokens: int = 12, ngram: int = 13) -> EvaluationResult:

@@ -9,7 +9,7 @@ from realign.datasets import load_data
 from realign.evaluation import accuracy
 from realign.models import load_model
 from realign.recipes import DataConfig
-from tasks.common import STAGE_CACHE, stage_dir, write_json
+from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
 
 
 class RoundScore(BaseModel):
@@ -20,7 +20,7 @@ class RoundScore(BaseModel):
     kl_from_start: float = float("nan")  # mean per-token KL(round model || stage-1 model) on the round-1 pairs; NaN: not measured
 
 
-@task(name="6-iterative-training-score", cache_policy=STAGE_CACHE, persist_result=True)
+@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
 def score_round(data: DataConfig, model_dir: str, round: int, max_tokens: int = 12, start_dir: str | None = None,
                 probe_pairs_path: str | None = None) -> RoundScore:
     """Target-skill accuracy of a round's model (dev split when there is one) and its total drift from the start."""

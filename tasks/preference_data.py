@@ -9,14 +9,11 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from realign.datasets import load_data
-from realign.evaluation import edit_similarity, positional_match
 from realign.formats import write_rows
-from realign.generate import generate
-from realign.models import load_model
 from realign.preference_data import build_pairs
 from realign.recipes import DataConfig, PairsConfig
-from realign.scorers import JudgeScorer
-from tasks.common import STAGE_CACHE, stage_dir, write_json
+from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
+from tasks.shards import run_shards
 
 
 class PairsResult(BaseModel):
@@ -28,9 +25,10 @@ class PairsResult(BaseModel):
     stats: dict
     completions: int
     seconds: float
+    shards: list[dict] = []
 
 
-@task(name="2-preference-data", cache_policy=STAGE_CACHE, persist_result=True)
+@task(name="2-preference-data", cache_policy=stage_cache("prompts", "eval_sets"), persist_result=True)
 def generate_pairs(pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngram: int, model_dir: str, run_dir: str,
                    round: int = 1) -> PairsResult:
     """Only the thresholds this stage uses are inputs, so changing another threshold keeps its cache."""
@@ -38,7 +36,6 @@ def generate_pairs(pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngr
     t0 = time.perf_counter()
     out = stage_dir(run_dir, 2, f"_round{round}" if round > 1 else "")
     bundle = load_data(data)
-    lm = load_model(model_dir)
     gen_cfg = pairs_cfg.generation.model_copy(update={"seed": pairs_cfg.generation.seed + 1000 * round})
     total = len(bundle.prompts) * gen_cfg.n
     log.info(f"round {round}: sampling {gen_cfg.n} answers for {len(bundle.prompts)} prompts with {model_dir}")
@@ -47,29 +44,14 @@ def generate_pairs(pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngr
         if done == all_ or done % (gen_cfg.batch_size * 10) == 0:
             log.info(f"generated {done}/{all_} answers")
 
-    samples = generate(lm.model, lm.tokenizer, bundle.prompts, gen_cfg, on_progress=progress)
-    texts = [[c.text for c in per] for per in samples]
     answers = [bundle.answers.get(p) for p in bundle.prompts]
-    exact = None
-    if all(a is not None for a in answers):
-        exact = [[float(t.strip() == a.strip()) for t in ts] for ts, a in zip(texts, answers)]
-    if pairs_cfg.scorer == "verifier":
-        if exact is None:
-            raise ValueError("scorer 'verifier' needs a known answer for every prompt (data.prompts rows need 'answer')")
-        scores = [[positional_match(t, a) for t in ts] for ts, a in zip(texts, answers)]
-        # A second, independent judgement of the same answers: edit similarity (tolerates shifted digits,
-        # which positional match punishes). Agreement = how often both name the same winner.
-        second = [[edit_similarity(t, a) for t in ts] for ts, a in zip(texts, answers)]
-    else:
-        judge_lm = load_model(pairs_cfg.judge_model)
-        judge = JudgeScorer(judge_lm.model, judge_lm.tokenizer)
-        flat_p = [p for p, ts in zip(bundle.prompts, texts) for _ in ts]
-        flat = judge.score(flat_p, [t for ts in texts for t in ts])
-        it = iter(flat)
-        scores = [[next(it) for _ in ts] for ts in texts]
-        second = exact
-        if judge.unparsed:
-            log.warning(f"judge gave no parseable rating for {len(judge.unparsed)} answers; they are excluded, not guessed")
+    scored, shards = run_shards(bundle.prompts, answers, model_dir, pairs_cfg.model_copy(update={"generation": gen_cfg}),
+                                gen_cfg.seed, out / "shards", on_progress=progress)
+    texts, scores, second = scored.texts, scored.scores, scored.second
+    if pairs_cfg.scorer == "judge":
+        unparsed = sum(1 for ts, sc in zip(texts, scores) for t, s in zip(ts, sc) if t.strip() and s != s)
+        if unparsed:
+            log.warning(f"judge gave no parseable rating for {unparsed} answers; they are excluded, not guessed")
     eval_texts = [f"{p} {a}" for ev in bundle.eval_sets for p, a in zip(ev.prompts, ev.answers)]
     pairs, stats = build_pairs(bundle.prompts, texts, scores, second, min_gap=min_gap, eval_texts=eval_texts, ngram=ngram)
     frame = pd.DataFrame(pairs, columns=["prompt", "chosen", "rejected", "chosen_score", "rejected_score", "gap", "agree"])
@@ -85,4 +67,4 @@ def generate_pairs(pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngr
              f"duplicates {stats.duplicates}, contaminated {stats.contaminated}); gap {stats.preference_gap:.3f}, "
              f"agreement {stats.agreement_rate:.3f}")
     return PairsResult(round=round, pairs_path=str(out / "pairs.parquet"), train_jsonl=str(out / "train.jsonl"),
-                       stats=stats.as_dict(), completions=total, seconds=time.perf_counter() - t0)
+                       stats=stats.as_dict(), completions=total, seconds=time.perf_counter() - t0, shards=shards)

@@ -13,7 +13,7 @@ from realign.models import load_model, save_model
 from realign.recipes import DataConfig, ModelSpec, SFTStageConfig
 from realign.tiny import build_tiny_model
 from realign.train import prepare_model, sft_batches, sft_loss, train
-from tasks.common import STAGE_CACHE, stage_dir, write_json
+from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
 
 
 class SFTPrepResult(BaseModel):
@@ -26,7 +26,7 @@ class SFTPrepResult(BaseModel):
     seconds: float
 
 
-@task(name="1-sft-preparation", cache_policy=STAGE_CACHE, persist_result=True)
+@task(name="1-sft-preparation", cache_policy=stage_cache("sft", "eval_sets"), persist_result=True)
 def prepare_sft(model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12) -> SFTPrepResult:
     import time
 

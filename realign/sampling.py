@@ -1,0 +1,132 @@
+"""Stage 2's unit of work: sample N answers per prompt and score each one.
+
+The same function runs in-process or on another machine as one shard (flows/shard.py): a
+shard reads its rows from a Parquet file, writes one output row per input row, and the
+owning stage merges the shards back (hardware.shards.merge_shards checks exactly-once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from realign.evaluation import edit_similarity, positional_match
+from realign.recipes import PairsConfig
+
+
+@dataclass
+class ScoredSamples:
+    """Per prompt: the sampled texts, their scores in [0, 1] (NaN: the scorer could not decide) and,
+    where there is one, a second independent judgement of the same texts (for the agreement rate)."""
+
+    texts: list[list[str]]
+    scores: list[list[float]]
+    second: list[list[float]] | None
+    unparsed: int = 0
+
+
+def sample_and_score(lm, prompts: Sequence[str], answers: Sequence[str | None], pairs_cfg: PairsConfig, seed: int,
+                     on_progress: Callable[[int, int], None] | None = None, judge_lm=None) -> ScoredSamples:
+    """Sample `pairs_cfg.generation.n` answers per prompt with `lm` (a realign.models.LoadedModel) at `seed`.
+
+    verifier: score = positional match to the known answer, second = edit similarity to it.
+    judge: score = `judge_lm`'s 0-10 rating / 10, second = exact match when every answer is known.
+    """
+    from realign.generate import generate
+    from realign.scorers import JudgeScorer
+
+    gen_cfg = pairs_cfg.generation.model_copy(update={"seed": seed})
+    samples = generate(lm.model, lm.tokenizer, list(prompts), gen_cfg, on_progress=on_progress)
+    texts = [[c.text for c in per] for per in samples]
+    exact = None
+    if all(a is not None for a in answers):
+        exact = [[float(t.strip() == a.strip()) for t in ts] for ts, a in zip(texts, answers)]
+    if pairs_cfg.scorer == "verifier":
+        if exact is None:
+            raise ValueError("scorer 'verifier' needs a known answer for every prompt (data.prompts rows need 'answer')")
+        scores = [[positional_match(t, a) for t in ts] for ts, a in zip(texts, answers)]
+        # A second, independent judgement of the same answers: edit similarity (tolerates shifted digits,
+        # which positional match punishes). Agreement = how often both name the same winner.
+        second = [[edit_similarity(t, a) for t in ts] for ts, a in zip(texts, answers)]
+        return ScoredSamples(texts, scores, second)
+    if judge_lm is None:
+        raise ValueError("scorer 'judge' needs a judge model (pairs.judge_model)")
+    judge = JudgeScorer(judge_lm.model, judge_lm.tokenizer)
+    flat = judge.score([p for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
+    it = iter(flat)
+    scores = [[next(it) for _ in ts] for ts in texts]
+    return ScoredSamples(texts, scores, exact, unparsed=len(judge.unparsed))
+
+
+# --- one shard ----------------------------------------------------------------------------
+
+
+class ShardJob(BaseModel):
+    """One machine's share of a stage-2 round. Paths must be reachable from the machine that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(description="The round this shard belongs to, e.g. 'RUN_DIR/02_preference_data', for logs.")
+    shard: str = Field(description="Shard name: the work pool it was planned for, or 'local'.")
+    model_dir: str = Field(description="Model that samples (a directory both machines can read).")
+    inputs_path: str = Field(description="Parquet with row_id, prompt, answer (answer may be null) for this shard.")
+    output_path: str = Field(description="Where the shard writes its Parquet: row_id, prompt, texts, scores, second.")
+    pairs: PairsConfig = Field(description="Sampling and scoring settings of the stage.")
+    seed: int = Field(ge=0, description="Sampling seed of this shard.")
+
+
+def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Sample and score the shard's rows; write its output Parquet atomically (temp + rename).
+
+    slowdown >= 1 sleeps (slowdown - 1) x the compute time of each batch: a stand-in for a slower
+    machine, used by tests and benchmarks to check that the split follows throughput.
+    Returns {"shard", "rows", "completions", "seconds"}.
+    """
+    import pandas as pd
+
+    from realign.models import load_model
+
+    if slowdown < 1:
+        raise ValueError(f"slowdown must be >= 1 (1 = full speed), got {slowdown}")
+    t0 = time.perf_counter()
+    frame = pd.read_parquet(job.inputs_path)
+    missing = {"row_id", "prompt", "answer"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{job.inputs_path}: shard input lacks columns {sorted(missing)} (expected row_id, prompt, answer)")
+    prompts = frame["prompt"].tolist()
+    answers = [None if a is None or a != a else a for a in frame["answer"].tolist()]
+    lm = load_model(job.model_dir)
+    judge_lm = load_model(job.pairs.judge_model) if job.pairs.scorer == "judge" else None
+    last = [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:
+        if slowdown > 1:
+            time.sleep((slowdown - 1) * (time.perf_counter() - last[0]))
+            last[0] = time.perf_counter()
+        if on_progress:
+            on_progress(done, total)
+
+    t_sample = time.perf_counter()
+    scored = sample_and_score(lm, prompts, answers, job.pairs, job.seed, progress, judge_lm)
+    sample_s = time.perf_counter() - t_sample
+    out = pd.DataFrame({"row_id": frame["row_id"], "prompt": prompts, "texts": scored.texts, "scores": scored.scores,
+                        "second": scored.second if scored.second is not None else [None] * len(prompts)})
+    out_path = Path(job.output_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    out.to_parquet(tmp)
+    tmp.replace(out_path)
+    # Rows per second of sampling + scoring (model loading excluded): the figure to calibrate the split with.
+    info = {"shard": job.shard, "rows": len(out), "completions": sum(len(t) for t in scored.texts), "unparsed": scored.unparsed,
+            "seconds": time.perf_counter() - t0, "sampling_seconds": sample_s,
+            "examples_per_s": len(out) / sample_s if sample_s > 0 else None, "slowdown": slowdown}
+    from realign.formats import atomic_path
+
+    with atomic_path(out_path.with_suffix(".json"), "w") as fh:
+        fh.write(json.dumps(info, indent=2))
+    return info

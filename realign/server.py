@@ -1,0 +1,168 @@
+"""A local Prefect stack for realign: server on 127.0.0.1 (SQLite), work pools, deployments, workers.
+
+Used by `realign server` / `make server` and by the integration and browser tests. It drives the
+`prefect` CLI in subprocesses (so realign itself still never imports prefect), keeps every process
+it started, and stops them all on `stop()` or when used as a context manager.
+
+    with LocalPrefect(home=".prefect-local", repo=".") as stack:
+        stack.start_server(); stack.create_pools(["realign", "m4-max"]); stack.deploy()
+        stack.start_worker("realign")
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+# Every pool a deployment in prefect.yaml names: workflows run on `realign`, shards on the machine pools.
+POOLS = ("realign", "m4-max", "m3-ultra")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_timezone() -> str:
+    """This machine's IANA timezone name (e.g. 'Europe/Berlin'), or 'UTC' when it cannot be told."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and "/" in tz:
+        return tz
+    try:
+        link = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in link:
+            return link.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+class StackError(RuntimeError):
+    """A part of the local stack did not start; the message says which, and where its log is."""
+
+
+class LocalPrefect:
+    """Processes of one local Prefect stack. home: its PREFECT_HOME (database, logs); repo: the checkout
+    deployments run from (REALIGN_HOME); storage: where task results are persisted (so retries reuse them)."""
+
+    def __init__(self, home: str | Path, repo: str | Path, *, port: int | None = None, storage: str | Path | None = None,
+                 timezone: str | None = None, poll_s: float = 2.0):
+        self.home = Path(home).resolve()
+        self.repo = Path(repo).resolve()
+        self.port = port or free_port()
+        self.storage = Path(storage).resolve() if storage else self.home / "results"
+        self.timezone = timezone or local_timezone()
+        self.poll_s = poll_s
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for every process of this stack (and for clients that talk to it)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_UI_URL": self.ui_url,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.storage),
+            "PREFECT_WORKER_QUERY_SECONDS": str(self.poll_s),
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+            "REALIGN_HOME": str(self.repo),
+            "REALIGN_NIGHTLY_TZ": self.timezone,
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    def _prefect(self, *args: str, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "prefect", *args]
+        done = subprocess.run(cmd, cwd=self.repo, env=self.env(**extra_env), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise StackError(f"`prefect {' '.join(args)}` failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def _spawn(self, name: str, args: list[str], **extra_env: str) -> subprocess.Popen:
+        log = self.home / "logs" / f"{name}.log"
+        fh = open(log, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=self.repo, env=self.env(**extra_env), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        fh.close()
+        self.procs.append((name, proc, log))
+        return proc
+
+    def start_server(self, timeout: float = 180) -> None:
+        """Start `prefect server start` on 127.0.0.1:port and wait until /api/health answers."""
+        proc = self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"Prefect server exited with {proc.returncode}; see {self.home / 'logs' / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise StackError(f"Prefect server not healthy after {timeout:.0f}s; see {self.home / 'logs' / 'server.log'}")
+
+    def create_pools(self, pools: tuple[str, ...] | list[str] = POOLS) -> None:
+        """Create process work pools (an existing pool is left as it is)."""
+        existing = self._prefect("work-pool", "ls").stdout
+        for pool in pools:
+            if f" {pool} " not in existing.replace("│", " "):
+                self._prefect("work-pool", "create", pool, "--type", "process")
+
+    def deploy(self, names: list[str] | None = None) -> str:
+        """`prefect deploy` every deployment in prefect.yaml (or the named ones); returns its output."""
+        args = ["--no-prompt", "deploy"] + ([a for n in names for a in ("--name", n)] if names else ["--all"])
+        return self._prefect(*args, timeout=600).stdout
+
+    def start_worker(self, pool: str, **extra_env: str) -> subprocess.Popen:
+        """A process worker for `pool`; extra_env reaches the flow runs it starts (e.g. REALIGN_SHARD_SLOWDOWN)."""
+        return self._spawn(f"worker-{pool}", ["worker", "start", "--pool", pool, "--type", "process"], **extra_env)
+
+    def stop(self) -> None:
+        """Stop everything this stack started, newest first (workers before the server)."""
+        for name, proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for name, proc, _ in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+    def __enter__(self) -> "LocalPrefect":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

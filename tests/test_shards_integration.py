@@ -1,0 +1,73 @@
+"""Fan-out over real work pools: a local Prefect server on 127.0.0.1, two process workers (one slowed
+to half speed by REALIGN_SHARD_SLOWDOWN), the shard deployments from prefect.yaml, and the owning
+side (tasks.shards.run_shards) in its own process, as a stage would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from realign.server import LocalPrefect
+
+OWNER = r"""
+import json, sys
+import realign
+from prefect import flow
+from realign.recipes import PairsConfig
+from tasks.shards import run_shards
+
+model_dir, shard_dir = sys.argv[1], sys.argv[2]
+prompts = [f"Reverse: {1000 + i}" for i in range(60)]
+answers = [str(1000 + i)[::-1] for i in range(60)]
+cfg = PairsConfig.model_validate({"generation": {"n": 2, "batch_size": 8, "max_tokens": 6},
+                                  "sharding": {"pools": ["m4-max", "m3-ultra"], "throughput": {"m4-max": 2.0, "m3-ultra": 1.0},
+                                               "poll_s": 0.5, "timeout_s": 400}})
+
+@flow(name="owner")
+def owner():
+    scored, records = run_shards(prompts, answers, model_dir, cfg, 0, shard_dir)
+    return {"texts": scored.texts, "scores": scored.scores, "records": records}
+
+print("RESULT " + json.dumps(owner()))
+"""
+
+
+@pytest.mark.slow
+def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with LocalPrefect(tmp_path / "prefect", REPO, poll_s=1) as stack:
+        stack.start_server()
+        stack.create_pools(["m4-max", "m3-ultra"])
+        out = stack.deploy(["shard-m4-max", "shard-m3-ultra"])
+        assert "shard/shard-m4-max" in out and "shard/shard-m3-ultra" in out, out
+        stack.start_worker("m4-max")
+        stack.start_worker("m3-ultra", REALIGN_SHARD_SLOWDOWN="2")
+        done = subprocess.run([sys.executable, "-c", OWNER, str(tiny_model_dir), str(tmp_path / "shards")], cwd=REPO,
+                              env=stack.env(), capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        result = json.loads(done.stdout.split("RESULT ", 1)[1])
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            with get_client(sync_client=True) as client:
+                runs = {r.name: r for r in client.read_flow_runs() if r.name.startswith("shard-")}
+    # 60 rows split 2:1 by throughput, each shard run by the worker of its pool
+    assert {r["shard"]: r["rows"] for r in result["records"]} == {"m4-max": 40, "m3-ultra": 20}
+    assert set(runs) == {"shard-m4-max", "shard-m3-ultra"}
+    assert all(r.state.is_completed() for r in runs.values())
+    assert {name: r.work_pool_name for name, r in runs.items()} == {"shard-m4-max": "m4-max", "shard-m3-ultra": "m3-ultra"}
+    # every row once, in input order, with its own n samples and scores
+    assert len(result["texts"]) == 60 and all(len(t) == 2 for t in result["texts"])
+    import pandas as pd
+
+    fast = pd.read_parquet(tmp_path / "shards" / "output-m4-max.parquet")
+    slow = pd.read_parquet(tmp_path / "shards" / "output-m3-ultra.parquet")
+    assert fast["row_id"].tolist() == list(range(40)) and slow["row_id"].tolist() == list(range(40, 60))
+    assert [list(t) for t in slow["texts"]] == result["texts"][40:]
+    # the slowed worker really was slower: about half the rows per second of sampling (measured by each shard)
+    rate = {r["shard"]: r["measured_examples_per_s"] for r in result["records"]}
+    assert 0.3 < rate["m3-ultra"] / rate["m4-max"] < 0.8, rate
