@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test sysdeps install doctor bench clean
+.PHONY: demo test sysdeps install doctor bench clean server pools worker
 
 demo: sysdeps $(STAMP)  ## build the tiny model, validate embedded data, generate (no downloads)
 	$(BIN)/realign demo
@@ -22,6 +22,20 @@ doctor: sysdeps $(STAMP)
 bench: sysdeps $(STAMP)
 	$(BIN)/python bench/blas.py
 	$(BIN)/python bench/validate.py
+
+server: sysdeps $(STAMP)  ## Prefect UI on 127.0.0.1:4200: pools, deployments, a local worker (Ctrl-C stops all)
+	$(BIN)/realign server $(if $(NIGHTLY_TZ),--timezone $(NIGHTLY_TZ))
+
+# Against the Prefect server in PREFECT_API_URL (or your Prefect profile): the pools prefect.yaml names.
+pools: $(STAMP)
+	@for p in realign m4-max m3-ultra; do \
+	  $(BIN)/prefect work-pool inspect $$p >/dev/null 2>&1 && echo "work pool $$p exists" || $(BIN)/prefect work-pool create $$p --type process; \
+	done
+
+# On each Mac, from its checkout: make worker POOL=m4-max (PREFECT_API_URL must point at the server).
+worker: sysdeps $(STAMP)
+	@test -n "$(POOL)" || { echo "usage: make worker POOL=m4-max|m3-ultra|realign"; exit 2; }
+	REALIGN_HOME=$(CURDIR) $(BIN)/prefect worker start --pool $(POOL) --type process
 
 # MLX's Linux CPU wheel ships a reference BLAS ~30x slower than OpenBLAS; realign preloads
 # Debian's libopenblas0-pthread when present. Installed here when we are root with apt.

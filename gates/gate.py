@@ -60,10 +60,10 @@ def publish(report: GateReport, out_dir: Path | None = None) -> None:
     create_table_artifact(
         key=artifact_key(report.stage),
         table=report.table_rows(),
-        description=f"Gate `{report.stage}`: **{report.tier}** ({', '.join(report.suites)})",
+        description=report.headline(),
     )
     create_markdown_artifact(key=artifact_key(report.stage, "-summary"), markdown=report.markdown(),
-                             description=f"Gate {report.stage}: {report.tier}")
+                             description=report.headline())
 
 
 @task(name="gate", task_run_name="gate-{stage}", cache_policy=NO_CACHE)

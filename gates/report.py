@@ -69,6 +69,11 @@ class GateReport(BaseModel):
             for o in self.outcomes
         ]
 
+    def headline(self) -> str:
+        """One line for artifact cards: the tier and every metric that is not HIGH, with value and threshold."""
+        bad = [f"{o.metric} = {_fmt(o.observed)} (needs {o.bounds})" for o in self.outcomes if o.tier != "HIGH"]
+        return f"Gate {self.stage}: {self.tier}" + (": " + "; ".join(bad) if bad else f" ({len(self.outcomes)} checks passed)")
+
     def failure_message(self) -> str:
         """Lines naming stage, metric, observed value, threshold and remedy for every non-HIGH outcome."""
         lines = [f"Gate {self.stage}: {self.tier}"]

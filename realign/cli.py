@@ -395,6 +395,64 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
     print_summary(state.result())
 
 
+@app.command()
+def server(
+    port: int = typer.Option(4200, "--port", help="UI and API port on 127.0.0.1."),
+    home: Path = typer.Option(Path(".prefect-local"), "--home", help="PREFECT_HOME of this server: database, logs, results."),
+    storage: Optional[Path] = typer.Option(None, "--storage", help="Where task results persist, so retries reuse finished stages "
+                                           "(default HOME/results)."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA zone of the nightly 02:00 schedule (default: this machine's)."),
+    serve: list[str] = typer.Option([], "--serve", help="Also run a worker here for this pool (e.g. --serve m4-max on the M4 Max)."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local `realign` pool worker."),
+) -> None:
+    """Start Prefect on 127.0.0.1 (SQLite), create the work pools, deploy prefect.yaml, start a worker; Ctrl-C stops it all."""
+    import signal
+    import time
+    from zoneinfo import ZoneInfo
+
+    from realign.server import POOLS, LocalPrefect, StackError
+
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except Exception:
+            _fail(f"--timezone {timezone!r} is not an IANA zone name (e.g. Europe/Berlin, America/New_York, UTC)")
+    unknown = [p for p in serve if p not in POOLS]
+    if unknown:
+        _fail(f"--serve {unknown}: pools are {', '.join(POOLS)}")
+    repo = Path(__file__).resolve().parents[1]
+    stack = LocalPrefect(home, repo, port=port, storage=storage, timezone=timezone)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        err.print(f"starting Prefect server on {stack.ui_url} (home {stack.home}) ...")
+        stack.start_server()
+        stack.create_pools(POOLS)
+        err.print("deploying prefect.yaml ...")
+        stack.deploy()
+        if not no_worker:
+            stack.start_worker("realign")
+        for pool in serve:
+            stack.start_worker(pool)
+        out.print(f"[bold]Prefect UI:[/] {stack.ui_url}")
+        out.print(f"deployments: dpo/dpo-demo, curate/nightly-curation (02:00 {stack.timezone}), shard/shard-m4-max, shard/shard-m3-ultra")
+        out.print(f"workers: {', '.join((['realign'] if not no_worker else []) + serve) or 'none'}; results in {stack.storage}; "
+                  f"runs in {repo / 'runs'}; logs in {stack.home / 'logs'}")
+        out.print("Other shells: export PREFECT_API_URL=" + stack.api_url + "   Stop: Ctrl-C")
+        while not stopping:
+            dead = [name for name, proc, _ in stack.procs if proc.poll() is not None]
+            if dead:
+                _fail(f"{', '.join(dead)} exited; see {stack.home / 'logs'}")
+            time.sleep(1)
+    except StackError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("stopping the server and workers ...")
+        stack.stop()
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title=f"{summary['workflow']} run: {summary['tier']}", show_header=False)
     table.add_column("field")

@@ -85,6 +85,8 @@ class LocalPrefect:
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            # schedule new deployments' runs within seconds, so the nightly run shows up right after deploying
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PREFECT_LOCAL_STORAGE_PATH": str(self.storage),
             "PREFECT_WORKER_QUERY_SECONDS": str(self.poll_s),
@@ -97,9 +99,9 @@ class LocalPrefect:
         env.update(extra)
         return env
 
-    def _prefect(self, *args: str, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    def _prefect(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "prefect", *args]
-        done = subprocess.run(cmd, cwd=self.repo, env=self.env(**extra_env), capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, cwd=self.repo, env=env or self.env(), capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise StackError(f"`prefect {' '.join(args)}` failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
@@ -139,7 +141,11 @@ class LocalPrefect:
     def deploy(self, names: list[str] | None = None) -> str:
         """`prefect deploy` every deployment in prefect.yaml (or the named ones); returns its output."""
         args = ["--no-prompt", "deploy"] + ([a for n in names for a in ("--name", n)] if names else ["--all"])
-        return self._prefect(*args, timeout=600).stdout
+        # Without REALIGN_HOME here, the pull step keeps its {{ $REALIGN_HOME }} placeholder, and each
+        # worker fills in its own machine's checkout when a run starts.
+        env = self.env()
+        del env["REALIGN_HOME"]
+        return self._prefect(*args, timeout=600, env=env).stdout
 
     def start_worker(self, pool: str, **extra_env: str) -> subprocess.Popen:
         """A process worker for `pool`; extra_env reaches the flow runs it starts (e.g. REALIGN_SHARD_SLOWDOWN)."""
