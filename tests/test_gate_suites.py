@@ -137,3 +137,11 @@ def test_worst_tier_wins_across_suites():
     r = evaluate("2", {"preference_pairs": pairs([0.62] * 4, [0.5] * 4),
                        "preference_metrics": one(agreement_rate=0.5, decontamination=0.95)}, TH)
     assert [o.tier for o in r.outcomes if o.tier != "HIGH"] == ["MEDIUM", "REJECT"] and r.tier == "REJECT"
+
+
+def test_headline_names_every_metric_that_is_not_high():
+    th = ThresholdsConfig.model_validate({"reward_model": {"min_accuracy": 0.7}})
+    bad = evaluate("4-preference-modeling", {"reward_model": pd.DataFrame({"accuracy": [0.55]})}, th)
+    assert bad.headline() == "Gate 4-preference-modeling: REJECT: reward_accuracy = 0.55 (needs >= 0.7)"
+    good = evaluate("4-preference-modeling", {"reward_model": pd.DataFrame({"accuracy": [0.9]})}, th)
+    assert good.headline().startswith("Gate 4-preference-modeling: HIGH (") and "checks passed" in good.headline()
