@@ -138,6 +138,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             "generation_batch_size": pairs_cfg.generation.batch_size,
             "batch_size_source": batch_source,
             "dpo_batch_size": config.dpo.train.batch_size,
+            "shards": [r for p in pair_results for r in p.shards],
             "wall_time_s": round(wall, 1),
             "compute_time_s": round(compute, 1),
             "throughput_examples_per_s": round(examples / compute, 3) if compute else None,
