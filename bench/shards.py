@@ -1,10 +1,12 @@
 """Makespan of a throughput-proportional split vs a 50/50 split over two workers, one at half speed.
 
-Each worker is a separate process generating real completions with the tiny model; the slow one
-sleeps as long as it computed after every batch (half speed, set by configuration). Both splits run
+Each worker is a separate process running the real shard code (realign.sampling.run_shard: sample 4
+answers per prompt with the tiny model and score them); the slow one has slowdown 2 (it sleeps as
+long as it computed after every batch: half speed, set by configuration, as REALIGN_SHARD_SLOWDOWN
+does for a worker). Makespans are sampling + scoring time (model loading excluded). Both splits run
 in this benchmark, back to back, and the ratio is printed.
 
-    python bench/shards.py [--examples 2048]
+    python bench/shards.py [--examples 512]
 """
 
 import argparse
@@ -20,50 +22,54 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from hardware.shards import makespan, plan_shards  # noqa: E402
 
 WORKER = r"""
-import json, sys, time
+import json, sys
 import realign
-from realign.generate import GenerationConfig, generate
-from realign.models import load_model
-model, n, slowdown = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-lm = load_model(model)
-cfg = GenerationConfig(batch_size=16, max_tokens=12, temperature=1.0, seed=0)
-generate(lm.model, lm.tokenizer, ["Reverse: 1"] * 16, cfg)  # warm-up
-start = time.perf_counter()
-done = 0
-while done < n:
-    b = min(16, n - done)
-    t = time.perf_counter()
-    generate(lm.model, lm.tokenizer, [f"Reverse: {1000 + done + i}" for i in range(b)], cfg)
-    time.sleep((slowdown - 1) * (time.perf_counter() - t))
-    done += b
-print(json.dumps({"examples": n, "seconds": time.perf_counter() - start}))
+from realign.recipes import PairsConfig
+from realign.sampling import ShardJob, run_shard
+model, inputs, output, slowdown = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+pairs = PairsConfig.model_validate({"generation": {"n": 4, "batch_size": 16, "max_tokens": 12}})
+job = ShardJob(job="bench", shard=output, model_dir=model, inputs_path=inputs, output_path=output, pairs=pairs, seed=0)
+print(json.dumps(run_shard(job, slowdown=slowdown)))
 """
 
 
-def run_workers(model: Path, shares: dict[str, int], slowdown: dict[str, float]) -> dict[str, float]:
-    procs = {name: subprocess.Popen([sys.executable, "-c", WORKER, str(model), str(n), str(slowdown[name])], stdout=subprocess.PIPE, text=True)
-             for name, n in shares.items() if n > 0}
-    return {name: json.loads(p.communicate()[0])["seconds"] for name, p in procs.items()}
+def run_workers(model: Path, shares: dict[str, int], slowdown: dict[str, float], work: Path) -> dict[str, dict]:
+    """Each named worker runs the real shard code (realign.sampling.run_shard) on its share, all at once."""
+    import pandas as pd
+
+    procs, start = {}, 0
+    for name, n in shares.items():
+        if n <= 0:
+            continue
+        ids = list(range(start, start + n))
+        start += n
+        inputs = work / f"in-{name}.parquet"
+        pd.DataFrame({"row_id": ids, "prompt": [f"Reverse: {1000 + i}" for i in ids],
+                      "answer": [str(1000 + i)[::-1] for i in ids]}).to_parquet(inputs)
+        procs[name] = subprocess.Popen([sys.executable, "-c", WORKER, str(model), str(inputs), str(work / f"out-{name}.parquet"),
+                                        str(slowdown[name])], stdout=subprocess.PIPE, text=True)
+    return {name: json.loads(p.communicate()[0].strip().splitlines()[-1]) for name, p in procs.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--examples", type=int, default=2048)
+    ap.add_argument("--examples", type=int, default=512)
     args = ap.parse_args()
     from realign.tiny import build_tiny_model
 
     slowdown = {"fast": 1.0, "slow": 2.0}
     with tempfile.TemporaryDirectory() as d:
-        model = build_tiny_model(Path(d) / "tiny")
-        # calibrate: each worker alone on a short run
-        probe = {name: 64 / run_workers(model, {name: 64}, slowdown)[name] for name in slowdown}
+        work = Path(d)
+        model = build_tiny_model(work / "tiny")
+        # calibrate: each worker alone on a short shard; its measured rows/s of sampling + scoring
+        probe = {name: run_workers(model, {name: 64}, slowdown, work)[name]["examples_per_s"] for name in slowdown}
         split = plan_shards(args.examples, probe)
         start = time.perf_counter()
-        calibrated = run_workers(model, split, slowdown)
+        calibrated = {k: v["sampling_seconds"] for k, v in run_workers(model, split, slowdown, work).items()}
         cal_wall = time.perf_counter() - start
         half = {name: args.examples // 2 for name in slowdown}
         start = time.perf_counter()
-        fifty = run_workers(model, half, slowdown)
+        fifty = {k: v["sampling_seconds"] for k, v in run_workers(model, half, slowdown, work).items()}
         half_wall = time.perf_counter() - start
     print(f"measured throughput: " + ", ".join(f"{k}={v:.1f} ex/s" for k, v in probe.items()))
     print(f"calibrated split {split}: makespan {max(calibrated.values()):.2f}s (predicted {makespan(split, probe):.2f}s, wall {cal_wall:.2f}s)")
