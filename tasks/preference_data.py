@@ -63,6 +63,10 @@ def generate_pairs(pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngr
               for p, ts, sc in zip(bundle.prompts, texts, scores)]
     write_rows(out / "completions.jsonl", [g for g in graded if g["responses"]], "grpo")
     write_json(out / "stats.json", stats.as_dict())
+    if stats.prompts and stats.no_gap >= 0.9 * stats.prompts:
+        # Nearly every prompt's answers scored alike: usually the reference answers or the scorer, not the model.
+        log.warning(f"{stats.no_gap} of {stats.prompts} prompts had no score gap between their best and worst answer: "
+                    f"check the reference answers in the prompts data (placeholders like 'TBD'?) and the scorer")
     log.info(f"round {round}: {stats.pairs} pairs from {stats.prompts} prompts (no gap {stats.no_gap}, identical {stats.identical}, "
              f"duplicates {stats.duplicates}, contaminated {stats.contaminated}); gap {stats.preference_gap:.3f}, "
              f"agreement {stats.agreement_rate:.3f}")
