@@ -136,7 +136,9 @@ def run_shards(prompts: Sequence[str], answers: Sequence[str | None], model_dir:
                "output": jobs[pool].output_path if pool in jobs else None}
         info_path = Path(jobs[pool].output_path).with_suffix(".json") if pool in jobs else None
         if info_path is not None and info_path.exists():
-            rec["measured_examples_per_s"] = json.loads(info_path.read_text()).get("examples_per_s")
+            info = json.loads(info_path.read_text())
+            rec["measured_examples_per_s"] = info.get("examples_per_s")
+            rec["slowdown"] = info.get("slowdown")
         records.append(rec)
     if cfg.pools:
         log.info("shards back: " + ", ".join(f"{r['shard']} {r['rows']} rows at {r['measured_examples_per_s'] or 0:.2f} ex/s "
