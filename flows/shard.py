@@ -7,10 +7,13 @@ Deployed once per pool (prefect.yaml: shard-m4-max, shard-m3-ultra); the owning 
 from __future__ import annotations
 
 import os
+import time
 
 from prefect import flow, get_run_logger
+from prefect.variables import Variable
 
-from realign.sampling import ShardJob, run_shard
+from realign.sampling import ShardJob, measurement_key, run_shard
+from tasks.shards import throughput_variable
 
 
 def worker_slowdown() -> float:
@@ -36,6 +39,11 @@ def shard(job: ShardJob) -> dict:
             log.info(f"generated {done}/{total} answers")
 
     result = run_shard(job, slowdown=slowdown, on_progress=progress)
-    result["examples_per_s"] = result["rows"] / result["seconds"] if result["seconds"] else None
-    log.info(f"shard {job.shard}: {result['rows']} rows, {result['completions']} answers in {result['seconds']:.1f}s")
+    log.info(f"shard {job.shard}: {result['rows']} rows, {result['completions']} answers in {result['seconds']:.1f}s "
+             f"({result['examples_per_s'] or 0:.2f} rows/s sampling + scoring)")
+    if result["examples_per_s"] and result["rows"] >= 8:
+        # The next split over this pool uses what it measured here (tasks.shards.pool_throughput).
+        Variable.set(throughput_variable(job.shard), {**measurement_key(job.model_dir, job.pairs), "examples_per_s": result["examples_per_s"],
+                                                      "rows": result["rows"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                     overwrite=True)
     return result

@@ -80,6 +80,12 @@ class ShardJob(BaseModel):
     seed: int = Field(ge=0, description="Sampling seed of this shard.")
 
 
+def measurement_key(model_dir: str, pairs: PairsConfig) -> dict:
+    """What a shard's rows/s depends on; a figure measured for another model or job shape is not reused."""
+    g = pairs.generation
+    return {"model_dir": model_dir, "n": g.n, "max_tokens": g.max_tokens, "scorer": pairs.scorer}
+
+
 def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample and score the shard's rows; write its output Parquet atomically (temp + rename).
 

@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from hardware.shards import ShardMismatch, assign_rows, merge_shards, plan_shards
 from realign.config import HardwareConfig
 from realign.recipes import PairsConfig, ShardingConfig
-from realign.sampling import ScoredSamples, ShardJob, run_shard
+from realign.sampling import ScoredSamples, ShardJob, measurement_key, run_shard
 from tasks.common import write_json
 
 
@@ -27,19 +27,41 @@ class ShardFailed(RuntimeError):
     """A shard's flow run ended without completing, or did not finish in time; the message names it."""
 
 
-def pool_throughput(cfg: ShardingConfig, hw: HardwareConfig | None = None) -> dict[str, float]:
-    """Examples/s per pool: the recipe's measured figure, else the hardware profile serving that pool."""
+def pool_throughput(cfg: ShardingConfig, measured: dict[str, float] | None = None,
+                    hw: HardwareConfig | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """Examples/s per pool and where each figure came from: the recipe's, else what the pool's last shard
+    of the same job shape measured (`measured`), else the hardware profile serving that pool."""
     hw = hw or HardwareConfig()
-    out = {}
+    measured = measured or {}
+    out, source = {}, {}
     for pool in cfg.pools:
         if pool in cfg.throughput:
-            out[pool] = cfg.throughput[pool]
-            continue
-        prof = next((m for m in hw.machines if m.work_pool == pool), None)
-        if prof is None or not prof.scoring_examples_per_s:
-            raise ValueError(f"no throughput for work pool {pool!r}: run `realign calibrate` on its machine and set "
-                             f"pairs.sharding.throughput.{pool} in the recipe (examples/s)")
-        out[pool] = prof.scoring_examples_per_s
+            out[pool], source[pool] = cfg.throughput[pool], "recipe"
+        elif measured.get(pool):
+            out[pool], source[pool] = measured[pool], "measured by its last shard"
+        else:
+            prof = next((m for m in hw.machines if m.work_pool == pool), None)
+            if prof is None or not prof.scoring_examples_per_s:
+                raise ValueError(f"no throughput for work pool {pool!r}: run a shard there once, or set "
+                                 f"pairs.sharding.throughput.{pool} in the recipe (examples/s)")
+            out[pool], source[pool] = prof.scoring_examples_per_s, f"profile {prof.name} (the seeds' figure, not measured here)"
+    return out, source
+
+
+def throughput_variable(pool: str) -> str:
+    """Name of the Prefect Variable holding a pool's last measured shard throughput (written by flows/shard.py)."""
+    return "shard_throughput_" + pool.replace("-", "_")
+
+
+def last_measured(pools: list[str], key: dict) -> dict[str, float]:
+    """Rows/s each pool's last shard measured for a job of the same shape (realign.sampling.measurement_key)."""
+    from prefect.variables import Variable
+
+    out = {}
+    for pool in pools:
+        value = Variable.get(throughput_variable(pool), default=None)
+        if isinstance(value, dict) and all(value.get(k) == v for k, v in key.items()) and value.get("examples_per_s"):
+            out[pool] = float(value["examples_per_s"])
     return out
 
 
@@ -81,7 +103,10 @@ def run_shards(prompts: Sequence[str], answers: Sequence[str | None], model_dir:
     shard_dir = Path(cfg.results_path or shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     row_ids = list(range(len(prompts)))
-    throughput = pool_throughput(cfg) if cfg.pools else {"local": 1.0}
+    if cfg.pools:
+        throughput, source = pool_throughput(cfg, last_measured(cfg.pools, measurement_key(model_dir, pairs_cfg)))
+    else:
+        throughput, source = {"local": 1.0}, {"local": "in-process"}
     counts = plan_shards(len(row_ids), throughput)
     assigned = assign_rows(row_ids, counts)
     jobs = {}
@@ -105,7 +130,7 @@ def run_shards(prompts: Sequence[str], answers: Sequence[str | None], model_dir:
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound
 
-        log.info("fanning out: " + ", ".join(f"{p}={len(assigned[p])} rows at {throughput[p]:g} ex/s" for p in assigned))
+        log.info("fanning out: " + ", ".join(f"{p}={len(assigned[p])} rows at {throughput[p]:.3g} ex/s ({source[p]})" for p in assigned))
         runs = {}
         for pool, job in jobs.items():
             name = cfg.deployment.format(pool=pool)
@@ -132,7 +157,8 @@ def run_shards(prompts: Sequence[str], answers: Sequence[str | None], model_dir:
     wall = time.perf_counter() - t0
     by_row = pd.concat(frames.values()).set_index("row_id").loc[row_ids]
     for pool, rows in assigned.items():
-        rec = {"shard": pool, "rows": len(rows), "planned_examples_per_s": throughput[pool], "measured_examples_per_s": None,
+        rec = {"shard": pool, "rows": len(rows), "planned_examples_per_s": throughput[pool], "planned_from": source[pool],
+               "measured_examples_per_s": None,
                "output": jobs[pool].output_path if pool in jobs else None}
         info_path = Path(jobs[pool].output_path).with_suffix(".json") if pool in jobs else None
         if info_path is not None and info_path.exists():

@@ -20,12 +20,12 @@ from prefect import flow
 from realign.recipes import PairsConfig
 from tasks.shards import run_shards
 
-model_dir, shard_dir = sys.argv[1], sys.argv[2]
+model_dir, shard_dir, given = sys.argv[1], sys.argv[2], sys.argv[3] == "given"
 prompts = [f"Reverse: {1000 + i}" for i in range(60)]
 answers = [str(1000 + i)[::-1] for i in range(60)]
 cfg = PairsConfig.model_validate({"generation": {"n": 2, "batch_size": 8, "max_tokens": 6},
-                                  "sharding": {"pools": ["m4-max", "m3-ultra"], "throughput": {"m4-max": 2.0, "m3-ultra": 1.0},
-                                               "poll_s": 0.5, "timeout_s": 400}})
+                                  "sharding": {"pools": ["m4-max", "m3-ultra"], "poll_s": 0.5, "timeout_s": 400,
+                                               "throughput": {"m4-max": 2.0, "m3-ultra": 1.0} if given else {}}})
 
 @flow(name="owner")
 def owner():
@@ -48,13 +48,21 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
         assert "shard/shard-m4-max" in out and "shard/shard-m3-ultra" in out, out
         stack.start_worker("m4-max")
         stack.start_worker("m3-ultra", REALIGN_SHARD_SLOWDOWN="2")
-        done = subprocess.run([sys.executable, "-c", OWNER, str(tiny_model_dir), str(tmp_path / "shards")], cwd=REPO,
-                              env=stack.env(), capture_output=True, text=True, timeout=500)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        result = json.loads(done.stdout.split("RESULT ", 1)[1])
+
+        def fan_out(throughput: str, shard_dir: str) -> dict:
+            done = subprocess.run([sys.executable, "-c", OWNER, str(tiny_model_dir), str(tmp_path / shard_dir), throughput],
+                                  cwd=REPO, env=stack.env(), capture_output=True, text=True, timeout=500)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+        result = fan_out("given", "shards")
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
             with get_client(sync_client=True) as client:
                 runs = {r.name: r for r in client.read_flow_runs() if r.name.startswith("shard-")}
+                measured = {p: client.read_variable_by_name(f"shard_throughput_{p.replace('-', '_')}").value
+                            for p in ("m4-max", "m3-ultra")}
+        # Without figures in the recipe, the next fan-out splits by what each pool measured just now.
+        again = fan_out("none", "shards-again")
     # 60 rows split 2:1 by throughput, each shard run by the worker of its pool
     assert {r["shard"]: r["rows"] for r in result["records"]} == {"m4-max": 40, "m3-ultra": 20}
     assert set(runs) == {"shard-m4-max", "shard-m3-ultra"}
@@ -73,3 +81,10 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
     assert {r["shard"]: r["slowdown"] for r in result["records"]} == {"m4-max": 1.0, "m3-ultra": 2.0}
     rate = {r["shard"]: r["measured_examples_per_s"] for r in result["records"]}
     assert rate["m3-ultra"] < rate["m4-max"], rate
+    assert {p: v["examples_per_s"] for p, v in measured.items()} == pytest.approx(rate)
+    assert measured["m4-max"]["model_dir"] == str(tiny_model_dir) and measured["m4-max"]["n"] == 2
+    from hardware.shards import plan_shards
+
+    assert {r["shard"]: r["planned_from"] for r in again["records"]} == {p: "measured by its last shard" for p in rate}
+    assert {r["shard"]: r["rows"] for r in again["records"]} == plan_shards(60, {p: measured[p]["examples_per_s"] for p in rate})
+    assert again["texts"] and len(again["texts"]) == 60

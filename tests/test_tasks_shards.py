@@ -60,11 +60,17 @@ def test_a_pool_without_a_deployment_is_named(tiny_model_dir, tmp_path):
         owner(str(tiny_model_dir), str(tmp_path), cfg)
 
 
-def test_throughput_from_the_recipe_else_the_machine_profile():
-    tp = pool_throughput(ShardingConfig(pools=["m4-max", "m3-ultra"], throughput={"m3-ultra": 1.5}))
-    assert tp == {"m4-max": 3.86, "m3-ultra": 1.5}  # 3.86: the M4 Max profile's measured scoring rate
+def test_throughput_from_the_recipe_else_the_last_measurement_else_the_machine_profile():
+    cfg = ShardingConfig(pools=["m4-max", "m3-ultra"], throughput={"m3-ultra": 1.5})
+    tp, source = pool_throughput(cfg)
+    assert tp == {"m4-max": 3.86, "m3-ultra": 1.5}  # 3.86: the M4 Max profile's scoring rate from the seeds
+    assert source["m3-ultra"] == "recipe" and source["m4-max"].startswith("profile m4-max")
+    tp, source = pool_throughput(cfg, measured={"m4-max": 7.25, "m3-ultra": 9.0})
+    assert tp == {"m4-max": 7.25, "m3-ultra": 1.5}  # the recipe still wins over a measurement
+    assert source["m4-max"] == "measured by its last shard"
     with pytest.raises(ValueError, match=r"no throughput for work pool 'lab-pc'.*pairs.sharding.throughput.lab-pc"):
         pool_throughput(ShardingConfig(pools=["lab-pc"]))
+    assert pool_throughput(ShardingConfig(pools=["lab-pc"]), measured={"lab-pc": 2.0})[0] == {"lab-pc": 2.0}
 
 
 def test_sharding_config_rejects_duplicate_pools_and_templates_without_pool():
