@@ -77,8 +77,8 @@ class ShardingConfig(_Recipe):
     throughput: dict[str, float] = Field(default_factory=dict, description="Measured examples/s per pool (`realign calibrate` "
                                          "on that machine); a pool not listed takes its hardware profile's scoring rate.")
     deployment: str = Field("shard/shard-{pool}", min_length=1, description="Deployment each pool's shard runs as ({pool} is filled in).")
-    results_path: str | None = Field(None, description="Folder for shard inputs/outputs that every machine can reach; "
-                                     "default RUN_DIR/02_preference_data/shards (put runs_root on shared storage).")
+    results_path: str | None = Field(None, description="Folder every machine can reach for shard inputs/outputs (one subfolder "
+                                     "per run and round); default RUN_DIR/02_preference_data/shards.")
     timeout_s: float = Field(6 * 3600, gt=0, le=7 * 24 * 3600, description="Fail the stage when shards are not all back after this long.")
     poll_s: float = Field(2.0, gt=0, le=600, description="How often the owning stage checks on its shards.")
 

@@ -100,7 +100,10 @@ def run_shards(prompts: Sequence[str], answers: Sequence[str | None], model_dir:
     plus one record per shard (rows, seconds, measured examples/s)."""
     log = get_run_logger()
     cfg = pairs_cfg.sharding
-    shard_dir = Path(cfg.results_path or shard_dir)
+    shard_dir = Path(shard_dir)
+    if cfg.results_path:
+        # A shared folder serves many runs: one subfolder per run and round (RUN_NAME__02_preference_data_round2).
+        shard_dir = Path(cfg.results_path) / f"{shard_dir.parent.parent.name}__{shard_dir.parent.name}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     row_ids = list(range(len(prompts)))
     if cfg.pools:

@@ -40,6 +40,13 @@ def test_no_pools_runs_one_local_shard_with_the_stage_seed(tiny_model_dir, tmp_p
     assert (tmp_path / "output-local.parquet").exists() and (tmp_path / "shards.json").exists()
 
 
+def test_a_shared_results_path_gets_one_subfolder_per_run_and_round(tiny_model_dir, tmp_path):
+    shared = tmp_path / "shared"
+    cfg = CFG.model_copy(update={"sharding": ShardingConfig(results_path=str(shared))})
+    owner(str(tiny_model_dir), str(tmp_path / "run-a" / "02_preference_data_round2" / "shards"), cfg)
+    assert (shared / "run-a__02_preference_data_round2" / "output-local.parquet").exists()
+
+
 def test_a_shard_that_returns_a_row_twice_fails_the_merge_naming_it(tiny_model_dir, tmp_path, monkeypatch):
     import tasks.shards as shards
 
