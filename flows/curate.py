@@ -20,6 +20,7 @@ from flows.dpo import dpo
 from hardware.plan import make_plan
 from hardware.sizing import parse_size
 from realign.curation import WORKFLOW_OF, curated_dir, data_type_of
+from realign.datasets import load_data
 from realign.formats import read_rows, write_rows
 from realign.recipes import DPOWorkflowConfig
 from tasks.common import write_json
@@ -48,7 +49,8 @@ def curate(request: str, config: DPOWorkflowConfig = DPOWorkflowConfig(), source
     out = curated_dir(curated_root, data_type, source_name)
     run_name = config.run_name or f"curate-{out.name}"
     # 2. The plan, before the run when the model's size is known from the request or its directory.
-    examples = config.data.n_prompts + config.data.n_prompts_benchmark if config.data.source == "embedded" else 0
+    # Examples = the preference prompts of a round, counted from the data itself (embedded or the user's file).
+    examples = len(load_data(config.data).prompts)
     plan = plan_for(request, config.model.path if config.model.path != "tiny" else None, examples)
 
     # 3. The gated workflow run.

@@ -55,3 +55,5 @@ def test_curate_flow_publishes_the_gated_pairs(tmp_path, monkeypatch):
     assert saved["data_type"] == "DPO" and saved["workflow"] == "dpo" and saved["tier"] in ("HIGH", "MEDIUM")
     # planned for the size the request names: 7B goes to the fast machine
     assert saved["plan"]["params_b"] == 7.0 and saved["plan"]["machines"] == ["m4-max"]
+    # the plan covers the prompts the data really has (SMALL: 120 reverse + 60 copy)
+    assert sum(saved["plan"]["split"].values()) == 180
