@@ -71,7 +71,7 @@ def main() -> None:
         start = time.perf_counter()
         fifty = {k: v["sampling_seconds"] for k, v in run_workers(model, half, slowdown, work).items()}
         half_wall = time.perf_counter() - start
-    print(f"measured throughput: " + ", ".join(f"{k}={v:.1f} ex/s" for k, v in probe.items()))
+    print("measured throughput: " + ", ".join(f"{k}={v:.1f} ex/s" for k, v in probe.items()))
     print(f"calibrated split {split}: makespan {max(calibrated.values()):.2f}s (predicted {makespan(split, probe):.2f}s, wall {cal_wall:.2f}s)")
     print(f"50/50 split {half}: makespan {max(fifty.values()):.2f}s (predicted {makespan(half, probe):.2f}s, wall {half_wall:.2f}s)")
     print(f"50/50 / calibrated makespan: {max(fifty.values()) / max(calibrated.values()):.2f}x")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from realign.config import ThresholdsConfig
 from realign.generate import GenerationConfig
 from realign.tiny import TinyModelConfig
-from realign.train import LoRAConfig, PreferenceLossConfig, TrainConfig
+from realign.train import PreferenceLossConfig, TrainConfig
 
 
 class _Recipe(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -19,7 +18,7 @@ from realign.models import load_model, save_model
 from realign.plots import before_after, training_curves
 from realign.recipes import DataConfig, DPOStageConfig
 from realign.train import prepare_model, sft_batches, sft_loss, train
-from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
+from tasks.common import stage_cache, stage_dir, write_json
 
 
 class EvaluationResult(BaseModel):

@@ -12,7 +12,7 @@ from realign.datasets import load_data
 from realign.formats import write_rows
 from realign.preference_data import build_pairs
 from realign.recipes import DataConfig, PairsConfig
-from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
+from tasks.common import stage_cache, stage_dir, write_json
 from tasks.shards import run_shards
 
 

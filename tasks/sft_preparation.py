@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
@@ -13,7 +12,7 @@ from realign.models import load_model, save_model
 from realign.recipes import DataConfig, ModelSpec, SFTStageConfig
 from realign.tiny import build_tiny_model
 from realign.train import prepare_model, sft_batches, sft_loss, train
-from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
+from tasks.common import stage_cache, stage_dir, write_json
 
 
 class SFTPrepResult(BaseModel):

@@ -58,7 +58,7 @@ def test_mixed_file_reports_every_bad_line_and_splits_rows(tmp_path):
     assert "raw_base64" in undecodable and "raw" not in undecodable
     summary = proc.stdout.strip().splitlines()[-1]
     blank = sum(1 for i in range(len(BAD)) if i % 3 == 0)
-    assert summary.startswith(f"{data}: {len(BAD) * 2 + blank} lines, {len(GOOD_RAW := good_raw)} valid, {len(BAD)} rejected, {blank} blank")
+    assert summary.startswith(f"{data}: {len(BAD) * 2 + blank} lines, {len(good_raw)} valid, {len(BAD)} rejected, {blank} blank")
 
 
 def test_clean_file_exits_zero(tmp_path):

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx_lm
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from realign.tiny import IM_END, TinyModelConfig, build_tiny_model, train_tokenizer
 
 
