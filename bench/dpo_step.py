@@ -14,11 +14,13 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import realign  # noqa: E402,F401
 
-from realign.demo.tasks import splits  # noqa: E402
-from realign.logprobs import reference_logps  # noqa: E402
-from realign.models import load_model  # noqa: E402
-from realign.tiny import build_tiny_model  # noqa: E402
-from realign.train import PreferenceLossConfig, TrainConfig, preference_batches, preference_loss, prepare_model, train  # noqa: E402
+from realign.data.demo import splits  # noqa: E402
+from realign.model.logprobs import reference_logps  # noqa: E402
+from realign.model.load import load_model  # noqa: E402
+from realign.model.tiny import build_tiny_model  # noqa: E402
+from realign.train.batches import preference_batches
+from realign.train.loop import TrainConfig, prepare_model, train
+from realign.train.objectives import PreferenceLossConfig, preference_loss  # noqa: E402
 
 
 def run(model_dir, pairs, batch: int, steps: int, compile_: bool) -> float:

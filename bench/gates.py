@@ -37,8 +37,8 @@ def pairs_frame(n: int, seed: int = 0) -> pd.DataFrame:
 def generation_seconds_per_pair(batch: int = 32, max_tokens: int = 32) -> float:
     import mlx_lm
 
-    from realign.models import load_model
-    from realign.tiny import build_tiny_model
+    from realign.model.load import load_model
+    from realign.model.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as d:
         lm = load_model(build_tiny_model(Path(d) / "tiny"))
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     args = ap.parse_args()
     from gates.validate import evaluate
-    from realign.config import ThresholdsConfig
+    from realign.thresholds import ThresholdsConfig
 
     evaluate("warm-up", {"preference_pairs": pairs_frame(2000)}, ThresholdsConfig())  # GX import + context setup
     df = pairs_frame(args.rows)

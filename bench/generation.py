@@ -13,9 +13,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import realign  # noqa: E402,F401
 
-from realign.generate import GenerationConfig, generate  # noqa: E402
-from realign.models import load_model  # noqa: E402
-from realign.tiny import build_tiny_model  # noqa: E402
+from realign.model.generate import GenerationConfig, generate  # noqa: E402
+from realign.model.load import load_model  # noqa: E402
+from realign.model.tiny import build_tiny_model  # noqa: E402
 
 
 def tokens_per_s(lm, prompts, batch: int, max_tokens: int) -> tuple[float, int]:

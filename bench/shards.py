@@ -1,6 +1,6 @@
 """Makespan of a throughput-proportional split vs a 50/50 split over two workers, one at half speed.
 
-Each worker is a separate process running the real shard code (realign.sampling.run_shard: sample 4
+Each worker is a separate process running the real shard code (realign.score.sampling.run_shard: sample 4
 answers per prompt with the tiny model and score them); the slow one has slowdown 2 (it sleeps as
 long as it computed after every batch: half speed, set by configuration, as REALIGN_SHARD_SLOWDOWN
 does for a worker). Makespans are sampling + scoring time (model loading excluded). Both splits run
@@ -24,8 +24,8 @@ from hardware.shards import makespan, plan_shards  # noqa: E402
 WORKER = r"""
 import json, sys
 import realign
-from realign.recipes import PairsConfig
-from realign.sampling import ShardJob, run_shard
+from realign.score.sampling import PairsConfig
+from realign.score.sampling import ShardJob, run_shard
 model, inputs, output, slowdown = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 pairs = PairsConfig.model_validate({"generation": {"n": 4, "batch_size": 16, "max_tokens": 12}})
 job = ShardJob(job="bench", shard=output, model_dir=model, inputs_path=inputs, output_path=output, pairs=pairs, seed=0)
@@ -34,7 +34,7 @@ print(json.dumps(run_shard(job, slowdown=slowdown)))
 
 
 def run_workers(model: Path, shares: dict[str, int], slowdown: dict[str, float], work: Path) -> dict[str, dict]:
-    """Each named worker runs the real shard code (realign.sampling.run_shard) on its share, all at once."""
+    """Each named worker runs the real shard code (realign.score.sampling.run_shard) on its share, all at once."""
     import pandas as pd
 
     procs, start = {}, 0
@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=512)
     args = ap.parse_args()
-    from realign.tiny import build_tiny_model
+    from realign.model.tiny import build_tiny_model
 
     slowdown = {"fast": 1.0, "slow": 2.0}
     with tempfile.TemporaryDirectory() as d:

@@ -18,7 +18,7 @@ from pathlib import Path
 CHILD = (
     "import resource, sys, time\n"
     "import realign\n"
-    "from realign.formats import validate_file\n"
+    "from realign.data.formats import validate_file\n"
     "t = time.perf_counter()\n"
     "r = validate_file(sys.argv[1], 'dpo', out=sys.argv[2], rejects=sys.argv[3])\n"
     "print(r.lines, r.valid, r.rejected, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

@@ -19,10 +19,10 @@ from prefect.context import FlowRunContext
 from flows.dpo import dpo
 from hardware.plan import make_plan
 from hardware.sizing import parse_size
-from realign.curation import WORKFLOW_OF, curated_dir, data_type_of
-from realign.datasets import load_data
-from realign.formats import read_rows, write_rows
-from realign.recipes import DPOWorkflowConfig
+from realign.data.curation import WORKFLOW_OF, curated_dir, data_type_of
+from realign.data.datasets import load_data
+from realign.data.formats import read_rows, write_rows
+from realign.recipes.dpo import DPOWorkflowConfig
 from tasks.common import write_json
 
 

@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 
 from gates.gate import GateFailed, gate
 from hardware.profiles import load_calibration
-from realign.recipes import DPOWorkflowConfig
+from realign.recipes.dpo import DPOWorkflowConfig
 from tasks.common import stage_dir, stage_name
 from tasks.dpo_optimization import optimize_dpo
 from tasks.evaluation import evaluate_run

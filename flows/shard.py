@@ -12,7 +12,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.variables import Variable
 
-from realign.sampling import ShardJob, measurement_key, run_shard
+from realign.score.sampling import ShardJob, measurement_key, run_shard
 from tasks.shards import throughput_variable
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from gates.report import GateReport
 from gates.suites import SUITES
 from gates.validate import evaluate
-from realign.config import ThresholdsConfig
+from realign.thresholds import ThresholdsConfig
 
 TIER_STYLE = {"HIGH": "green", "MEDIUM": "yellow", "REJECT": "red"}
 

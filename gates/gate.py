@@ -22,7 +22,7 @@ from pydantic import Field
 
 from gates.report import GateReport
 from gates.validate import evaluate
-from realign.config import ThresholdsConfig
+from realign.thresholds import ThresholdsConfig
 
 
 class GateFailed(Exception):

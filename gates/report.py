@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from realign.config import TIER_ORDER, Tier
+from realign.thresholds import TIER_ORDER, Tier
 
 
 class ExpectationOutcome(BaseModel):

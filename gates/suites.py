@@ -19,7 +19,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 
 from gates.context import gx_context
-from realign.config import FLOAT_SLACK, ThresholdsConfig, TierBand
+from realign.thresholds import FLOAT_SLACK, ThresholdsConfig, TierBand
 
 # Remedies, from the seeds' "Common Issues" tables (and stage docs where the tables are silent).
 REMEDY = {

@@ -14,7 +14,7 @@ import pandas as pd
 from gates.context import SOURCE, gx_context
 from gates.report import ExpectationOutcome, GateReport
 from gates.suites import SUITES, prepare_frame
-from realign.config import ThresholdsConfig
+from realign.thresholds import ThresholdsConfig
 
 def validate_frame(suite, df: pd.DataFrame):
     """Validate `df` against a GX suite; returns GX's ExpectationSuiteValidationResult."""

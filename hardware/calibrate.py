@@ -13,6 +13,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 
+def measure_matmul_gflops(n: int = 1024, min_seconds: float = 0.5, min_reps: int = 3) -> tuple[float, float]:
+    """Time float32 n x n matmuls on MLX's default device.
+
+    Returns (gflops, seconds per matmul); 2*n^3 flops per matmul, after one warm-up.
+    """
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n), key=mx.random.key(0))
+    b = mx.random.normal((n, n), key=mx.random.key(1))
+    mx.eval(a, b)
+    mx.eval(a @ b)  # warm-up: first call pays allocation and dispatch setup
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        mx.eval(a @ b)
+        reps += 1
+    per = (time.perf_counter() - start) / reps
+    return 2 * n**3 / per / 1e9, per
+
+
 def choose_batch(curve: dict[int, float], tolerance: float = 0.05) -> int:
     """Smallest batch size whose throughput is within `tolerance` (fraction) of the best."""
     if not curve:
@@ -44,9 +63,8 @@ def calibrate(model_dir: str, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 
     Each batch size generates `rounds` batches of `max_tokens` tokens after one warm-up batch;
     examples/s = sequences finished / seconds.
     """
-    from realign.doctor import measure_matmul_gflops
-    from realign.generate import GenerationConfig, generate
-    from realign.models import load_model
+    from realign.model.generate import GenerationConfig, generate
+    from realign.model.load import load_model
 
     gflops, _ = measure_matmul_gflops()
     lm = load_model(model_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from hardware.selection import select_machine
 from hardware.shards import makespan, plan_shards
 from hardware.sizing import ModelSize, memory_estimate, parse_size, size_from_config
-from realign.config import HardwareConfig
+from hardware.config import HardwareConfig
 
 
 @dataclass

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from realign.config import HardwareConfig, MachineProfile
+from hardware.config import HardwareConfig, MachineProfile
 
 
 @dataclass
@@ -63,7 +63,7 @@ def machine_key(machine: DetectedMachine | None = None) -> str:
 
 def save_calibration(data: dict, machine: DetectedMachine | None = None) -> Path:
     """Write this machine's calibration JSON atomically; returns the path."""
-    from realign.formats import atomic_path
+    from realign.io import atomic_path
 
     m = machine or detect()
     path = profile_dir() / f"{machine_key(m)}.json"

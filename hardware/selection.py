@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from realign.config import HardwareConfig
+from hardware.config import HardwareConfig
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.utilities.hashing import hash_objects
 
-from realign.recipes import DataConfig
+from realign.data.datasets import DataConfig
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes ('missing:PATH' when absent, so the stage runs and reports it)."""
@@ -112,7 +112,7 @@ def stage_dir(run_dir: str | Path, n: int, suffix: str = "") -> Path:
 
 def write_json(path: Path, data: dict) -> Path:
     """Atomic JSON write; NaN becomes null (JSON has no NaN), so 'not computed' stays visible."""
-    from realign.formats import atomic_path
+    from realign.io import atomic_path
 
     def clean(v):
         if isinstance(v, float) and math.isnan(v):

@@ -10,9 +10,11 @@ import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.models import load_model, save_model
-from realign.recipes import DPOStageConfig
-from realign.train import preference_batches, preference_loss, prepare_model, token_stats, train
+from realign.model.load import load_model, save_model
+from realign.recipes.dpo import DPOStageConfig
+from realign.train.batches import preference_batches
+from realign.train.loop import prepare_model, token_stats, train
+from realign.train.objectives import preference_loss
 from tasks.common import STAGE_CACHE, stage_dir, write_json
 
 

@@ -10,14 +10,18 @@ import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.datasets import load_data
-from realign.evaluation import accuracy, positional_match, win_rate
-from realign.logprobs import pair_batch
-from realign.metrics import capability_retention, decontamination, mean_kl
-from realign.models import load_model, save_model
-from realign.plots import before_after, training_curves
-from realign.recipes import DataConfig, DPOStageConfig
-from realign.train import prepare_model, sft_batches, sft_loss, train
+from realign.data.datasets import load_data
+from realign.eval.probes import accuracy, win_rate
+from realign.score.verifiers import positional_match
+from realign.model.logprobs import pair_batch
+from realign.eval.metrics import capability_retention, decontamination, mean_kl
+from realign.model.load import load_model, save_model
+from realign.eval.plots import before_after, training_curves
+from realign.data.datasets import DataConfig
+from realign.recipes.dpo import DPOStageConfig
+from realign.train.batches import sft_batches
+from realign.train.loop import prepare_model, train
+from realign.train.objectives import sft_loss
 from tasks.common import stage_cache, stage_dir, write_json
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.datasets import load_data
-from realign.evaluation import accuracy
-from realign.models import load_model
-from realign.recipes import DataConfig
+from realign.data.datasets import load_data
+from realign.eval.probes import accuracy
+from realign.model.load import load_model
+from realign.data.datasets import DataConfig
 from tasks.common import STAGE_CACHE, stage_cache, stage_dir, write_json
 
 
@@ -26,8 +26,8 @@ def score_round(data: DataConfig, model_dir: str, round: int, max_tokens: int = 
     """Target-skill accuracy of a round's model (dev split when there is one) and its total drift from the start."""
     import pandas as pd
 
-    from realign.logprobs import pair_batch
-    from realign.metrics import mean_kl
+    from realign.model.logprobs import pair_batch
+    from realign.eval.metrics import mean_kl
 
     bundle = load_data(data)
     items = bundle.dev or bundle.target

@@ -10,10 +10,10 @@ import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.logprobs import pair_batch, reference_logps
-from realign.metrics import mean_kl
-from realign.models import load_model
-from realign.train import TrainConfig, prepare_model
+from realign.model.logprobs import pair_batch, reference_logps
+from realign.eval.metrics import mean_kl
+from realign.model.load import load_model
+from realign.train.loop import TrainConfig, prepare_model
 from tasks.common import STAGE_CACHE, stage_dir, write_json
 
 

@@ -8,16 +8,17 @@ import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.datasets import load_data
-from realign.formats import write_rows
-from realign.preference_data import build_pairs
-from realign.recipes import DataConfig, PairsConfig
+from realign.data.datasets import load_data
+from realign.data.formats import write_rows
+from realign.data.pairs import build_pairs
+from realign.data.datasets import DataConfig
+from realign.score.sampling import PairsConfig
 from tasks.common import stage_cache, stage_dir, write_json
 from tasks.shards import run_shards
 
 
 class PairsResult(BaseModel):
-    """Where the pairs are and what building them found (see realign.preference_data.PairStats)."""
+    """Where the pairs are and what building them found (see realign.data.pairs.PairStats)."""
 
     round: int
     pairs_path: str

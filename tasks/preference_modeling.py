@@ -8,9 +8,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.models import load_model
-from realign.recipes import RewardModelStageConfig
-from realign.scorers import RewardModel
+from realign.model.load import load_model
+from realign.recipes.dpo import RewardModelStageConfig
+from realign.score.reward_model import RewardModel
 from tasks.common import STAGE_CACHE, stage_dir, write_json
 
 

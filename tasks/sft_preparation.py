@@ -6,12 +6,15 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from realign.datasets import load_data
-from realign.evaluation import accuracy, perplexity
-from realign.models import load_model, save_model
-from realign.recipes import DataConfig, ModelSpec, SFTStageConfig
-from realign.tiny import build_tiny_model
-from realign.train import prepare_model, sft_batches, sft_loss, train
+from realign.data.datasets import load_data
+from realign.eval.probes import accuracy, perplexity
+from realign.model.load import load_model, save_model
+from realign.data.datasets import DataConfig
+from realign.recipes.common import ModelSpec, SFTStageConfig
+from realign.model.tiny import build_tiny_model
+from realign.train.batches import sft_batches
+from realign.train.loop import prepare_model, train
+from realign.train.objectives import sft_loss
 from tasks.common import stage_cache, stage_dir, write_json
 
 

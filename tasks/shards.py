@@ -17,9 +17,9 @@ import pandas as pd
 from prefect import get_run_logger
 
 from hardware.shards import ShardMismatch, assign_rows, merge_shards, plan_shards
-from realign.config import HardwareConfig
-from realign.recipes import PairsConfig, ShardingConfig
-from realign.sampling import ScoredSamples, ShardJob, measurement_key, run_shard
+from hardware.config import HardwareConfig
+from realign.score.sampling import PairsConfig, ShardingConfig
+from realign.score.sampling import ScoredSamples, ShardJob, measurement_key, run_shard
 from tasks.common import write_json
 
 
@@ -54,7 +54,7 @@ def throughput_variable(pool: str) -> str:
 
 
 def last_measured(pools: list[str], key: dict) -> dict[str, float]:
-    """Rows/s each pool's last shard measured for a job of the same shape (realign.sampling.measurement_key)."""
+    """Rows/s each pool's last shard measured for a job of the same shape (realign.score.sampling.measurement_key)."""
     from prefect.variables import Variable
 
     out = {}

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2 model directory (default shape, seed 0), built once per test session."""
-    from realign.tiny import TinyModelConfig, build_tiny_model
+    from realign.model.tiny import TinyModelConfig, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinyModelConfig(seed=0))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from realign.recipes import DataConfig
+from realign.data.datasets import DataConfig
 from tasks.common import DataFileContents, EarlierOutputs
 
 

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from realign.curation import WORKFLOW_OF, curated_dir, data_type_of, source_slug
+from realign.data.curation import WORKFLOW_OF, curated_dir, data_type_of, source_slug
 
 
 @pytest.mark.parametrize("request_text, kind", [

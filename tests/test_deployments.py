@@ -8,7 +8,7 @@ import importlib
 import yaml
 
 from conftest import REPO
-from realign.recipes import DPOWorkflowConfig
+from realign.recipes.dpo import DPOWorkflowConfig
 
 DOC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in DOC["deployments"]}

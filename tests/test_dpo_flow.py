@@ -13,7 +13,7 @@ from prefect.testing.utilities import prefect_test_harness
 from conftest import run_cli
 from flows.dpo import dpo
 from gates.gate import GateFailed
-from realign.recipes import DPOWorkflowConfig
+from realign.recipes.dpo import DPOWorkflowConfig
 
 # Small and fast; thresholds relaxed so the test exercises the plumbing, not the tiny model's luck.
 # (The real thresholds are exercised by the gate tests and by `make demo`.)

@@ -5,19 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from realign.formats import (
-    DataFormatError,
-    DPORow,
-    GRPORow,
-    RLVRRow,
-    SFTRow,
-    canonical_format,
-    check_line,
-    guess_format,
-    read_rows,
-    validate_file,
-    write_rows,
-)
+from realign.data.formats import DPORow, DataFormatError, GRPORow, RLVRRow, SFTRow, canonical_format, check_line, guess_format, read_rows, validate_file, write_rows
 
 
 def problems(line: str | bytes, fmt: str) -> list[str]:
@@ -132,7 +120,7 @@ def test_validate_parquet_input_reports_row_numbers(tmp_path):
 def test_failed_validation_leaves_no_partial_outputs(tmp_path, monkeypatch):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 5)
-    import realign.formats as f
+    import realign.data.formats as f
 
     calls = {"n": 0}
     real = f.check_line
@@ -157,7 +145,7 @@ def test_row_models_are_strict_about_types():
 
 
 def test_atomic_dir_replaces_whole_or_leaves_the_old(tmp_path):
-    from realign.formats import atomic_dir
+    from realign.io import atomic_dir
 
     target = tmp_path / "model"
     with atomic_dir(target) as d:

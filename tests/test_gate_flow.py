@@ -16,7 +16,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.testing.utilities import prefect_test_harness
 
 from gates.gate import GateFailed, artifact_key, gate
-from realign.config import ThresholdsConfig
+from realign.thresholds import ThresholdsConfig
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,7 +7,7 @@ import pytest
 
 from gates.suites import SUITES
 from gates.validate import evaluate
-from realign.config import ThresholdsConfig
+from realign.thresholds import ThresholdsConfig
 
 TH = ThresholdsConfig.model_validate({"preference": {"min_pairs": 4}})
 

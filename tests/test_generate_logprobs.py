@@ -4,9 +4,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from realign.generate import GenerationConfig, generate, prompt_tokens
-from realign.logprobs import collate, encode, reference_logps, sequence_logps
-from realign.models import load_model
+from realign.model.generate import GenerationConfig, generate, prompt_tokens
+from realign.model.logprobs import collate, encode, reference_logps, sequence_logps
+from realign.model.load import load_model
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_reference_cache_matches_direct_computation(lm):
 
 
 def test_ifd_from_model_losses(lm):
-    from realign.logprobs import mean_completion_loss
-    from realign.metrics import ifd_score
+    from realign.model.logprobs import mean_completion_loss
+    from realign.eval.metrics import ifd_score
 
     given = mean_completion_loss(lm.model, lm.tokenizer, ["Reverse: 12345"], ["54321"])
     alone = mean_completion_loss(lm.model, lm.tokenizer, [None], ["54321"])

@@ -5,7 +5,7 @@ import math
 import mlx.core as mx
 import pytest
 
-from realign.losses import bradley_terry_loss, cpo_loss, dpo_loss, nll_loss, orpo_loss, rpo_loss
+from realign.train.losses import bradley_terry_loss, cpo_loss, dpo_loss, nll_loss, orpo_loss, rpo_loss
 
 # Two pairs. Pair 0: policy prefers chosen more than the reference does (logits = 1.5).
 # Pair 1: the policy has moved the wrong way (logits = -1.0).

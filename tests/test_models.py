@@ -1,8 +1,8 @@
-"""realign.models.load_model: local directories, hub ids offline, clear errors."""
+"""realign.model.load.load_model: local directories, hub ids offline, clear errors."""
 
 import pytest
 
-from realign.models import ModelLoadError, load_model
+from realign.model.load import ModelLoadError, load_model
 
 
 def test_loads_a_local_directory(tiny_model_dir):

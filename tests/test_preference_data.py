@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from realign.evaluation import positional_match, win_rate
-from realign.preference_data import build_pairs
+from realign.eval.probes import win_rate
+from realign.score.verifiers import positional_match
+from realign.data.pairs import build_pairs
 
 
 def test_best_vs_worst_with_counts():
@@ -60,7 +61,7 @@ def test_blank_completions_are_excluded_and_counted():
 
 
 def test_edit_similarity():
-    from realign.evaluation import edit_similarity
+    from realign.score.verifiers import edit_similarity
 
     assert edit_similarity("54321", "54321") == 1.0
     assert edit_similarity("4321", "54321") == pytest.approx(0.8)  # one deletion; positional match gives 0.0

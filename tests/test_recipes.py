@@ -3,8 +3,9 @@
 import pytest
 
 from conftest import REPO
-from realign.datasets import load_data
-from realign.recipes import DataConfig, DPOWorkflowConfig, load_recipe
+from realign.data.datasets import load_data
+from realign.data.datasets import DataConfig
+from realign.recipes.dpo import DPOWorkflowConfig, load_dpo_recipe as load_recipe
 
 
 def test_demo_recipe_is_the_default_config():

@@ -4,8 +4,10 @@ import math
 
 import pytest
 
-from realign.models import load_model
-from realign.scorers import JudgeScorer, RewardModel, Verifier, last_number, parse_rating
+from realign.model.load import load_model
+from realign.score.judge import JudgeScorer, parse_rating
+from realign.score.reward_model import RewardModel
+from realign.score.verifiers import Verifier, last_number
 
 
 def test_verifier_modes():
@@ -30,8 +32,8 @@ def test_parse_rating(reply, value):
 
 
 def test_judge_reports_unparseable_replies(tiny_model_dir, monkeypatch):
-    import realign.generate as gen
-    from realign.generate import Completion
+    import realign.model.generate as gen
+    from realign.model.generate import Completion
 
     replies = iter(["9", "seven", "Rating: 4/10"])
 

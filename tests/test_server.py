@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import REPO, run_cli
-from realign.server import LocalPrefect, local_timezone
+from realign.cli.server import LocalPrefect, local_timezone
 
 
 def test_stack_environment_is_loopback_and_self_contained(tmp_path, monkeypatch):

@@ -11,13 +11,13 @@ import sys
 import pytest
 
 from conftest import REPO
-from realign.server import LocalPrefect
+from realign.cli.server import LocalPrefect
 
 OWNER = r"""
 import json, sys
 import realign
 from prefect import flow
-from realign.recipes import PairsConfig
+from realign.score.sampling import PairsConfig
 from tasks.shards import run_shards
 
 model_dir, shard_dir, given = sys.argv[1], sys.argv[2], sys.argv[3] == "given"

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
 from hardware.shards import ShardMismatch
-from realign.recipes import PairsConfig, ShardingConfig
+from realign.score.sampling import PairsConfig, ShardingConfig
 from tasks.shards import ShardFailed, pool_throughput, run_shards
 
 PROMPTS = [f"Reverse: {100 + i}" for i in range(12)]
@@ -29,8 +29,8 @@ def owner(model_dir: str, shard_dir: str, cfg: PairsConfig = CFG):
 
 
 def test_no_pools_runs_one_local_shard_with_the_stage_seed(tiny_model_dir, tmp_path):
-    from realign.models import load_model
-    from realign.sampling import sample_and_score
+    from realign.model.load import load_model
+    from realign.score.sampling import sample_and_score
 
     scored, records = owner(str(tiny_model_dir), str(tmp_path))
     assert [r["shard"] for r in records] == ["local"] and records[0]["rows"] == 12

@@ -9,7 +9,7 @@ import mlx_lm
 import pytest
 
 from conftest import run_cli
-from realign.tiny import IM_END, TinyModelConfig, build_tiny_model, train_tokenizer
+from realign.model.tiny import IM_END, TinyModelConfig, build_tiny_model, train_tokenizer
 
 
 def test_model_dir_is_a_qwen2_checkpoint(tiny_model_dir):

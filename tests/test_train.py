@@ -14,22 +14,13 @@ import pytest
 from mlx.utils import tree_flatten
 
 from conftest import REPO
-from realign.demo.tasks import is_correct, splits
-from realign.generate import GenerationConfig, generate
-from realign.logprobs import reference_logps
-from realign.models import load_model
-from realign.train import (
-    PreferenceLossConfig,
-    TrainConfig,
-    adapters_disabled,
-    batch_indices,
-    preference_batches,
-    preference_loss,
-    prepare_model,
-    sft_batches,
-    sft_loss,
-    train,
-)
+from realign.data.demo import is_correct, splits
+from realign.model.generate import GenerationConfig, generate
+from realign.model.logprobs import reference_logps
+from realign.model.load import load_model
+from realign.train.batches import batch_indices, preference_batches, sft_batches
+from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, train
+from realign.train.objectives import PreferenceLossConfig, preference_loss, sft_loss
 
 
 def held_out_accuracy(lm, examples) -> float:
@@ -181,7 +172,7 @@ def test_unsupported_combinations_are_refused():
 
 
 def test_task_splits_do_not_depend_on_the_hash_seed():
-    code = "from realign.demo.tasks import splits; print([e.digits for e in splits('reverse', 20, 5, seed=0)[1]])"
+    code = "from realign.data.demo import splits; print([e.digits for e in splits('reverse', 20, 5, seed=0)[1]])"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": h},
                            cwd=REPO).stdout for h in ("1", "2")}
     assert len(outs) == 1 and outs.pop().startswith("['")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from realign.server import LocalPrefect
+from realign.cli.server import LocalPrefect
 from ui_helpers import browser, run_parameters, write_prompts, write_user_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

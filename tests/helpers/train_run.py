@@ -12,9 +12,11 @@ import realign  # noqa: F401
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from realign.demo.tasks import splits
-from realign.models import load_model
-from realign.train import TrainConfig, prepare_model, sft_batches, sft_loss, train
+from realign.data.demo import splits
+from realign.model.load import load_model
+from realign.train.batches import sft_batches
+from realign.train.loop import TrainConfig, prepare_model, train
+from realign.train.objectives import sft_loss
 
 model_dir, out_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 slow_after = int(sys.argv[4]) if len(sys.argv) > 4 else None

@@ -115,7 +115,7 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike)
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from realign.formats import atomic_dir
+    from realign.io import atomic_dir
 
     src, out = Path(source_dir), Path(out_dir)
     fuse_adapters(model)

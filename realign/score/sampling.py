@@ -12,11 +12,53 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from realign.evaluation import edit_similarity, positional_match
-from realign.recipes import PairsConfig
+from realign.score.verifiers import edit_similarity, positional_match
+from realign.model.generate import GenerationConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShardingConfig(_Config):
+    """Stage 2 across machines: one shard per work pool, sized by measured throughput."""
+
+    pools: list[str] = Field(default_factory=list, max_length=64,
+                             description="Work pools to fan out to (e.g. [m4-max, m3-ultra]); empty: run in this process.")
+    throughput: dict[str, float] = Field(default_factory=dict, description="Measured examples/s per pool (`realign calibrate` "
+                                         "on that machine); a pool not listed takes its hardware profile's scoring rate.")
+    deployment: str = Field("shard/shard-{pool}", min_length=1, description="Deployment each pool's shard runs as ({pool} is filled in).")
+    results_path: str | None = Field(None, description="Folder every machine can reach for shard inputs/outputs (one subfolder "
+                                     "per run and round); default RUN_DIR/02_preference_data/shards.")
+    timeout_s: float = Field(6 * 3600, gt=0, le=7 * 24 * 3600, description="Fail the stage when shards are not all back after this long.")
+    poll_s: float = Field(2.0, gt=0, le=600, description="How often the owning stage checks on its shards.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ShardingConfig":
+        dup = sorted({p for p in self.pools if self.pools.count(p) > 1})
+        if dup:
+            raise ValueError(f"pairs.sharding.pools lists {dup} more than once (one shard per pool)")
+        if "{pool}" not in self.deployment:
+            raise ValueError("pairs.sharding.deployment must contain {pool}, e.g. 'shard/shard-{pool}'")
+        return self
+
+
+class PairsConfig(_Config):
+    """Stage 2: sampling and scoring."""
+
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
+        description="How candidate answers are sampled (n per prompt).",
+    )
+    scorer: Literal["verifier", "judge"] = Field("verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating.")
+    judge_model: str | None = Field(None, description="judge: the judge model directory.")
+    use_calibration: bool = Field(True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one.")
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig, description="Fan the sampling out to work pools.")
+
 
 
 @dataclass
@@ -32,13 +74,13 @@ class ScoredSamples:
 
 def sample_and_score(lm, prompts: Sequence[str], answers: Sequence[str | None], pairs_cfg: PairsConfig, seed: int,
                      on_progress: Callable[[int, int], None] | None = None, judge_lm=None) -> ScoredSamples:
-    """Sample `pairs_cfg.generation.n` answers per prompt with `lm` (a realign.models.LoadedModel) at `seed`.
+    """Sample `pairs_cfg.generation.n` answers per prompt with `lm` (a realign.model.load.LoadedModel) at `seed`.
 
     verifier: score = positional match to the known answer, second = edit similarity to it.
     judge: score = `judge_lm`'s 0-10 rating / 10, second = exact match when every answer is known.
     """
-    from realign.generate import generate
-    from realign.scorers import JudgeScorer
+    from realign.model.generate import generate
+    from realign.score.judge import JudgeScorer
 
     gen_cfg = pairs_cfg.generation.model_copy(update={"seed": seed})
     samples = generate(lm.model, lm.tokenizer, list(prompts), gen_cfg, on_progress=on_progress)
@@ -95,7 +137,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     """
     import pandas as pd
 
-    from realign.models import load_model
+    from realign.model.load import load_model
 
     if slowdown < 1:
         raise ValueError(f"slowdown must be >= 1 (1 = full speed), got {slowdown}")
@@ -131,7 +173,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     info = {"shard": job.shard, "rows": len(out), "completions": sum(len(t) for t in scored.texts), "unparsed": scored.unparsed,
             "seconds": time.perf_counter() - t0, "sampling_seconds": sample_s,
             "examples_per_s": len(out) / sample_s if sample_s > 0 else None, "slowdown": slowdown}
-    from realign.formats import atomic_path
+    from realign.io import atomic_path
 
     with atomic_path(out_path.with_suffix(".json"), "w") as fh:
         fh.write(json.dumps(info, indent=2))

@@ -1,4 +1,4 @@
-"""One training loop for SFT and the preference losses (DPO family, RPO, ORPO, CPO/SimPO).
+"""One training loop for SFT and the preference losses (the objectives live in objectives.py).
 
 Like mlx-lm's tuner, the loop is given the loss and a batch source and reports
 through a callback; it knows nothing about Prefect. It adds what long runs need:
@@ -26,15 +26,12 @@ from typing import Literal
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pydantic import BaseModel, ConfigDict, Field
 
-from realign.logprobs import forward_logps
-from realign.losses import cpo_loss, dpo_loss, nll_loss, orpo_loss
-from realign.metrics import token_entropy, token_kl
+from realign.eval.metrics import token_entropy, token_kl
+from realign.train.batches import Batch
 
-Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-specific arrays
 
 
 class LoRAConfig(BaseModel):
@@ -124,94 +121,6 @@ def adapters_disabled(model: nn.Module):
             m.scale = s
 
 
-# --- losses as (model, batch) -> (loss, metrics) -------------------------------------------
-
-
-def sft_loss(model: nn.Module, batch: Batch) -> tuple[mx.array, dict[str, mx.array]]:
-    """Mean completion-token NLL (prompt and padding masked)."""
-    lp, _ = forward_logps(model, _tb(batch))
-    loss = nll_loss(lp, batch["mask"])
-    return loss, {"loss": loss}
-
-
-class PreferenceLossConfig(BaseModel):
-    """Which preference objective and its coefficients (TRL names and defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["dpo", "orpo", "cpo"] = Field("dpo", description="dpo (with a reference), orpo or cpo (reference-free).")
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "simpo"] = Field(
-        "sigmoid", description="dpo: sigmoid|hinge|ipo|robust; cpo: sigmoid|simpo.")
-    beta: float = Field(0.1, gt=0, le=100, description="Inverse temperature of the implicit reward (ORPO: weight of the odds-ratio term).")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Probability a preference label is flipped (cDPO / robust).")
-    rpo_alpha: float | None = Field(None, ge=0.0, description="RPO: add this times the chosen NLL to the DPO loss.")
-    cpo_alpha: float = Field(1.0, ge=0.0, description="CPO: weight of the chosen NLL (0 for pure SimPO).")
-    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin.")
-
-    def averaged(self) -> bool:
-        """Whether log-probs are length-averaged (IPO, ORPO, SimPO) rather than summed."""
-        return self.loss_type in ("ipo", "simpo") or self.method == "orpo"
-
-
-def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], tuple[mx.array, dict]]:
-    """A loss over batches of B pairs: rows [0, B) chosen, [B, 2B) rejected.
-
-    DPO needs "ref_chosen" and "ref_rejected" (summed reference log-probs, [B]).
-    Metrics use TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies,
-    rewards/margins, logps/chosen, logps/rejected (sums), nll.
-    """
-
-    def loss_fn(model: nn.Module, batch: Batch):
-        lp, _ = forward_logps(model, _tb(batch))
-        mask = batch["mask"]
-        sums, counts = (lp * mask).sum(axis=1), mx.maximum(mask.sum(axis=1), 1)
-        B = sums.shape[0] // 2
-        pc, pr = sums[:B], sums[B:]
-        nc, nr = counts[:B], counts[B:]
-        chosen_nll = nll_loss(lp[:B], mask[:B])
-        if cfg.averaged():
-            pc_in, pr_in = pc / nc, pr / nr
-        else:
-            pc_in, pr_in = pc, pr
-        if cfg.method == "dpo":
-            rc, rr = batch["ref_chosen"], batch["ref_rejected"]
-            if cfg.averaged():
-                rc, rr = rc / nc, rr / nr
-            losses, cr, rjr = dpo_loss(pc_in, pr_in, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
-                                       label_smoothing=cfg.label_smoothing)
-            loss = losses.mean() + (cfg.rpo_alpha * chosen_nll if cfg.rpo_alpha else 0.0)
-        elif cfg.method == "orpo":
-            losses, cr, rjr, _ = orpo_loss(pc_in, pr_in, beta=cfg.beta)
-            loss = chosen_nll + losses.mean()
-        else:
-            losses, cr, rjr = cpo_loss(pc_in, pr_in, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
-                                       label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
-            loss = losses.mean() + cfg.cpo_alpha * chosen_nll
-        metrics = {
-            "loss": loss,
-            "rewards/chosen": cr.mean(),
-            "rewards/rejected": rjr.mean(),
-            "rewards/accuracies": (cr > rjr).astype(mx.float32).mean(),
-            "rewards/margins": (cr - rjr).mean(),
-            "logps/chosen": mx.stop_gradient(pc).mean(),
-            "logps/rejected": mx.stop_gradient(pr).mean(),
-            "nll": mx.stop_gradient(chosen_nll),
-        }
-        return loss, metrics
-
-    if cfg.method == "dpo" and cfg.loss_type == "simpo":
-        raise ValueError("loss_type 'simpo' belongs to method 'cpo'")
-    if cfg.method == "cpo" and cfg.loss_type not in ("sigmoid", "simpo"):
-        raise ValueError(f"method 'cpo' supports loss_type sigmoid or simpo, not '{cfg.loss_type}'")
-    return loss_fn
-
-
-def _tb(batch: Batch):
-    from realign.logprobs import TokenBatch
-
-    return TokenBatch(batch["tokens"], batch["mask"])
-
-
 def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> dict[str, float]:
     """Mean per-token KL(policy || reference) and policy entropy on the batch's completion tokens.
 
@@ -235,28 +144,6 @@ def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> 
     return {"kl": kl.item(), "entropy": entropy.item()}
 
 
-# --- data order --------------------------------------------------------------------
-
-
-def batch_indices(n_examples: int, batch_size: int, seed: int) -> Callable[[int], list[int]]:
-    """Micro-batch i -> example indices: epochs of seeded permutations, so any step can be recomputed."""
-    if n_examples < 1:
-        raise ValueError("no training examples")
-
-    def at(i: int) -> list[int]:
-        out = []
-        pos = i * batch_size
-        while len(out) < batch_size:
-            epoch, offset = divmod(pos, n_examples)
-            perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
-            take = min(batch_size - len(out), n_examples - offset)
-            out.extend(perm[offset : offset + take].tolist())
-            pos += take
-        return out
-
-    return at
-
-
 # --- checkpoints ---------------------------------------------------------------------
 
 
@@ -271,7 +158,7 @@ def _latest(ckpt_root: Path) -> Path | None:
 def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
                     history: list[dict], resume_key: str | None = None) -> Path:
     """Write step_NNNNNN/ (trainable weights, optimizer state incl. its step, state.json) atomically; update `latest`."""
-    from realign.formats import atomic_dir, atomic_path
+    from realign.io import atomic_dir, atomic_path
 
     final = ckpt_root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
@@ -401,47 +288,3 @@ def train(
             result.reason = f"KL {kl:.4f} > limit {cfg.kl_limit} at step {step + 1}"
             break
     return result
-
-
-# --- batch sources -----------------------------------------------------------------
-
-
-def sft_batches(tokenizer, examples: list[tuple], cfg: TrainConfig, *, chat: bool = True) -> Callable[[int], Batch]:
-    """Micro-batch source over (prompt, completion) examples, tokenized once."""
-    from realign.logprobs import collate, encode, _pad_id
-
-    encoded = [encode(tokenizer, p, c, chat=chat, max_len=cfg.max_seq_len) for p, c in examples]
-    order = batch_indices(len(encoded), cfg.batch_size, cfg.seed)
-    pad = _pad_id(tokenizer)
-
-    def at(i: int) -> Batch:
-        tb = collate([encoded[j] for j in order(i)], pad_id=pad)
-        return {"tokens": tb.tokens, "mask": tb.mask}
-
-    return at
-
-
-def preference_batches(tokenizer, pairs: list[dict], cfg: TrainConfig, *, ref: dict | None = None,
-                       chat: bool = True) -> Callable[[int], Batch]:
-    """Micro-batch source over preference pairs: chosen rows then rejected rows, plus cached reference log-probs.
-
-    ref: arrays "chosen_logps" and "rejected_logps" aligned with `pairs` (from
-    `realign.logprobs.reference_logps`); required for DPO, unused by ORPO/CPO.
-    """
-    from realign.logprobs import collate, encode, _pad_id
-
-    chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
-    rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
-    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed)
-    pad = _pad_id(tokenizer)
-
-    def at(i: int) -> Batch:
-        idx = order(i)
-        tb = collate([chosen[j] for j in idx] + [rejected[j] for j in idx], pad_id=pad)
-        batch = {"tokens": tb.tokens, "mask": tb.mask}
-        if ref is not None:
-            batch["ref_chosen"] = mx.array(np.asarray(ref["chosen_logps"])[idx], dtype=mx.float32)
-            batch["ref_rejected"] = mx.array(np.asarray(ref["rejected_logps"])[idx], dtype=mx.float32)
-        return batch
-
-    return at

@@ -4,7 +4,7 @@ Tests and the default demo cannot download models, so realign builds its own:
 a small Qwen2 model (random weights, deterministic for a seed) and a byte-level
 BPE tokenizer trained on an embedded synthetic corpus, written as a normal
 model directory (config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json) that `mlx_lm.load` and `realign.models.load_model`
+tokenizer_config.json) that `mlx_lm.load` and `realign.model.load.load_model`
 read through the same code path as a real model.
 """
 
@@ -204,7 +204,7 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, *,
     hf_config = _hf_config(cfg, cfg.vocab, eos_id, pad_id)
     weights = _init_weights(hf_config, cfg.seed, cfg.init_std)
 
-    from realign.formats import atomic_dir
+    from realign.io import atomic_dir
 
     with atomic_dir(out) as tmp:
         tok.save(str(tmp / "tokenizer.json"))

@@ -1,6 +1,6 @@
 """The data a workflow run uses: SFT examples, prompts with known answers, held-out evaluation sets.
 
-Either the embedded digit tasks (realign.demo.tasks) or user files named in the recipe.
+Either the embedded digit tasks (realign.data.demo) or user files named in the recipe.
 """
 
 from __future__ import annotations
@@ -9,8 +9,49 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realign.formats import DataFormatError, read_rows
-from realign.recipes import DataConfig
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from realign.data.formats import DataFormatError, read_rows
+from realign.io import atomic_path
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalSet(_Config):
+    """A held-out, verifiable evaluation set: JSONL rows with 'prompt' and 'answer'."""
+
+    name: str = Field(description="Metric name prefix, e.g. 'reverse'.")
+    path: str = Field(description="JSONL file with prompt and answer per line.")
+    role: Literal["target", "benchmark"] = Field(description="target: the skill being aligned; benchmark: a capability to retain.")
+
+
+class DataConfig(_Config):
+    """Where prompts, SFT data and evaluation sets come from."""
+
+    source: Literal["embedded", "files"] = Field("embedded", description="embedded: the digit tasks of realign.data.demo; files: the paths below.")
+    prompts: str | None = Field(None, description="files: JSONL with 'prompt' and 'answer' (the verifier's reference) per line.")
+    sft: str | None = Field(None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1.")
+    eval_sets: list[EvalSet] = Field(default_factory=list, description="files: held-out evaluation sets (one 'target' at least).")
+    n_prompts: int = Field(1200, ge=1, le=10_000_000, description="embedded: prompts for preference data per round.")
+    n_sft_target: int = Field(1000, ge=0, description="embedded: SFT examples of the target skill (reverse).")
+    n_sft_benchmark: int = Field(2000, ge=0, description="embedded: SFT examples of the benchmark skill (copy).")
+    n_prompts_benchmark: int = Field(1200, ge=0, description="embedded: preference prompts of the benchmark skill (capability data).")
+    n_eval: int = Field(200, ge=10, description="embedded: held-out items per evaluation set.")
+    n_dev: int = Field(100, ge=10, description="embedded: target items for round-to-round decisions, apart from evaluation.")
+    seed: int = Field(0, ge=0, description="Seed of the embedded splits.")
+
+    @model_validator(mode="after")
+    def _files_given(self) -> "DataConfig":
+        if self.source == "files":
+            missing = [k for k in ("prompts",) if getattr(self, k) is None]
+            if missing or not any(e.role == "target" for e in self.eval_sets):
+                raise ValueError("data.source 'files' needs data.prompts and at least one eval_sets entry with role 'target'")
+        return self
+
 
 
 @dataclass
@@ -74,7 +115,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
         # No separate dev set in user files: round decisions use the target set (the report says so).
         return DataBundle(sft, prompts, dict(zip(prompts, answers)), evals, held, None)
 
-    from realign.demo.tasks import digit_strings, example
+    from realign.data.demo import digit_strings, example
 
     # One pool of distinct strings per task, cut into disjoint slices.
     n_t = cfg.n_sft_target + cfg.n_prompts + cfg.n_eval + cfg.n_dev
@@ -101,8 +142,6 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    from realign.formats import atomic_path
-
     with atomic_path(path, "w") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")

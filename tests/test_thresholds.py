@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from realign.config import HardwareConfig, OptimizationThresholds, ThresholdsConfig, TierBand
+from hardware.config import HardwareConfig
+from realign.thresholds import OptimizationThresholds, ThresholdsConfig, TierBand
 
 REPO = Path(__file__).resolve().parents[1]
 # The shared spec sits beside the checkout in CI and in sessions; docs/SPEC.md is the copy that travels with a clone.
@@ -124,11 +125,13 @@ def test_configs_reject_unknown_fields_and_out_of_bounds():
 
 
 def test_every_field_has_a_description():
-    from realign import config
+    import hardware.config
+    import realign.thresholds
 
     missing = []
-    for name in dir(config):
-        obj = getattr(config, name)
-        if isinstance(obj, type) and issubclass(obj, config._Strict) and obj is not config._Strict:
-            missing += [f"{name}.{f}" for f, info in obj.model_fields.items() if not info.description]
+    for module in (realign.thresholds, hardware.config):
+        for name in dir(module):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, module._Strict) and obj is not module._Strict:
+                missing += [f"{name}.{f}" for f, info in obj.model_fields.items() if not info.description]
     assert missing == []

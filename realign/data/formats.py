@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
+
+from realign.io import atomic_path
 
 FormatName = Literal["sft", "dpo", "grpo", "rlvr"]
 
@@ -342,43 +341,6 @@ def iter_checked(path: str | Path, fmt: str, batch_rows: int = 10_000) -> Iterat
 
 
 # --- writing -------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(path: str | Path, mode: str = "wb"):
-    """Open a temporary file beside `path`; on success rename it over `path`, on error remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # same filesystem: rename is atomic
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_dir(path: str | Path):
-    """Build a directory in a temporary sibling; on success replace `path` with it, on error remove it.
-
-    Readers never see a half-written directory (a model, a checkpoint): it is there whole or not at all.
-    """
-    import shutil
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _arrow_schema(fmt: str):

@@ -8,33 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realign.generate import GenerationConfig, generate
-from realign.logprobs import mean_completion_loss
-
-
-def positional_match(completion: str, answer: str) -> float:
-    """Graded verifier score in [0, 1]: characters equal at the same position / the longer length.
-
-    1.0 only for an exact match; a right-length answer with one wrong digit of five scores 0.8.
-    """
-    c, a = completion.strip(), answer.strip()
-    if not c and not a:
-        return 1.0
-    return sum(x == y for x, y in zip(c, a)) / max(len(c), len(a))
-
-
-def edit_similarity(completion: str, answer: str) -> float:
-    """1 - Levenshtein distance / the longer length, in [0, 1]: a second, shift-tolerant graded judgement."""
-    c, a = completion.strip(), answer.strip()
-    if not c and not a:
-        return 1.0
-    prev = list(range(len(a) + 1))
-    for i, x in enumerate(c, start=1):
-        cur = [i]
-        for j, y in enumerate(a, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return 1 - prev[-1] / max(len(c), len(a))
+from realign.model.generate import GenerationConfig, generate
+from realign.model.logprobs import encode, mean_completion_loss
+from realign.score.verifiers import positional_match
 
 
 @dataclass
@@ -58,8 +34,6 @@ def perplexity(model, tokenizer, examples: Sequence[tuple[str, str]], batch_size
     """exp(mean per-token NLL) of the completions given their prompts (token-weighted over examples)."""
     losses = mean_completion_loss(model, tokenizer, [p for p, _ in examples], [c for _, c in examples], batch_size=batch_size)
     # mean_completion_loss is per example; weight by token count for a corpus perplexity
-    from realign.logprobs import encode
-
     counts = np.array([encode(tokenizer, p, c).n_completion for p, c in examples], dtype=float)
     return float(math.exp(float((losses * counts).sum() / counts.sum())))
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from realign.metrics import agreement_rate, decontamination, words
+from realign.eval.metrics import agreement_rate, decontamination, words
 
 
 @dataclass

@@ -22,6 +22,8 @@ gate_app = typer.Typer(no_args_is_help=True, help="Quality gates: run a suite on
 app.add_typer(gate_app, name="gate")
 app.add_typer(gate_app, name="gates", help="Alias of `gate`.")
 
+# The checkout this CLI runs from: recipes (deployments/) and prefect.yaml live there.
+REPO = Path(__file__).resolve().parents[2]
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -34,7 +36,7 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Print the platform, MLX device, whether the fast BLAS is active, and a measured matmul GFLOPS figure."""
-    from realign.doctor import run_doctor
+    from realign.cli.doctor import run_doctor
 
     report = run_doctor()
     if as_json:
@@ -66,7 +68,7 @@ def validate(
     Every bad line is reported as FILE:LINE: what is wrong (expected what).
     With --out and no --rejects, rejects go to OUT's name + .rejects.jsonl so no row is lost.
     """
-    from realign.formats import canonical_format, validate_file
+    from realign.data.formats import canonical_format, validate_file
 
     try:
         fmt = canonical_format(fmt)
@@ -158,9 +160,9 @@ def generate_cmd(
     """Sample N completions per prompt with batched generation (chat template applied)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from realign.formats import atomic_path
-    from realign.generate import GenerationConfig, generate
-    from realign.models import ModelLoadError, load_model
+    from realign.io import atomic_path
+    from realign.model.generate import GenerationConfig, generate
+    from realign.model.load import ModelLoadError, load_model
 
     try:
         cfg = GenerationConfig(n=n, batch_size=batch_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
@@ -217,7 +219,7 @@ def model_tiny(
     """Write a tiny Qwen2 model + offline-trained BPE tokenizer that mlx_lm.load reads."""
     from pydantic import ValidationError
 
-    from realign.tiny import TinyModelConfig, build_tiny_model
+    from realign.model.tiny import TinyModelConfig, build_tiny_model
 
     try:
         cfg = TinyModelConfig(hidden=hidden, layers=layers, vocab=vocab, seed=seed)
@@ -295,7 +297,7 @@ def calibrate(
 
     from hardware.calibrate import calibrate as run_calibration
     from hardware.profiles import detect, match_profile, save_calibration
-    from realign.tiny import build_tiny_model
+    from realign.model.tiny import build_tiny_model
 
     try:
         sizes = sorted({int(x) for x in batch_sizes.split(",") if x.strip()})
@@ -321,7 +323,7 @@ def calibrate(
     out.print(f"matmul: {result.gflops:.1f} GFLOPS; chosen batch {result.chosen_batch} (smallest within "
               f"{tolerance:.0%} of the peak {result.peak_examples_per_s:.1f} examples/s); profile saved to {path}")
     try:
-        from realign.plots import _plt
+        from realign.eval.plots import _plt
 
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5, 3))
@@ -344,7 +346,7 @@ app.add_typer(run_app, name="run")
 
 def default_recipe() -> Path:
     """deployments/dpo-demo.yaml of this checkout."""
-    return Path(__file__).resolve().parents[1] / "deployments" / "dpo-demo.yaml"
+    return REPO / "deployments" / "dpo-demo.yaml"
 
 
 @run_app.command("dpo")
@@ -364,7 +366,7 @@ def demo(run_name: Optional[str] = typer.Option(None, "--run-name", help="Run di
 
 
 def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> None:
-    from realign.recipes import load_recipe
+    from realign.recipes.dpo import load_dpo_recipe as load_recipe
 
     try:
         cfg = load_recipe(recipe)
@@ -410,7 +412,7 @@ def server(
     import time
     from zoneinfo import ZoneInfo
 
-    from realign.server import POOLS, LocalPrefect, StackError
+    from realign.cli.server import LocalPrefect, POOLS, StackError
 
     if timezone:
         try:
@@ -420,7 +422,7 @@ def server(
     unknown = [p for p in serve if p not in POOLS]
     if unknown:
         _fail(f"--serve {unknown}: pools are {', '.join(POOLS)}")
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     stack = LocalPrefect(home, repo, port=port, storage=storage, timezone=timezone)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))

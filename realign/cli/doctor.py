@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from dataclasses import asdict, dataclass
 
+from hardware.calibrate import measure_matmul_gflops
 from realign._blas import blas_status
 
 
@@ -38,25 +38,6 @@ def _memory_gb() -> float | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def measure_matmul_gflops(n: int = 1024, min_seconds: float = 0.5, min_reps: int = 3) -> tuple[float, float]:
-    """Time float32 n x n matmuls on MLX's default device.
-
-    Returns (gflops, seconds per matmul); 2*n^3 flops per matmul, after one warm-up.
-    """
-    import mlx.core as mx
-
-    a = mx.random.normal((n, n), key=mx.random.key(0))
-    b = mx.random.normal((n, n), key=mx.random.key(1))
-    mx.eval(a, b)
-    mx.eval(a @ b)  # warm-up: first call pays allocation and dispatch setup
-    reps, start = 0, time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < min_seconds:
-        mx.eval(a @ b)
-        reps += 1
-    per = (time.perf_counter() - start) / reps
-    return 2 * n**3 / per / 1e9, per
 
 
 def run_doctor(matmul_size: int = 1024) -> DoctorReport:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from realign.generate import prompt_tokens
+from realign.model.generate import prompt_tokens
 
 PAD_MULTIPLE = 16  # pad lengths to a multiple of this so compiled steps see few distinct shapes
 

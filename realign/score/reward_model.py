@@ -1,134 +1,15 @@
-"""Scorers: `score(prompts, completions) -> list of floats in [0, 1]`.
-
-Three kinds, as the workflows need them:
-  Verifier     exact / numeric / custom check against a known answer (RLVR, the demo tasks);
-  JudgeScorer  an MLX model prompted to rate an answer 0-10; its rating is parsed, and an
-               answer it cannot parse is reported (NaN + `unparsed`), never guessed;
-  RewardModel  a linear head on a frozen model's pooled hidden states, trained with the
-               Bradley-Terry loss -log sigmoid(r_c - r_r); score = sigmoid(reward).
-"""
+"""A reward model: a linear head on a frozen model's pooled hidden states, Bradley-Terry loss."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
-
-
-class Scorer(Protocol):
-    name: str
-
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        """One score in [0, 1] per completion (NaN where the scorer could not decide)."""
-        ...
-
-
-# --- verifier -----------------------------------------------------------------------
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def last_number(text: str) -> float | None:
-    """The last number written in `text`, or None."""
-    found = _NUMBER.findall(text.replace(",", ""))
-    return float(found[-1]) if found else None
-
-
-class Verifier:
-    """Checks completions against known answers.
-
-    answers: prompt -> expected answer (a mapping or a function).
-    mode "exact": trimmed string equality; "numeric": the completion's last number equals
-    the expected number within `tolerance`; or pass `check(completion, expected) -> bool`.
-    """
-
-    def __init__(self, answers: Mapping[str, str] | Callable[[str], str], mode: Literal["exact", "numeric"] = "exact",
-                 check: Callable[[str, str], bool] | None = None, tolerance: float = 1e-6, name: str = "verifier"):
-        self.answers, self.mode, self.check, self.tolerance, self.name = answers, mode, check, tolerance, name
-
-    def expected(self, prompt: str) -> str:
-        if callable(self.answers):
-            return self.answers(prompt)
-        if prompt not in self.answers:
-            raise KeyError(f"no known answer for prompt {prompt[:80]!r}: the verifier can only score prompts it has answers for")
-        return self.answers[prompt]
-
-    def is_correct(self, prompt: str, completion: str) -> bool:
-        expected = self.expected(prompt)
-        if self.check is not None:
-            return bool(self.check(completion, expected))
-        if self.mode == "numeric":
-            got, want = last_number(completion), last_number(expected)
-            return got is not None and want is not None and abs(got - want) <= self.tolerance
-        return completion.strip() == expected.strip()
-
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        return [1.0 if self.is_correct(p, c) else 0.0 for p, c in zip(prompts, completions, strict=True)]
-
-
-# --- judge model ----------------------------------------------------------------------
-
-JUDGE_TEMPLATE = (
-    "Rate how well the answer responds to the question, from 0 (useless or wrong) to 10 (perfect).\n"
-    "Question: {prompt}\nAnswer: {completion}\nReply with the number only.\nRating:"
-)
-_RATING = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?")
-
-
-def parse_rating(text: str, scale: float = 10.0) -> float | None:
-    """The first rating in a judge's reply, as a fraction of `scale`; None when there is none in range.
-
-    Accepts "8", "Rating: 7/10", "I'd give it 9.5". A "x/y" rating is read as x out of y.
-    """
-    m = _RATING.search(text)
-    if not m:
-        return None
-    value = float(m.group(1))
-    denom = float(m.group(2)) if m.group(2) else scale
-    if denom <= 0 or value < 0 or value > denom:
-        return None
-    return value / denom
-
-
-@dataclass
-class JudgeScorer:
-    """An MLX model that rates answers. Unparseable replies give NaN and are listed in `unparsed`."""
-
-    model: object
-    tokenizer: object
-    template: str = JUDGE_TEMPLATE
-    max_tokens: int = 8
-    batch_size: int = 16
-    scale: float = 10.0
-    name: str = "judge"
-    unparsed: list[tuple[int, str]] = field(default_factory=list)
-
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from realign.generate import GenerationConfig, generate
-
-        queries = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions, strict=True)]
-        replies = generate(self.model, self.tokenizer, queries,
-                           GenerationConfig(temperature=0.0, max_tokens=self.max_tokens, batch_size=self.batch_size))
-        self.unparsed = []
-        scores = []
-        for i, r in enumerate(replies):
-            value = parse_rating(r[0].text, self.scale)
-            if value is None:
-                self.unparsed.append((i, r[0].text))
-                scores.append(float("nan"))
-            else:
-                scores.append(value)
-        return scores
-
-
-# --- reward model ----------------------------------------------------------------------
-
 
 @dataclass
 class RewardFitResult:
@@ -163,7 +44,7 @@ class RewardModel:
         """Pooled final hidden states [N, hidden] of the frozen model (float32)."""
         import mlx.core as mx
 
-        from realign.logprobs import _pad_id, collate, encode
+        from realign.model.logprobs import _pad_id, collate, encode
 
         out = []
         for s in range(0, len(prompts), batch_size):
@@ -191,7 +72,7 @@ class RewardModel:
         import mlx.core as mx
         import mlx.optimizers as optim
 
-        from realign.losses import bradley_terry_loss
+        from realign.train.losses import bradley_terry_loss
 
         if len(pairs) < 2:
             raise ValueError(f"need at least 2 pairs to fit and validate a reward model, got {len(pairs)}")

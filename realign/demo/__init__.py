@@ -1,1 +1,0 @@
-"""Embedded data for the default demo and the tests (see tasks.py): nothing is downloaded."""
