@@ -6,13 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test sysdeps install doctor bench clean server pools worker
+.PHONY: demo test lint sysdeps testdeps install doctor bench clean server pools worker
 
 demo: sysdeps $(STAMP)  ## build the tiny model, validate embedded data, generate (no downloads)
 	$(BIN)/realign demo
 
-test: sysdeps $(STAMP)  ## the whole test suite
+test: sysdeps testdeps $(STAMP) lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff: lint (pycodestyle, pyflakes, import order) and formatting, 120 columns
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 install: sysdeps $(STAMP)
 
@@ -46,6 +50,18 @@ sysdeps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null; \
 	  else \
 	    echo "note: for ~30x faster MLX matmuls on Linux run: sudo apt-get install -y libopenblas0-pthread"; \
+	  fi; \
+	fi
+
+# The browser tests drive Debian's chromium (never `playwright install`): installed here when we are root with apt;
+# otherwise the command is printed and those tests are skipped with the same message.
+testdeps:
+	@if [ "$$(uname)" = Linux ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: the browser tests need chromium and will be skipped: sudo apt-get install -y chromium"; \
 	  fi; \
 	fi
 

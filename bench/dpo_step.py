@@ -13,13 +13,12 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import realign  # noqa: E402,F401
-
 from realign.data.demo import splits  # noqa: E402
-from realign.model.logprobs import reference_logps  # noqa: E402
 from realign.model.load import load_model  # noqa: E402
+from realign.model.logprobs import reference_logps  # noqa: E402
 from realign.model.tiny import build_tiny_model  # noqa: E402
-from realign.train.batches import preference_batches
-from realign.train.loop import TrainConfig, prepare_model, train
+from realign.train.batches import preference_batches  # noqa: E402
+from realign.train.loop import TrainConfig, prepare_model, train  # noqa: E402
 from realign.train.objectives import PreferenceLossConfig, preference_loss  # noqa: E402
 
 
@@ -28,7 +27,9 @@ def run(model_dir, pairs, batch: int, steps: int, compile_: bool) -> float:
     ref = reference_logps(lm.model, lm.tokenizer, pairs)
     cfg = TrainConfig(steps=steps, batch_size=batch, learning_rate=1e-4, compile=compile_, metrics_every=steps)
     prepare_model(lm.model, cfg)
-    hist = train(lm.model, preference_loss(PreferenceLossConfig()), preference_batches(lm.tokenizer, pairs, cfg, ref=ref), cfg).history
+    hist = train(
+        lm.model, preference_loss(PreferenceLossConfig()), preference_batches(lm.tokenizer, pairs, cfg, ref=ref), cfg
+    ).history
     timed = hist[2:-1]  # skip compile/warm-up steps and the last one (it also measures KL)
     return sum(h["tokens"] for h in timed) / sum(h["seconds"] for h in timed)
 

@@ -1,6 +1,6 @@
 """Batched vs one-at-a-time generation on the tiny model, measured in this run.
 
-    python bench/generation.py [--prompts 128 --batch 32 --max-tokens 48]
+python bench/generation.py [--prompts 128 --batch 32 --max-tokens 48]
 """
 
 import argparse
@@ -12,7 +12,6 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import realign  # noqa: E402,F401
-
 from realign.model.generate import GenerationConfig, generate  # noqa: E402
 from realign.model.load import load_model  # noqa: E402
 from realign.model.tiny import build_tiny_model  # noqa: E402

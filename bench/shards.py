@@ -44,10 +44,26 @@ def run_workers(model: Path, shares: dict[str, int], slowdown: dict[str, float],
         ids = list(range(start, start + n))
         start += n
         inputs = work / f"in-{name}.parquet"
-        pd.DataFrame({"row_id": ids, "prompt": [f"Reverse: {1000 + i}" for i in ids],
-                      "answer": [str(1000 + i)[::-1] for i in ids]}).to_parquet(inputs)
-        procs[name] = subprocess.Popen([sys.executable, "-c", WORKER, str(model), str(inputs), str(work / f"out-{name}.parquet"),
-                                        str(slowdown[name])], stdout=subprocess.PIPE, text=True)
+        pd.DataFrame(
+            {
+                "row_id": ids,
+                "prompt": [f"Reverse: {1000 + i}" for i in ids],
+                "answer": [str(1000 + i)[::-1] for i in ids],
+            }
+        ).to_parquet(inputs)
+        procs[name] = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(model),
+                str(inputs),
+                str(work / f"out-{name}.parquet"),
+                str(slowdown[name]),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     return {name: json.loads(p.communicate()[0].strip().splitlines()[-1]) for name, p in procs.items()}
 
 
@@ -72,8 +88,14 @@ def main() -> None:
         fifty = {k: v["sampling_seconds"] for k, v in run_workers(model, half, slowdown, work).items()}
         half_wall = time.perf_counter() - start
     print("measured throughput: " + ", ".join(f"{k}={v:.1f} ex/s" for k, v in probe.items()))
-    print(f"calibrated split {split}: makespan {max(calibrated.values()):.2f}s (predicted {makespan(split, probe):.2f}s, wall {cal_wall:.2f}s)")
-    print(f"50/50 split {half}: makespan {max(fifty.values()):.2f}s (predicted {makespan(half, probe):.2f}s, wall {half_wall:.2f}s)")
+    print(
+        f"calibrated split {split}: makespan {max(calibrated.values()):.2f}s "
+        f"(predicted {makespan(split, probe):.2f}s, wall {cal_wall:.2f}s)"
+    )
+    print(
+        f"50/50 split {half}: makespan {max(fifty.values()):.2f}s "
+        f"(predicted {makespan(half, probe):.2f}s, wall {half_wall:.2f}s)"
+    )
     print(f"50/50 / calibrated makespan: {max(fifty.values()) / max(calibrated.values()):.2f}x")
 
 

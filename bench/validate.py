@@ -30,7 +30,11 @@ def make_file(path: Path, n: int, seed: int = 0) -> None:
     with open(path, "w") as fh:
         for i in range(n):
             a, b = rng.randint(0, 999), rng.randint(0, 999)
-            row = {"prompt": f"What is {a} + {b}? Explain step by step.", "chosen": f"{a} + {b} = {a + b}", "rejected": f"{a} + {b} = {a + b + 1}"}
+            row = {
+                "prompt": f"What is {a} + {b}? Explain step by step.",
+                "chosen": f"{a} + {b} = {a + b}",
+                "rejected": f"{a} + {b} = {a + b + 1}",
+            }
             if i % 100 == 0:
                 row["rejected"] = row["chosen"]  # 1% bad rows
             fh.write(json.dumps(row) + "\n")
@@ -38,8 +42,17 @@ def make_file(path: Path, n: int, seed: int = 0) -> None:
 
 def run(path: Path) -> tuple[int, int, int, float, int]:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), str(path.with_suffix(".clean.jsonl")), str(path.with_suffix(".rej.jsonl"))],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(path),
+            str(path.with_suffix(".clean.jsonl")),
+            str(path.with_suffix(".rej.jsonl")),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return int(out[0]), int(out[1]), int(out[2]), float(out[3]), int(out[4])
 
@@ -58,8 +71,10 @@ def main() -> None:
             lines, valid, rejected, secs, rss_kb = run(f)
             assert lines == n and valid + rejected == n
             results[n] = (secs, rss_kb)
-            print(f"{n:>9,} lines  {f.stat().st_size / 1e6:7.1f} MB  validate {secs:6.2f}s ({n / secs:,.0f} lines/s; "
-                  f"generating the file took {gen_s:.2f}s)  peak RSS {rss_kb / 1024:6.1f} MB  rejected {rejected:,}")
+            print(
+                f"{n:>9,} lines  {f.stat().st_size / 1e6:7.1f} MB  validate {secs:6.2f}s ({n / secs:,.0f} lines/s; "
+                f"generating the file took {gen_s:.2f}s)  peak RSS {rss_kb / 1024:6.1f} MB  rejected {rejected:,}"
+            )
         (s_small, m_small), (s_big, m_big) = results[args.lines // 10], results[args.lines]
         print(f"10x the lines: time ratio {s_big / s_small:.2f}x, peak memory ratio {m_big / m_small:.2f}x")
 

@@ -22,12 +22,12 @@ from hardware.sizing import parse_size
 from realign.data.curation import WORKFLOW_OF, curated_dir, data_type_of
 from realign.data.datasets import load_data
 from realign.data.formats import read_rows, write_rows
+from realign.io import write_json
 from realign.recipes.dpo import DPOWorkflowConfig
-from tasks.common import write_json
 
 
 def plan_for(request: str, model_dir: str | None, examples: int) -> dict:
-    """The run plan for the model the request names ("Qwen 7B"), else for the model directory; {} when neither is known."""
+    """The run plan for the model the request names ("Qwen 7B"), else for the model directory; {} if neither known."""
     try:
         model = f"{parse_size(request):g}B"
     except ValueError:
@@ -36,16 +36,22 @@ def plan_for(request: str, model_dir: str | None, examples: int) -> dict:
 
 
 @flow(name="curate", log_prints=True)
-def curate(request: str, config: DPOWorkflowConfig = DPOWorkflowConfig(), source_name: str = "data",
-           curated_root: str = "curated") -> dict:
+def curate(
+    request: str,
+    config: DPOWorkflowConfig = DPOWorkflowConfig(),
+    source_name: str = "data",
+    curated_root: str = "curated",
+) -> dict:
     log = get_run_logger()
     # 1. The request.
     data_type = data_type_of(request)
     workflow = WORKFLOW_OF[data_type]
     log.info(f"request {request!r}: data type {data_type}, workflow {workflow}")
     if workflow != "dpo":
-        raise NotImplementedError(f"request asks for {data_type} data (workflow '{workflow}'), which realign cannot run yet; "
-                                  f"only DPO curation is available. Say 'DPO' or 'preference pairs' in the request for DPO data.")
+        raise NotImplementedError(
+            f"request asks for {data_type} data (workflow '{workflow}'), which realign cannot run yet; "
+            f"only DPO curation is available. Say 'DPO' or 'preference pairs' in the request for DPO data."
+        )
     out = curated_dir(curated_root, data_type, source_name)
     run_name = config.run_name or f"curate-{out.name}"
     # 2. The plan, before the run when the model's size is known from the request or its directory.
@@ -57,20 +63,42 @@ def curate(request: str, config: DPOWorkflowConfig = DPOWorkflowConfig(), source
     summary = dpo(config.model_copy(update={"run_name": run_name}))
     if not plan:
         # A tiny model is built by stage 1: plan for the model that was actually used.
-        plan = plan_for(request, str(Path(summary["run_dir"]) / "01_sft_preparation" / "base_model"),
-                        summary["examples_processed"])
+        plan = plan_for(
+            request, str(Path(summary["run_dir"]) / "01_sft_preparation" / "base_model"), summary["examples_processed"]
+        )
 
     # 4. Publish the curated dataset (only reached when every gate passed or was approved).
     rows = [r for path in summary["train_jsonl"] for r in read_rows(path, "dpo")]
     n = write_rows(out / "train.jsonl", rows, "dpo")
     result = {
-        "request": request, "data_type": data_type, "workflow": workflow, "tier": summary["tier"], "examples": n,
-        "examples_processed": summary["examples_processed"], "machine": summary["machine"],
-        "batch_size": summary["generation_batch_size"], "time_s": summary["wall_time_s"],
-        "cost_per_example": summary["cost_per_example"], "cost_note": summary["cost_note"],
-        "output": str(out / "train.jsonl"), "run_dir": summary["run_dir"],
-        "plan": {k: plan.get(k) for k in ("model", "params_b", "machines", "mode", "batch_size", "split",
-                                          "estimated_seconds", "throughput_source")} if plan else None,
+        "request": request,
+        "data_type": data_type,
+        "workflow": workflow,
+        "tier": summary["tier"],
+        "examples": n,
+        "examples_processed": summary["examples_processed"],
+        "machine": summary["machine"],
+        "batch_size": summary["generation_batch_size"],
+        "time_s": summary["wall_time_s"],
+        "cost_per_example": summary["cost_per_example"],
+        "cost_note": summary["cost_note"],
+        "output": str(out / "train.jsonl"),
+        "run_dir": summary["run_dir"],
+        "plan": {
+            k: plan.get(k)
+            for k in (
+                "model",
+                "params_b",
+                "machines",
+                "mode",
+                "batch_size",
+                "split",
+                "estimated_seconds",
+                "throughput_source",
+            )
+        }
+        if plan
+        else None,
     }
     write_json(out / "summary.json", result)
     log.info(f"curated {n} {data_type} rows -> {out / 'train.jsonl'} (tier {summary['tier']})")
@@ -78,7 +106,7 @@ def curate(request: str, config: DPOWorkflowConfig = DPOWorkflowConfig(), source
         create_markdown_artifact(
             key="curation-summary",
             markdown=f"# Curation: **{summary['tier']}**\n\n> {request}\n\n| field | value |\n|---|---|\n"
-                     + "\n".join(f"| {k} | {v if not isinstance(v, dict) else json.dumps(v)} |" for k, v in result.items()),
+            + "\n".join(f"| {k} | {v if not isinstance(v, dict) else json.dumps(v)} |" for k, v in result.items()),
             description=f"curated {n} {data_type} rows",
         )
     return result

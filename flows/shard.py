@@ -31,19 +31,30 @@ def shard(job: ShardJob) -> dict:
     """Sample and score the rows in job.inputs_path; write job.output_path. Returns rows, completions, seconds, ex/s."""
     log = get_run_logger()
     slowdown = worker_slowdown()
-    log.info(f"shard {job.shard} of {job.job}: {job.inputs_path} -> {job.output_path}"
-             + (f" (slowed {slowdown:g}x by REALIGN_SHARD_SLOWDOWN)" if slowdown != 1 else ""))
+    log.info(
+        f"shard {job.shard} of {job.job}: {job.inputs_path} -> {job.output_path}"
+        + (f" (slowed {slowdown:g}x by REALIGN_SHARD_SLOWDOWN)" if slowdown != 1 else "")
+    )
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (job.pairs.generation.batch_size * 10) == 0:
             log.info(f"generated {done}/{total} answers")
 
     result = run_shard(job, slowdown=slowdown, on_progress=progress)
-    log.info(f"shard {job.shard}: {result['rows']} rows, {result['completions']} answers in {result['seconds']:.1f}s "
-             f"({result['examples_per_s'] or 0:.2f} rows/s sampling + scoring)")
+    log.info(
+        f"shard {job.shard}: {result['rows']} rows, {result['completions']} answers in {result['seconds']:.1f}s "
+        f"({result['examples_per_s'] or 0:.2f} rows/s sampling + scoring)"
+    )
     if result["examples_per_s"] and result["rows"] >= 8:
         # The next split over this pool uses what it measured here (tasks.shards.pool_throughput).
-        Variable.set(throughput_variable(job.shard), {**measurement_key(job.model_dir, job.pairs), "examples_per_s": result["examples_per_s"],
-                                                      "rows": result["rows"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                     overwrite=True)
+        Variable.set(
+            throughput_variable(job.shard),
+            {
+                **measurement_key(job.model_dir, job.pairs),
+                "examples_per_s": result["examples_per_s"],
+                "rows": result["rows"],
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            overwrite=True,
+        )
     return result

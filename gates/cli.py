@@ -10,9 +10,17 @@ from rich.console import Console
 from rich.table import Table
 
 from gates.report import GateReport
-from gates.suites import SUITES
+from gates.suites import antihallucination, dpo, rlvr, shared, srf
 from gates.validate import evaluate
 from realign.thresholds import ThresholdsConfig
+
+# Users type suite names here (`realign gate check --suite NAME`); flows pass the functions themselves.
+SUITES = {
+    fn.__name__.removesuffix("_suite"): fn
+    for module in (shared, dpo, srf, rlvr, antihallucination)
+    for fn in vars(module).values()
+    if callable(fn) and getattr(fn, "__module__", "") == module.__name__ and fn.__name__.endswith("_suite")
+}
 
 TIER_STYLE = {"HIGH": "green", "MEDIUM": "yellow", "REJECT": "red"}
 
@@ -35,7 +43,9 @@ def load_frame(path: Path) -> pd.DataFrame:
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise GateInputError(f"{path}:{n}: not a JSON object ({exc}); run `realign validate` to find and split bad lines") from exc
+                raise GateInputError(
+                    f"{path}:{n}: not a JSON object ({exc}); run `realign validate` to find and split bad lines"
+                ) from exc
             if not isinstance(obj, dict):
                 raise GateInputError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
             rows.append(obj)
@@ -56,17 +66,21 @@ def load_thresholds(path: Path | None) -> ThresholdsConfig:
         raise GateInputError(f"{path}: invalid thresholds file: {exc}") from exc
 
 
-def check_file(suite: str, file: Path, thresholds: ThresholdsConfig, stage: str | None = None,
-               benchmarks: list[str] | None = None) -> GateReport:
+def check_file(
+    suite: str, file: Path, thresholds: ThresholdsConfig, stage: str | None = None, benchmarks: list[str] | None = None
+) -> GateReport:
     if suite not in SUITES:
         raise GateInputError(f"unknown suite '{suite}'; known: {', '.join(SUITES)}")
     kwargs = {suite: {"benchmarks": benchmarks}} if benchmarks and suite == "sft_baseline" else None
-    return evaluate(stage or suite, {suite: load_frame(file)}, thresholds, kwargs)
+    return evaluate(stage or suite, {SUITES[suite]: load_frame(file)}, thresholds, kwargs)
 
 
 def print_report(report: GateReport, console: Console) -> None:
-    table = Table(title=f"gate {report.stage} ({', '.join(report.suites)}; rows: "
-                        + ", ".join(f"{v:,}" for v in report.rows.values()) + ")")
+    table = Table(
+        title=f"gate {report.stage} ({', '.join(report.suites)}; rows: "
+        + ", ".join(f"{v:,}" for v in report.rows.values())
+        + ")"
+    )
     for col in ("tier", "metric", "observed", "threshold", "detail / remedy"):
         table.add_column(col)
     for o in report.outcomes:

@@ -33,7 +33,9 @@ def build_data_docs(run_dir: str | Path, out_dir: str | Path | None = None) -> P
     run_dir = Path(run_dir)
     reports = find_gate_reports(run_dir)
     if not reports:
-        raise FileNotFoundError(f"{run_dir}: no gate_<stage>.json files found; run a workflow (or `realign gate check --out-dir`) first")
+        raise FileNotFoundError(
+            f"{run_dir}: no gate_<stage>.json files found; run a workflow (or `realign gate check --out-dir`) first"
+        )
     out = Path(out_dir) if out_dir else run_dir / "gate_docs"
     gx_context()  # sets GX's offline defaults
     with tempfile.TemporaryDirectory(prefix=".gate_docs.", dir=run_dir) as tmp:

@@ -8,7 +8,7 @@ and, in the flow, a pause for a person's approval on MEDIUM when the run asks fo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -62,14 +62,15 @@ def publish(report: GateReport, out_dir: Path | None = None) -> None:
         table=report.table_rows(),
         description=report.headline(),
     )
-    create_markdown_artifact(key=artifact_key(report.stage, "-summary"), markdown=report.markdown(),
-                             description=report.headline())
+    create_markdown_artifact(
+        key=artifact_key(report.stage, "-summary"), markdown=report.markdown(), description=report.headline()
+    )
 
 
 @task(name="gate", task_run_name="gate-{stage}", cache_policy=NO_CACHE)
 def check_gate(
     stage: str,
-    tables: Mapping[str, pd.DataFrame],
+    tables: Mapping[Callable, pd.DataFrame],
     thresholds: ThresholdsConfig,
     out_dir: Path | None = None,
     suite_kwargs: Mapping[str, dict] | None = None,
@@ -89,7 +90,7 @@ def check_gate(
 
 def gate(
     stage: str,
-    tables: Mapping[str, pd.DataFrame],
+    tables: Mapping[Callable, pd.DataFrame],
     thresholds: ThresholdsConfig,
     *,
     out_dir: Path | None = None,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from realign.io import write_json
 from realign.thresholds import TIER_ORDER, Tier
 
 
@@ -72,7 +70,9 @@ class GateReport(BaseModel):
     def headline(self) -> str:
         """One line for artifact cards: the tier and every metric that is not HIGH, with value and threshold."""
         bad = [f"{o.metric} = {_fmt(o.observed)} (needs {o.bounds})" for o in self.outcomes if o.tier != "HIGH"]
-        return f"Gate {self.stage}: {self.tier}" + (": " + "; ".join(bad) if bad else f" ({len(self.outcomes)} checks passed)")
+        return f"Gate {self.stage}: {self.tier}" + (
+            ": " + "; ".join(bad) if bad else f" ({len(self.outcomes)} checks passed)"
+        )
 
     def failure_message(self) -> str:
         """Lines naming stage, metric, observed value, threshold and remedy for every non-HIGH outcome."""
@@ -91,28 +91,22 @@ class GateReport(BaseModel):
         """A short summary for the run's page."""
         icon = {"HIGH": "✅", "MEDIUM": "⚠️", "REJECT": "❌"}[self.tier]
         out = [f"# {icon} Gate `{self.stage}`: **{self.tier}**", ""]
-        out.append(f"Suites: {', '.join(f'`{s}`' for s in self.suites)}; rows: "
-                   + ", ".join(f"{k}={v}" for k, v in self.rows.items()))
+        out.append(
+            f"Suites: {', '.join(f'`{s}`' for s in self.suites)}; rows: "
+            + ", ".join(f"{k}={v}" for k, v in self.rows.items())
+        )
         out.append("")
         out.append("| tier | metric | observed | threshold | remedy |")
         out.append("|---|---|---|---|---|")
         for o in sorted(self.outcomes, key=lambda o: -TIER_ORDER[o.tier]):
-            out.append(f"| {o.tier} | {o.metric} | {_fmt(o.observed)} | {o.bounds} | {o.remedy if o.tier != 'HIGH' else ''} |")
+            out.append(
+                f"| {o.tier} | {o.metric} | {_fmt(o.observed)} | {o.bounds} | {o.remedy if o.tier != 'HIGH' else ''} |"
+            )
         return "\n".join(out)
 
     def write_json(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(self.model_dump(mode="json"), indent=2, default=str))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json(path, self.model_dump(mode="json"))
 
 
 def _fmt(value: Any) -> str:

@@ -6,15 +6,15 @@ No Prefect here: `evaluate` is what the CLI and the Prefect gate task both call.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
 
 from gates.context import SOURCE, gx_context
 from gates.report import ExpectationOutcome, GateReport
-from gates.suites import SUITES, prepare_frame
 from realign.thresholds import ThresholdsConfig
+
 
 def validate_frame(suite, df: pd.DataFrame):
     """Validate `df` against a GX suite; returns GX's ExpectationSuiteValidationResult."""
@@ -78,24 +78,28 @@ def _outcome(suite_name: str, res, th: ThresholdsConfig) -> ExpectationOutcome:
     )
 
 
+def suite_name(suite: Callable) -> str:
+    """`preference_pairs_suite` -> 'preference_pairs': the dataset the suite checks, as reports and kwargs name it."""
+    return suite.__name__.removesuffix("_suite")
+
+
 def evaluate(
     stage: str,
-    tables: Mapping[str, pd.DataFrame],
+    tables: Mapping[Callable, pd.DataFrame],
     thresholds: ThresholdsConfig | None = None,
     suite_kwargs: Mapping[str, dict] | None = None,
 ) -> GateReport:
-    """Validate each table with its suite (`tables` maps suite name -> frame).
+    """Validate each table with its suite (`tables` maps a suite function -> the frame it checks).
 
-    Returns a GateReport whose tier is the worst tier over all expectations.
-    Raises KeyError naming the known suites for an unknown name.
+    Returns a GateReport whose tier is the worst tier over all expectations. suite_kwargs: dataset name ->
+    extra arguments of its suite. A suite may declare `suite.prepare(frame)` to add the columns it derives.
     """
     th = thresholds or ThresholdsConfig()
     outcomes, rows, raw = [], {}, []
-    for name, df in tables.items():
-        if name not in SUITES:
-            raise KeyError(f"unknown suite '{name}'; known: {', '.join(SUITES)}")
-        suite = SUITES[name](th, **(suite_kwargs or {}).get(name, {}))
-        frame = prepare_frame(name, df)
+    for suite_fn, df in tables.items():
+        name = suite_name(suite_fn)
+        suite = suite_fn(th, **(suite_kwargs or {}).get(name, {}))
+        frame = getattr(suite_fn, "prepare", lambda d: d)(df)
         result = validate_frame(suite, frame)
         ordered = sorted(result.results, key=lambda r: (r.expectation_config.meta or {}).get("order", 0))
         outcomes += [_outcome(name, r, th) for r in ordered]
@@ -103,7 +107,7 @@ def evaluate(
         raw.append(result.to_json_dict())
     return GateReport(
         stage=stage,
-        suites=list(tables),
+        suites=[suite_name(s) for s in tables],
         tier=GateReport.worst([o.tier for o in outcomes]),
         outcomes=outcomes,
         rows=rows,

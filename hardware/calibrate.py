@@ -43,7 +43,7 @@ def choose_batch(curve: dict[int, float], tolerance: float = 0.05) -> int:
 @dataclass
 class CalibrationResult:
     gflops: float
-    curve: dict[int, float]       # batch size -> examples/s
+    curve: dict[int, float]  # batch size -> examples/s
     chosen_batch: int
     peak_examples_per_s: float
     model: str
@@ -56,8 +56,15 @@ class CalibrationResult:
         return d
 
 
-def calibrate(model_dir: str, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), *, max_tokens: int = 16,
-              tolerance: float = 0.05, rounds: int = 2, on_point: Callable[[int, float], None] | None = None) -> CalibrationResult:
+def calibrate(
+    model_dir: str,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    *,
+    max_tokens: int = 16,
+    tolerance: float = 0.05,
+    rounds: int = 2,
+    on_point: Callable[[int, float], None] | None = None,
+) -> CalibrationResult:
     """Measure GFLOPS and the generation throughput curve of `model_dir` on this machine.
 
     Each batch size generates `rounds` batches of `max_tokens` tokens after one warm-up batch;

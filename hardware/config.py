@@ -21,16 +21,34 @@ class MachineProfile(_Strict):
     gflops: float = Field(gt=0, description="Measured matmul throughput in GFLOPS.")
     best_batch_size: int = Field(ge=1, le=4096, description="Smallest batch within 5% of peak throughput.")
     peak_examples_per_s: float = Field(gt=0, description="Peak examples/s of the batched workload at best_batch_size.")
-    scoring_examples_per_s: float | None = Field(None, gt=0, description="Measured real-scoring examples/s (7B judge), if known.")
+    scoring_examples_per_s: float | None = Field(
+        None, gt=0, description="Measured real-scoring examples/s (7B judge), if known."
+    )
     work_pool: str = Field(description="Prefect work pool served by this machine's worker.")
 
 
 def _default_machines() -> list[MachineProfile]:
     return [
-        MachineProfile(name="m4-max", chip="Apple M4 Max", memory_gb=128, gflops=12956, best_batch_size=32,
-                       peak_examples_per_s=776, scoring_examples_per_s=3.86, work_pool="m4-max"),
-        MachineProfile(name="m3-ultra", chip="Apple M3 Ultra", memory_gb=512, gflops=4599, best_batch_size=4,
-                       peak_examples_per_s=278, scoring_examples_per_s=0.76, work_pool="m3-ultra"),
+        MachineProfile(
+            name="m4-max",
+            chip="Apple M4 Max",
+            memory_gb=128,
+            gflops=12956,
+            best_batch_size=32,
+            peak_examples_per_s=776,
+            scoring_examples_per_s=3.86,
+            work_pool="m4-max",
+        ),
+        MachineProfile(
+            name="m3-ultra",
+            chip="Apple M3 Ultra",
+            memory_gb=512,
+            gflops=4599,
+            best_batch_size=4,
+            peak_examples_per_s=278,
+            scoring_examples_per_s=0.76,
+            work_pool="m3-ultra",
+        ),
     ]
 
 
@@ -40,8 +58,12 @@ class SelectionRules(_Strict):
     fast_machine: str = Field("m4-max", description="Machine preferred while the model fits in its memory.")
     large_machine: str = Field("m3-ultra", description="Machine for models too large for the fast one.")
     fast_max_b: float = Field(30.0, gt=0, description="Up to this size (B params) always use the fast machine.")
-    fast_if_fits_max_b: float = Field(70.0, gt=0, description="Up to this size use the fast machine unless it needs more memory than it has.")
-    large_max_b: float = Field(200.0, gt=0, description="Up to this size use the large machine; above it, distribute across machines.")
+    fast_if_fits_max_b: float = Field(
+        70.0, gt=0, description="Up to this size use the fast machine unless it needs more memory than it has."
+    )
+    large_max_b: float = Field(
+        200.0, gt=0, description="Up to this size use the large machine; above it, distribute across machines."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "SelectionRules":
@@ -53,14 +75,20 @@ class SelectionRules(_Strict):
 class HardwareConfig(_Strict):
     """Machines, selection rules, default work split and the MLX environment."""
 
-    machines: list[MachineProfile] = Field(default_factory=_default_machines, description="Known machines; calibration replaces these numbers.")
+    machines: list[MachineProfile] = Field(
+        default_factory=_default_machines, description="Known machines; calibration replaces these numbers."
+    )
     selection: SelectionRules = Field(default_factory=SelectionRules, description="Machine choice by model size.")
     default_split: dict[str, float] = Field(
         default_factory=lambda: {"m4-max": 0.655, "m3-ultra": 0.345},
-        description="Share of work per machine before calibration: proportional to measured throughput, never 50/50 by cores.",
+        description="Share of work per machine before calibration: in proportion to measured throughput, never 50/50.",
     )
     environment: dict[str, str] = Field(
-        default_factory=lambda: {"MLX_METAL_PREALLOCATE": "1", "MLX_METAL_FAST_SYNCH": "1", "TOKENIZERS_PARALLELISM": "false"},
+        default_factory=lambda: {
+            "MLX_METAL_PREALLOCATE": "1",
+            "MLX_METAL_FAST_SYNCH": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        },
         description="Environment variables set for every MLX job.",
     )
 

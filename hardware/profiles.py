@@ -15,8 +15,8 @@ from hardware.config import HardwareConfig, MachineProfile
 
 @dataclass
 class DetectedMachine:
-    system: str          # Darwin / Linux
-    chip: str            # "Apple M4 Max", or the Linux CPU model name
+    system: str  # Darwin / Linux
+    chip: str  # "Apple M4 Max", or the Linux CPU model name
     memory_gb: float
     cpus: int
 

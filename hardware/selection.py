@@ -20,7 +20,9 @@ class Selection:
     environment: dict[str, str] = field(default_factory=dict)
 
 
-def select_machine(params_b: float, memory_gb: float, hw: HardwareConfig | None = None, *, syncs_gradients: bool = False) -> Selection:
+def select_machine(
+    params_b: float, memory_gb: float, hw: HardwareConfig | None = None, *, syncs_gradients: bool = False
+) -> Selection:
     """Pick the fastest machine that fits, following the size bands of the selection rules.
 
     <= fast_max_b: the fast machine. <= fast_if_fits_max_b: the fast machine unless the job needs more
@@ -37,15 +39,27 @@ def select_machine(params_b: float, memory_gb: float, hw: HardwareConfig | None 
         return Selection([m.name], "separate", {m.name: m.best_batch_size}, why, env)
 
     if syncs_gradients and len(everyone) > 1:
-        return Selection(everyone, "sharded", {m.name: m.best_batch_size for m in hw.machines},
-                         "training that syncs gradients across machines needs sharded (RDMA) mode", env)
+        return Selection(
+            everyone,
+            "sharded",
+            {m.name: m.best_batch_size for m in hw.machines},
+            "training that syncs gradients across machines needs sharded (RDMA) mode",
+            env,
+        )
     if params_b <= r.fast_max_b and memory_gb <= fast.memory_gb:
         return one(fast, f"{params_b:g}B <= {r.fast_max_b:g}B: the fastest machine ({fast.name})")
     if params_b <= r.fast_if_fits_max_b and memory_gb <= fast.memory_gb:
         return one(fast, f"{params_b:g}B needs {memory_gb:.0f} GB <= {fast.memory_gb:g} GB: {fast.name} is faster")
     if params_b <= r.large_max_b and memory_gb <= large.memory_gb:
-        return one(large, f"{params_b:g}B needs {memory_gb:.0f} GB: more than {fast.name} has, fits {large.name} "
-                          f"({large.memory_gb:g} GB)")
-    return Selection(everyone, "sharded", {m.name: m.best_batch_size for m in hw.machines},
-                     f"{params_b:g}B needs {memory_gb:.0f} GB: no single machine fits it, shard across "
-                     f"{', '.join(everyone)}", env)
+        return one(
+            large,
+            f"{params_b:g}B needs {memory_gb:.0f} GB: more than {fast.name} has, fits {large.name} "
+            f"({large.memory_gb:g} GB)",
+        )
+    return Selection(
+        everyone,
+        "sharded",
+        {m.name: m.best_batch_size for m in hw.machines},
+        f"{params_b:g}B needs {memory_gb:.0f} GB: no single machine fits it, shard across {', '.join(everyone)}",
+        env,
+    )

@@ -70,8 +70,13 @@ def merge_shards(assigned: Mapping[str, list], returned: Mapping[str, list]):
         if pool not in returned:
             problems.append(f"shard {pool}: returned nothing ({len(rows)} rows assigned)")
         elif missing or dup or foreign:
-            problems.append(f"shard {pool}: {len(missing)} missing (e.g. {missing[:3]}), {len(dup)} duplicated "
-                            f"(e.g. {dup[:3]}), {len(foreign)} not assigned to it (e.g. {foreign[:3]})")
+            problems.append(
+                f"shard {pool}: {len(missing)} missing (e.g. {missing[:3]}), {len(dup)} duplicated "
+                f"(e.g. {dup[:3]}), {len(foreign)} not assigned to it (e.g. {foreign[:3]})"
+            )
     if problems:
-        raise ShardMismatch("; ".join(problems) + ". Re-run the failed shard(s); rows are merged only when every input row is back exactly once.")
+        raise ShardMismatch(
+            "; ".join(problems)
+            + ". Re-run the failed shard(s); rows are merged only when every input row is back exactly once."
+        )
     return [r for rows in assigned.values() for r in rows]

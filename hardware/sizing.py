@@ -70,7 +70,7 @@ def size_from_config(cfg: dict) -> ModelSize:
 @dataclass
 class MemoryEstimate:
     weights_gb: float
-    kv_cache_gb: float | None      # None: architecture unknown, not estimated
+    kv_cache_gb: float | None  # None: architecture unknown, not estimated
     activations_gb: float | None
     total_gb: float
     note: str = ""
@@ -85,8 +85,13 @@ def memory_estimate(size: ModelSize, batch: int, seq_len: int, *, kv_bytes: floa
     """
     weights = size.params * size.bytes_per_param
     if size.layers is None:
-        return MemoryEstimate(weights / 1e9, None, None, weights / 1e9,
-                              note="architecture unknown (size from a request): weights only; KV cache and activations not estimated")
+        return MemoryEstimate(
+            weights / 1e9,
+            None,
+            None,
+            weights / 1e9,
+            note="architecture unknown (size from a request): weights only; KV cache and activations not estimated",
+        )
     kv = 2 * size.layers * size.kv_heads * size.head_dim * seq_len * batch * kv_bytes
     act = batch * seq_len * (size.hidden + size.intermediate) * 2
     return MemoryEstimate(weights / 1e9, kv / 1e9, act / 1e9, (weights + kv + act) / 1e9)

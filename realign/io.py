@@ -20,7 +20,9 @@ def atomic_path(path: str | Path, mode: str = "wb"):
     """Open a temporary file beside `path`; on success rename it over `path`, on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # same filesystem: rename is atomic
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )  # same filesystem: rename is atomic
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

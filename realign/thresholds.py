@@ -32,7 +32,9 @@ class TierBand(_Strict):
     direction "lower":  value <= high is HIGH, high < value <= medium is MEDIUM, above medium REJECT.
     """
 
-    direction: Literal["higher", "lower"] = Field(description="Whether larger values are better ('higher') or worse ('lower').")
+    direction: Literal["higher", "lower"] = Field(
+        description="Whether larger values are better ('higher') or worse ('lower')."
+    )
     high: float = Field(description="Bound of the HIGH tier (inclusive).")
     medium: float = Field(description="Bound of the MEDIUM tier (inclusive); beyond it is REJECT.")
 
@@ -85,37 +87,57 @@ class TiersConfig(_Strict):
 class SFTThresholds(_Strict):
     """Stage 1, SFT preparation."""
 
-    max_perplexity: float = Field(20.0, gt=1.0, description="Held-out perplexity must be below this (seed: 'validation perplexity <20').")
+    max_perplexity: float = Field(
+        20.0, gt=1.0, description="Held-out perplexity must be below this (seed: 'validation perplexity <20')."
+    )
 
 
 class PreferenceThresholds(_Strict):
     """Stage 2, preference data generation (DPO, SRF)."""
 
-    min_preference_gap: float = Field(0.15, ge=0.0, le=1.0, description="Minimum mean score(chosen) - score(rejected), scores on 0-1.")
+    min_preference_gap: float = Field(
+        0.15, ge=0.0, le=1.0, description="Minimum mean score(chosen) - score(rejected), scores on 0-1."
+    )
     min_pairs: int = Field(1000, ge=1, description="Minimum number of preference pairs.")
 
 
 class ReferenceThresholds(_Strict):
     """Stage 3 (DPO), model initialization."""
 
-    max_init_kl: float = Field(1e-6, ge=0.0, le=1.0, description="KL(policy || reference) at initialization must be below this (policy == reference).")
+    max_init_kl: float = Field(
+        1e-6,
+        ge=0.0,
+        le=1.0,
+        description="KL(policy || reference) at initialization must be below this (policy == reference).",
+    )
 
 
 class RewardModelThresholds(_Strict):
     """Reward-model accuracy (DPO stage 4; SRF stages 3-4)."""
 
-    min_accuracy: float = Field(0.70, ge=0.0, le=1.0, description="Minimum fraction of pairs with reward(chosen) > reward(rejected).")
+    min_accuracy: float = Field(
+        0.70, ge=0.0, le=1.0, description="Minimum fraction of pairs with reward(chosen) > reward(rejected)."
+    )
     min_val_accuracy: float = Field(0.70, ge=0.0, le=1.0, description="Minimum held-out (validation) reward accuracy.")
-    max_train_val_gap: float = Field(0.10, ge=0.0, le=1.0, description="Maximum train accuracy - validation accuracy (overfitting).")
+    max_train_val_gap: float = Field(
+        0.10, ge=0.0, le=1.0, description="Maximum train accuracy - validation accuracy (overfitting)."
+    )
 
 
 class OptimizationThresholds(_Strict):
     """Stage 5, policy optimization (all workflows)."""
 
     max_kl: float = Field(0.1, gt=0.0, description="Maximum mean per-token KL(policy || reference).")
-    min_entropy: float = Field(0.5, ge=0.0, description="Minimum mean per-token policy entropy (nats); below is entropy collapse.")
+    min_entropy: float = Field(
+        0.5, ge=0.0, description="Minimum mean per-token policy entropy (nats); below is entropy collapse."
+    )
     max_entropy: float = Field(2.0, gt=0.0, description="Maximum mean per-token policy entropy (nats).")
-    min_reward_margin: float = Field(0.0, ge=-1000, le=1000, description="Held-out implicit reward margin (chosen - rejected) must be strictly above this: the preference was learned.")
+    min_reward_margin: float = Field(
+        0.0,
+        ge=-1000,
+        le=1000,
+        description="Held-out implicit reward margin (chosen - rejected) must be strictly above this.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> "OptimizationThresholds":
@@ -127,24 +149,38 @@ class OptimizationThresholds(_Strict):
 class VerifiableThresholds(_Strict):
     """RLVR stages 2-3."""
 
-    min_verifiability: float = Field(0.80, ge=0.0, le=1.0, description="Minimum fraction of tasks an automatic verifier can check.")
-    max_false_positive_rate: float = Field(0.05, ge=0.0, le=1.0, description="The verifier's false-positive rate must be strictly below this.")
+    min_verifiability: float = Field(
+        0.80, ge=0.0, le=1.0, description="Minimum fraction of tasks an automatic verifier can check."
+    )
+    max_false_positive_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="The verifier's false-positive rate must be strictly below this."
+    )
 
 
 class FactualityThresholds(_Strict):
     """Anti-hallucination stages 2-4."""
 
-    min_citation_accuracy: float = Field(0.85, ge=0.0, le=1.0, description="Minimum citation accuracy of the collected factuality data.")
+    min_citation_accuracy: float = Field(
+        0.85, ge=0.0, le=1.0, description="Minimum citation accuracy of the collected factuality data."
+    )
     min_factuality: float = Field(0.90, ge=0.0, le=1.0, description="Minimum factuality after citation training.")
-    max_hallucination_rate: float = Field(0.10, ge=0.0, le=1.0, description="The hallucination rate must be strictly below this.")
+    max_hallucination_rate: float = Field(
+        0.10, ge=0.0, le=1.0, description="The hallucination rate must be strictly below this."
+    )
 
 
 class EvaluationThresholds(_Strict):
     """Stage 7, evaluation and monitoring (all workflows)."""
 
-    min_capability_retention: float = Field(0.95, ge=0.0, le=2.0, description="Minimum score-after / score-before on the stage-1 benchmarks.")
-    min_decontamination: float = Field(0.90, ge=0.0, le=1.0, description="Minimum 1 - fraction of eval items sharing an n-gram with training data.")
-    decontamination_ngram: int = Field(13, ge=1, le=100, description="n of the n-gram overlap used for decontamination (tokens are words).")
+    min_capability_retention: float = Field(
+        0.95, ge=0.0, le=2.0, description="Minimum score-after / score-before on the stage-1 benchmarks."
+    )
+    min_decontamination: float = Field(
+        0.90, ge=0.0, le=1.0, description="Minimum 1 - fraction of eval items sharing an n-gram with training data."
+    )
+    decontamination_ngram: int = Field(
+        13, ge=1, le=100, description="n of the n-gram overlap used for decontamination (tokens are words)."
+    )
 
 
 class ThresholdsConfig(_Strict):
@@ -153,9 +189,13 @@ class ThresholdsConfig(_Strict):
     sft: SFTThresholds = Field(default_factory=SFTThresholds, description="Stage 1.")
     preference: PreferenceThresholds = Field(default_factory=PreferenceThresholds, description="Stage 2 (DPO, SRF).")
     reference: ReferenceThresholds = Field(default_factory=ReferenceThresholds, description="Stage 3 (DPO).")
-    reward_model: RewardModelThresholds = Field(default_factory=RewardModelThresholds, description="Reward accuracy (DPO 4, SRF 3-4).")
+    reward_model: RewardModelThresholds = Field(
+        default_factory=RewardModelThresholds, description="Reward accuracy (DPO 4, SRF 3-4)."
+    )
     optimization: OptimizationThresholds = Field(default_factory=OptimizationThresholds, description="Stage 5.")
     verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-3.")
-    factuality: FactualityThresholds = Field(default_factory=FactualityThresholds, description="Anti-hallucination stages 2-4.")
+    factuality: FactualityThresholds = Field(
+        default_factory=FactualityThresholds, description="Anti-hallucination stages 2-4."
+    )
     evaluation: EvaluationThresholds = Field(default_factory=EvaluationThresholds, description="Stage 7.")
     tiers: TiersConfig = Field(default_factory=TiersConfig, description="HIGH / MEDIUM / REJECT bands.")

@@ -26,7 +26,12 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     """Run `realign ARGS` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "realign.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=300
+        [sys.executable, "-m", "realign.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=300,
     )
 
 

@@ -32,7 +32,11 @@ def _probe(first: str, env: dict | None = None) -> dict:
     import os
 
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE.format(first=first)], capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}
+        [sys.executable, "-c", PROBE.format(first=first)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 
 from realign.data.datasets import DataConfig
-from tasks.common import DataFileContents, EarlierOutputs
+from tasks.cache import DataFileContents, EarlierOutputs
 
 
 def files_config(tmp_path) -> DataConfig:
     for name in ("prompts", "sft", "eval"):
         (tmp_path / f"{name}.jsonl").write_text(f'{{"prompt": "{name}", "answer": "1"}}\n')
-    return DataConfig(source="files", prompts=str(tmp_path / "prompts.jsonl"), sft=str(tmp_path / "sft.jsonl"),
-                      eval_sets=[{"name": "t", "role": "target", "path": str(tmp_path / "eval.jsonl")}])
+    return DataConfig(
+        source="files",
+        prompts=str(tmp_path / "prompts.jsonl"),
+        sft=str(tmp_path / "sft.jsonl"),
+        eval_sets=[{"name": "t", "role": "target", "path": str(tmp_path / "eval.jsonl")}],
+    )
 
 
 def key(policy, **inputs):

@@ -38,7 +38,9 @@ def test_linux_detection_reads_proc():
 def test_calibration_sweeps_the_real_workload_and_is_saved(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("REALIGN_PROFILE_DIR", str(tmp_path))
     points = []
-    result = calibrate(str(tiny_model_dir), batch_sizes=(1, 4, 16), max_tokens=4, rounds=1, on_point=lambda b, v: points.append(b))
+    result = calibrate(
+        str(tiny_model_dir), batch_sizes=(1, 4, 16), max_tokens=4, rounds=1, on_point=lambda b, v: points.append(b)
+    )
     assert points == [1, 4, 16] and set(result.curve) == {1, 4, 16}
     assert all(v > 0 for v in result.curve.values()) and result.gflops > 0
     assert result.chosen_batch == choose_batch(result.curve)

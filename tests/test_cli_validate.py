@@ -11,15 +11,31 @@ GOOD = [
 ]
 # (line text or bytes, expected message after FILE:LINE:)
 BAD = [
-    ('{"prompt": "p", "chosen": "a", ', "invalid JSON: Expecting property name enclosed in double quotes at column 32 (expected one JSON object per line)"),
+    (
+        '{"prompt": "p", "chosen": "a", ',
+        "invalid JSON: Expecting property name enclosed in double quotes at column 32 "
+        "(expected one JSON object per line)",
+    ),
     (b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', "invalid UTF-8 at byte 16 (expected UTF-8 text)"),
     ('{"prompt": "p", "chosen": "a"}', "missing field 'rejected' (expected a non-empty string)"),
     ('{"prompt": "", "chosen": "a", "rejected": "b"}', "field 'prompt' is empty (expected non-empty text)"),
-    ('{"prompt": "p", "chosen": ["a"], "rejected": "b"}', "field 'chosen' has the wrong type: list (expected a non-empty string)"),
-    ('{"prompt": "p", "chosen": "same", "rejected": "same"}', "chosen is identical to rejected (expected two different responses)"),
-    ('{"instruction": "Explain DPO", "output": "It optimises preferences."}', "looks like sft, not dpo (expected fields prompt, chosen, rejected)"),
+    (
+        '{"prompt": "p", "chosen": ["a"], "rejected": "b"}',
+        "field 'chosen' has the wrong type: list (expected a non-empty string)",
+    ),
+    (
+        '{"prompt": "p", "chosen": "same", "rejected": "same"}',
+        "chosen is identical to rejected (expected two different responses)",
+    ),
+    (
+        '{"instruction": "Explain DPO", "output": "It optimises preferences."}',
+        "looks like sft, not dpo (expected fields prompt, chosen, rejected)",
+    ),
     ('"just a string"', "line is a JSON string, not an object (expected one JSON object per line)"),
-    ('{"prompt": "p", "responses": [{"text": "a", "score": 2}]}', "looks like grpo, not dpo (expected fields prompt, chosen, rejected)"),
+    (
+        '{"prompt": "p", "responses": [{"text": "a", "score": 2}]}',
+        "looks like grpo, not dpo (expected fields prompt, chosen, rejected)",
+    ),
 ]
 
 
@@ -46,24 +62,38 @@ def test_mixed_file_reports_every_bad_line_and_splits_rows(tmp_path):
     out, rej = tmp_path / "clean.jsonl", tmp_path / "rejects.jsonl"
     proc = run_cli("validate", str(data), "--format", "dpo", "--out", str(out), "--rejects", str(rej))
     assert proc.returncode == 1, proc.stderr
-    reported = [l for l in proc.stdout.splitlines() if l.startswith(f"{data}:") and not l.startswith(f"{data}: ")]
+    reported = [x for x in proc.stdout.splitlines() if x.startswith(f"{data}:") and not x.startswith(f"{data}: ")]
     assert reported == [f"{data}:{n}: {msg}" for n, msg in expected.items()]
     # exactly the good rows, byte for byte, in order
     assert out.read_bytes() == b"".join(g + b"\n" for g in good_raw)
-    rejects = [json.loads(l) for l in rej.read_text().splitlines()]
+    rejects = [json.loads(x) for x in rej.read_text().splitlines()]
     assert [r["line"] for r in rejects] == list(expected)
     assert [r["reasons"] for r in rejects] == [[m] for m in expected.values()]
-    assert {r["kind"] for r in rejects} >= {"json", "utf8", "missing", "empty", "wrong_type", "identical", "wrong_format", "not_object"}
+    assert {r["kind"] for r in rejects} >= {
+        "json",
+        "utf8",
+        "missing",
+        "empty",
+        "wrong_type",
+        "identical",
+        "wrong_format",
+        "not_object",
+    }
     undecodable = next(r for r in rejects if r["kind"] == "utf8")
     assert "raw_base64" in undecodable and "raw" not in undecodable
     summary = proc.stdout.strip().splitlines()[-1]
     blank = sum(1 for i in range(len(BAD)) if i % 3 == 0)
-    assert summary.startswith(f"{data}: {len(BAD) * 2 + blank} lines, {len(good_raw)} valid, {len(BAD)} rejected, {blank} blank")
+    assert summary.startswith(
+        f"{data}: {len(BAD) * 2 + blank} lines, {len(good_raw)} valid, {len(BAD)} rejected, {blank} blank"
+    )
 
 
 def test_clean_file_exits_zero(tmp_path):
     data = tmp_path / "sft.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in [{"instruction": "a", "output": "b"}, {"instruction": "c", "response": "d"}]) + "\n\n")
+    data.write_text(
+        "\n".join(json.dumps(r) for r in [{"instruction": "a", "output": "b"}, {"instruction": "c", "response": "d"}])
+        + "\n\n"
+    )
     proc = run_cli("validate", str(data), "--format", "sft")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"{data}: 3 lines, 2 valid, 0 rejected, 1 blank"

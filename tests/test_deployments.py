@@ -19,8 +19,12 @@ def recipe(name: str) -> dict:
 
 
 def test_every_deployment_names_a_real_flow_and_a_pool():
-    expected = {"dpo-demo": ("dpo", "realign"), "nightly-curation": ("curate", "realign"),
-                "shard-m4-max": ("shard", "m4-max"), "shard-m3-ultra": ("shard", "m3-ultra")}
+    expected = {
+        "dpo-demo": ("dpo", "realign"),
+        "nightly-curation": ("curate", "realign"),
+        "shard-m4-max": ("shard", "m4-max"),
+        "shard-m3-ultra": ("shard", "m3-ultra"),
+    }
     assert set(DEPLOYMENTS) == set(expected)
     for name, (flow_name, pool) in expected.items():
         path, func = DEPLOYMENTS[name]["entrypoint"].split(":")

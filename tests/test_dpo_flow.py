@@ -18,8 +18,24 @@ from realign.recipes.dpo import DPOWorkflowConfig
 # Small and fast; thresholds relaxed so the test exercises the plumbing, not the tiny model's luck.
 # (The real thresholds are exercised by the gate tests and by `make demo`.)
 SMALL = {
-    "data": {"n_prompts": 120, "n_prompts_benchmark": 60, "n_sft_target": 600, "n_sft_benchmark": 1200, "n_eval": 40, "n_dev": 20},
-    "sft": {"train": {"steps": 250, "batch_size": 32, "learning_rate": 3e-4, "warmup_steps": 5, "lora": None, "metrics_every": 50}},
+    "data": {
+        "n_prompts": 120,
+        "n_prompts_benchmark": 60,
+        "n_sft_target": 600,
+        "n_sft_benchmark": 1200,
+        "n_eval": 40,
+        "n_dev": 20,
+    },
+    "sft": {
+        "train": {
+            "steps": 250,
+            "batch_size": 32,
+            "learning_rate": 3e-4,
+            "warmup_steps": 5,
+            "lora": None,
+            "metrics_every": 50,
+        }
+    },
     "pairs": {"generation": {"n": 3, "batch_size": 64, "max_tokens": 10}},
     "reward_model": {"steps": 50},
     "dpo": {"train": {"steps": 6, "batch_size": 8, "learning_rate": 5e-5, "checkpoint_every": 3, "metrics_every": 3}},
@@ -64,26 +80,67 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch):
     assert state.is_completed(), state.message
     summary = state.result()
     run = tmp_path / "full"
-    for d in ("01_sft_preparation", "02_preference_data", "03_model_initialization", "04_preference_modeling",
-              "05_dpo_optimization", "06_iterative_training", "07_evaluation"):
+    for d in (
+        "01_sft_preparation",
+        "02_preference_data",
+        "03_model_initialization",
+        "04_preference_modeling",
+        "05_dpo_optimization",
+        "06_iterative_training",
+        "07_evaluation",
+    ):
         assert (run / d).is_dir(), d
         assert list((run / d).glob("gate_*.json")), f"no gate report in {d}"
     assert summary["rounds"] == 2 and (run / "02_preference_data_round2" / "pairs.parquet").exists()
     assert summary["gate_tiers"]["1-sft-preparation"] in ("HIGH", "MEDIUM")
-    assert set(summary["gate_tiers"]) >= {"1-sft-preparation", "2-preference-data", "2-preference-data-round2",
-                                         "5-dpo-optimization-round2", "6-iterative-training", "7-evaluation"}
+    assert set(summary["gate_tiers"]) >= {
+        "1-sft-preparation",
+        "2-preference-data",
+        "2-preference-data-round2",
+        "5-dpo-optimization-round2",
+        "6-iterative-training",
+        "7-evaluation",
+    }
     assert summary["generation_batch_size"] == 48 and summary["batch_size_source"].startswith("calibrated")
     assert summary["compute_time_s"] > 0
-    assert summary["throughput_examples_per_s"] == pytest.approx(summary["examples_processed"] / summary["compute_time_s"], rel=0.01)
-    for key in ("data_type", "workflow", "tier", "examples_processed", "machine", "generation_batch_size", "wall_time_s",
-                "throughput_examples_per_s", "cost_per_example", "run_dir", "final_model"):
+    assert summary["throughput_examples_per_s"] == pytest.approx(
+        summary["examples_processed"] / summary["compute_time_s"], rel=0.01
+    )
+    for key in (
+        "data_type",
+        "workflow",
+        "tier",
+        "examples_processed",
+        "machine",
+        "generation_batch_size",
+        "wall_time_s",
+        "throughput_examples_per_s",
+        "cost_per_example",
+        "run_dir",
+        "final_model",
+    ):
         assert key in summary, key
     assert summary["cost_per_example"] is None and "not configured" in summary["cost_note"]
     assert summary["examples_processed"] == 2 * (120 + 60) * 3  # rounds x prompts x samples
     results = summary["results"]
-    for key in ("before/reverse_accuracy", "after/reverse_accuracy", "control/reverse_accuracy", "capability_retention", "kl",
-                "decontamination", "win_rate"):
+    for key in (
+        "before/reverse_accuracy",
+        "after/reverse_accuracy",
+        "control/reverse_accuracy",
+        "capability_retention",
+        "kl",
+        "decontamination",
+        "win_rate",
+    ):
         assert key in results, key
+    # before-vs-after and after-vs-control, each with its paired-bootstrap interval around the difference
+    compared = {(c["first"], c["second"]): c for c in summary["comparisons"]}
+    assert set(compared) == {("after", "before"), ("after", "control")}
+    for c in compared.values():
+        assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["items"] == 40
+        assert c["within_noise"] == (c["ci_low"] <= 0 <= c["ci_high"])
+    assert compared[("after", "before")]["second_value"] == pytest.approx(results["before/reverse_accuracy"])
+    assert compared[("after", "control")]["second_value"] == pytest.approx(results["control/reverse_accuracy"])
     assert json.loads((run / "summary.json").read_text())["tier"] == summary["tier"]
     for png in ("training_curves.png", "before_after.png"):
         assert (run / "07_evaluation" / png).stat().st_size > 1000
@@ -91,7 +148,9 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch):
     assert (run / "01_sft_preparation" / "baseline_metrics.json").exists()
     # the outputs are data files realign (and TRL / mlx-lm) read
     assert run_cli("validate", str(run / "02_preference_data" / "train.jsonl"), "--format", "dpo").returncode == 0
-    assert run_cli("validate", str(run / "02_preference_data" / "completions.jsonl"), "--format", "grpo").returncode == 0
+    assert (
+        run_cli("validate", str(run / "02_preference_data" / "completions.jsonl"), "--format", "grpo").returncode == 0
+    )
     import mlx_lm
 
     mlx_lm.load(str(run / "07_evaluation" / "final_model"))
@@ -102,8 +161,12 @@ def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
     from prefect.flow_engine import run_flow
     from prefect.states import Scheduled
 
-    strict = config(tmp_path, "retry", iterations={"max_rounds": 1},
-                    thresholds={**SMALL["thresholds"], "optimization": {"max_kl": 1e-9, "min_reward_margin": -100.0}})
+    strict = config(
+        tmp_path,
+        "retry",
+        iterations={"max_rounds": 1},
+        thresholds={**SMALL["thresholds"], "optimization": {"max_kl": 1e-9, "min_reward_margin": -100.0}},
+    )
     failed = dpo(strict, return_state=True)
     assert failed.is_failed()
     with pytest.raises(GateFailed, match="Gate 5-dpo-optimization: REJECT"):
@@ -126,21 +189,10 @@ def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
     for r in sorted(runs, key=lambda r: r.expected_start_time):
         by_stage.setdefault(r.name.rsplit("-", 1)[0] if r.name[0].isdigit() else r.name, []).append(r.state.name)
     for stage in ("1-sft-preparation", "2-preference-data", "3-model-initialization", "4-preference-modeling"):
-        assert by_stage[stage] == ["Completed", "Cached"], (stage, by_stage)  # first attempt ran it, the retry reused it
+        assert by_stage[stage] == ["Completed", "Cached"], (
+            stage,
+            by_stage,
+        )  # first attempt ran it, the retry reused it
     assert by_stage["gate-5-dpo-optimization"] == ["Failed", "Completed"]
     assert by_stage["7-evaluation"] == ["Completed"]
     assert json.loads((tmp_path / "retry" / "summary.json").read_text())["tier"] in ("HIGH", "MEDIUM")
-
-
-def test_round_decisions():
-    from tasks.iterative_training import RoundScore, decide
-
-    def r(n, acc, kl):
-        return RoundScore(round=n, model_dir=f"m{n}", target_metric=acc, split="dev", kl_from_start=kl)
-
-    assert decide([r(1, 0.60, 0.02)], 0.55, 0.01, 3, 0.1)[0] == "continue"
-    assert decide([r(1, 0.60, 0.02), r(2, 0.605, 0.04)], 0.55, 0.01, 3, 0.1)[0] == "stop_no_improvement"
-    assert decide([r(1, 0.70, 0.02)], 0.55, 0.01, 1, 0.1)[0] == "stop_max_rounds"
-    assert decide([r(1, 0.70, 0.2)], 0.55, 0.01, 3, 0.1)[0] == "stop_kl_limit"
-    decision, reason = decide([r(1, 0.70, float("nan"))], 0.55, 0.01, 3, 0.1)
-    assert decision == "stop_kl_limit" and "not measured" in reason  # an unmeasured KL never passes as 0

@@ -5,7 +5,19 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from realign.data.formats import DPORow, DataFormatError, GRPORow, RLVRRow, SFTRow, canonical_format, check_line, guess_format, read_rows, validate_file, write_rows
+from realign.data.formats import (
+    DataFormatError,
+    DPORow,
+    GRPORow,
+    RLVRRow,
+    SFTRow,
+    canonical_format,
+    check_line,
+    guess_format,
+    read_rows,
+    validate_file,
+    write_rows,
+)
 
 
 def problems(line: str | bytes, fmt: str) -> list[str]:
@@ -17,7 +29,9 @@ def problems(line: str | bytes, fmt: str) -> list[str]:
 def test_sft_variants_normalise_to_prompt_and_completion():
     a = SFTRow.model_validate({"instruction": "Say hi", "output": "hi"})
     b = SFTRow.model_validate({"instruction": "Say hi", "response": "hi"})
-    c = SFTRow.model_validate({"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]})
+    c = SFTRow.model_validate(
+        {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
+    )
     assert (a.prompt, a.completion) == (b.prompt, b.completion) == ("Say hi", "hi")
     assert c.prompt == [{"role": "user", "content": "Say hi"}] and c.completion == "hi"
     assert b.to_record() == {"instruction": "Say hi", "output": "hi"}
@@ -26,25 +40,69 @@ def test_sft_variants_normalise_to_prompt_and_completion():
 @pytest.mark.parametrize(
     "line,fmt,expected",
     [
-        ('{"prompt": "p", "chosen": "a"', "dpo", "invalid JSON: Expecting ',' delimiter at column 30 (expected one JSON object per line)"),
-        (b'{"prompt": "p\xff", "chosen": "a", "rejected": "b"}', "dpo", "invalid UTF-8 at byte 14 (expected UTF-8 text)"),
+        (
+            '{"prompt": "p", "chosen": "a"',
+            "dpo",
+            "invalid JSON: Expecting ',' delimiter at column 30 (expected one JSON object per line)",
+        ),
+        (
+            b'{"prompt": "p\xff", "chosen": "a", "rejected": "b"}',
+            "dpo",
+            "invalid UTF-8 at byte 14 (expected UTF-8 text)",
+        ),
         ('{"prompt": "p", "chosen": "a"}', "dpo", "missing field 'rejected' (expected a non-empty string)"),
         ('{"prompt": " ", "chosen": "a", "rejected": "b"}', "dpo", "field 'prompt' is empty (expected non-empty text)"),
-        ('{"prompt": 3, "chosen": "a", "rejected": "b"}', "dpo", "field 'prompt' has the wrong type: number (expected a non-empty string)"),
-        ('{"prompt": "p", "chosen": "same", "rejected": "same"}', "dpo", "chosen is identical to rejected (expected two different responses)"),
-        ('{"prompt": "p", "responses": [{"text": "t", "score": 1.5}]}', "grpo",
-         "field 'responses[0].score' is 1.5, outside the allowed range (expected a number in [0, 1])"),
-        ('{"prompt": "p", "responses": [{"text": "t", "score": "0.5"}]}', "grpo",
-         "field 'responses[0].score' has the wrong type: string (expected a number in [0, 1])"),
-        ('{"prompt": "p", "responses": []}', "grpo", "field 'responses' is empty (expected a non-empty list of response objects)"),
-        ('{"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": 1}]}', "rlvr",
-         "field 'responses[0].correct' has the wrong type: number (expected true or false)"),
-        ('{"instruction": "i", "output": "o"}', "dpo", "looks like sft, not dpo (expected fields prompt, chosen, rejected)"),
-        ('{"prompt": "p", "chosen": "a", "rejected": "b"}', "sft", "looks like dpo, not sft (expected fields instruction + output (or response), or messages)"),
-        ('[1, 2]', "dpo", "line is a JSON list, not an object (expected one JSON object per line)"),
-        ('{"instruction": "i"}', "sft", "missing field 'output' (expected instruction + output (or response), or messages)"),
-        ('{"messages": [{"role": "user", "content": "x"}]}', "sft",
-         "messages has no assistant turn (expected at least one message with role 'assistant')"),
+        (
+            '{"prompt": 3, "chosen": "a", "rejected": "b"}',
+            "dpo",
+            "field 'prompt' has the wrong type: number (expected a non-empty string)",
+        ),
+        (
+            '{"prompt": "p", "chosen": "same", "rejected": "same"}',
+            "dpo",
+            "chosen is identical to rejected (expected two different responses)",
+        ),
+        (
+            '{"prompt": "p", "responses": [{"text": "t", "score": 1.5}]}',
+            "grpo",
+            "field 'responses[0].score' is 1.5, outside the allowed range (expected a number in [0, 1])",
+        ),
+        (
+            '{"prompt": "p", "responses": [{"text": "t", "score": "0.5"}]}',
+            "grpo",
+            "field 'responses[0].score' has the wrong type: string (expected a number in [0, 1])",
+        ),
+        (
+            '{"prompt": "p", "responses": []}',
+            "grpo",
+            "field 'responses' is empty (expected a non-empty list of response objects)",
+        ),
+        (
+            '{"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": 1}]}',
+            "rlvr",
+            "field 'responses[0].correct' has the wrong type: number (expected true or false)",
+        ),
+        (
+            '{"instruction": "i", "output": "o"}',
+            "dpo",
+            "looks like sft, not dpo (expected fields prompt, chosen, rejected)",
+        ),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b"}',
+            "sft",
+            "looks like dpo, not sft (expected fields instruction + output (or response), or messages)",
+        ),
+        ("[1, 2]", "dpo", "line is a JSON list, not an object (expected one JSON object per line)"),
+        (
+            '{"instruction": "i"}',
+            "sft",
+            "missing field 'output' (expected instruction + output (or response), or messages)",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}]}',
+            "sft",
+            "messages has no assistant turn (expected at least one message with role 'assistant')",
+        ),
     ],
 )
 def test_each_bad_line_gets_one_precise_reason(line, fmt, expected):
@@ -55,7 +113,9 @@ def test_good_lines_blank_lines_and_bom():
     assert check_line(b"   \n", 3, "dpo") is None
     assert check_line(b'\xef\xbb\xbf{"prompt": "p", "chosen": "a", "rejected": "b"}\n', 1, "dpo").ok
     assert check_line(b'{"prompt": "p", "responses": [{"text": "t", "score": 1}], "id": 9}', 2, "grpo").ok
-    assert check_line(b'{"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": false}]}', 2, "rlvr").ok
+    assert check_line(
+        b'{"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": false}]}', 2, "rlvr"
+    ).ok
 
 
 def test_guess_format_and_aliases():
@@ -72,7 +132,13 @@ def test_guess_format_and_aliases():
 @pytest.mark.parametrize(
     "fmt,rows",
     [
-        ("sft", [{"instruction": "a", "output": "b"}, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}]),
+        (
+            "sft",
+            [
+                {"instruction": "a", "output": "b"},
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]},
+            ],
+        ),
         ("dpo", [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p2", "chosen": "é ✓", "rejected": "r2"}]),
         ("grpo", [{"prompt": "p", "responses": [{"text": "a", "score": 1.0}, {"text": "b", "score": 0.0}]}]),
         ("rlvr", [{"problem": "p", "solution": "s", "responses": [{"text": "a", "correct": True}]}]),
@@ -106,7 +172,9 @@ def test_validate_parquet_input_reports_row_numbers(tmp_path):
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"prompt": ["p", "p", None], "chosen": ["a", "b", "c"], "rejected": ["x", "b", "y"]}), path)
     seen = []
-    report = validate_file(path, "dpo", out=tmp_path / "clean.parquet", rejects=tmp_path / "rej.jsonl", on_problem=seen.append)
+    report = validate_file(
+        path, "dpo", out=tmp_path / "clean.parquet", rejects=tmp_path / "rej.jsonl", on_problem=seen.append
+    )
     assert (report.valid, report.rejected) == (1, 2)
     assert seen == [
         f"{path}:2: chosen is identical to rejected (expected two different responses)",
@@ -141,7 +209,11 @@ def test_row_models_are_strict_about_types():
     with pytest.raises(Exception):
         GRPORow.model_validate({"prompt": "p", "responses": [{"text": "t", "score": True}]})
     assert DPORow.model_validate({"prompt": "p", "chosen": "a", "rejected": "b", "meta": {"x": 1}}).chosen == "a"
-    assert RLVRRow.model_validate({"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": True}]}).responses[0].correct
+    assert (
+        RLVRRow.model_validate({"problem": "p", "solution": "s", "responses": [{"text": "t", "correct": True}]})
+        .responses[0]
+        .correct
+    )
 
 
 def test_atomic_dir_replaces_whole_or_leaves_the_old(tmp_path):

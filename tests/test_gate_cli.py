@@ -8,8 +8,16 @@ from conftest import run_cli
 
 
 def write_pairs(path, n, gap, *, parquet=False):
-    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "chosen_score": 0.5 + gap, "rejected_score": 0.5}
-            for i in range(n)]
+    rows = [
+        {
+            "prompt": f"q{i}",
+            "chosen": f"good {i}",
+            "rejected": f"bad {i}",
+            "chosen_score": 0.5 + gap,
+            "rejected_score": 0.5,
+        }
+        for i in range(n)
+    ]
     if parquet:
         pd.DataFrame(rows).to_parquet(path)
     else:
@@ -18,7 +26,13 @@ def write_pairs(path, n, gap, *, parquet=False):
 
 
 def test_exit_codes_follow_the_tier(tmp_path):
-    high = run_cli("gate", "check", "--suite", "preference_pairs", str(write_pairs(tmp_path / "h.parquet", 1000, 0.2, parquet=True)))
+    high = run_cli(
+        "gate",
+        "check",
+        "--suite",
+        "preference_pairs",
+        str(write_pairs(tmp_path / "h.parquet", 1000, 0.2, parquet=True)),
+    )
     assert high.returncode == 0 and "tier: HIGH" in high.stdout and "warning" not in high.stderr
     medium = run_cli("gate", "check", "--suite", "preference_pairs", str(write_pairs(tmp_path / "m.jsonl", 1000, 0.12)))
     assert medium.returncode == 0 and "tier: MEDIUM" in medium.stdout
@@ -31,8 +45,18 @@ def test_thresholds_file_and_json_output(tmp_path):
     pairs = write_pairs(tmp_path / "p.jsonl", 50, 0.2)
     th = tmp_path / "th.yaml"
     th.write_text("thresholds:\n  preference:\n    min_pairs: 50\n")
-    proc = run_cli("gate", "check", "--suite", "preference_pairs", str(pairs), "--thresholds", str(th), "--json",
-                   "--out-dir", str(tmp_path / "run"))
+    proc = run_cli(
+        "gate",
+        "check",
+        "--suite",
+        "preference_pairs",
+        str(pairs),
+        "--thresholds",
+        str(th),
+        "--json",
+        "--out-dir",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["tier"] == "HIGH" and report["rows"] == {"preference_pairs": 50}
@@ -54,8 +78,17 @@ def test_bad_inputs_say_where(tmp_path):
 def test_data_docs_for_a_run(tmp_path):
     run = tmp_path / "run"
     for stage, gap in (("2-preference-data", 0.2), ("2b-low-gap", 0.05)):
-        proc = run_cli("gate", "check", "--suite", "preference_pairs", str(write_pairs(tmp_path / f"{stage}.jsonl", 1000, gap)),
-                       "--stage", stage, "--out-dir", str(run / stage))
+        proc = run_cli(
+            "gate",
+            "check",
+            "--suite",
+            "preference_pairs",
+            str(write_pairs(tmp_path / f"{stage}.jsonl", 1000, gap)),
+            "--stage",
+            stage,
+            "--out-dir",
+            str(run / stage),
+        )
         assert proc.returncode in (0, 2)
     proc = run_cli("gates", "docs", str(run))
     assert proc.returncode == 0, proc.stderr

@@ -16,6 +16,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.testing.utilities import prefect_test_harness
 
 from gates.gate import GateFailed, artifact_key, gate
+from gates.suites.dpo import preference_pairs_suite
 from realign.thresholds import ThresholdsConfig
 
 
@@ -26,8 +27,15 @@ def harness():
 
 
 def pairs(n: int, chosen: float, rejected: float) -> pd.DataFrame:
-    return pd.DataFrame({"prompt": [f"q{i}" for i in range(n)], "chosen": ["good"] * n, "rejected": ["bad"] * n,
-                         "chosen_score": [chosen] * n, "rejected_score": [rejected] * n})
+    return pd.DataFrame(
+        {
+            "prompt": [f"q{i}" for i in range(n)],
+            "chosen": ["good"] * n,
+            "rejected": ["bad"] * n,
+            "chosen_score": [chosen] * n,
+            "rejected_score": [rejected] * n,
+        }
+    )
 
 
 SMALL = ThresholdsConfig.model_validate({"preference": {"min_pairs": 10}})
@@ -35,8 +43,14 @@ SMALL = ThresholdsConfig.model_validate({"preference": {"min_pairs": 10}})
 
 @flow(name="gate-probe")
 def gate_probe(chosen: float, rejected: float, approve_medium: bool, out_dir: str, stage: str) -> str:
-    report = gate(stage, {"preference_pairs": pairs(20, chosen, rejected)}, SMALL,
-                  out_dir=out_dir, approve_medium=approve_medium, approval_poll_s=1)
+    report = gate(
+        stage,
+        {preference_pairs_suite: pairs(20, chosen, rejected)},
+        SMALL,
+        out_dir=out_dir,
+        approve_medium=approve_medium,
+        approval_poll_s=1,
+    )
     return f"{report.tier}|{report.approval}"
 
 
@@ -46,8 +60,14 @@ def _read_flow_run(run_id):
 
 
 def test_reject_fails_the_run_with_the_gate_message(tmp_path):
-    state = gate_probe(chosen=0.6, rejected=0.55, approve_medium=False, out_dir=str(tmp_path), stage="2-preference-data",
-                       return_state=True)
+    state = gate_probe(
+        chosen=0.6,
+        rejected=0.55,
+        approve_medium=False,
+        out_dir=str(tmp_path),
+        stage="2-preference-data",
+        return_state=True,
+    )
     assert state.is_failed()
     assert "GateFailed: Gate 2-preference-data: REJECT" in state.message  # what the UI shows on the run
     with pytest.raises(GateFailed) as info:
@@ -61,19 +81,25 @@ def test_reject_fails_the_run_with_the_gate_message(tmp_path):
 
 
 def test_high_gate_continues_without_pausing(tmp_path):
-    assert gate_probe(chosen=0.9, rejected=0.5, approve_medium=True, out_dir=str(tmp_path), stage="2-high") == "HIGH|None"
+    assert (
+        gate_probe(chosen=0.9, rejected=0.5, approve_medium=True, out_dir=str(tmp_path), stage="2-high") == "HIGH|None"
+    )
 
 
 def test_medium_gate_without_approval_warns_and_continues(tmp_path):
-    assert gate_probe(chosen=0.62, rejected=0.5, approve_medium=False, out_dir=str(tmp_path), stage="2-medium") == "MEDIUM|None"
+    assert (
+        gate_probe(chosen=0.62, rejected=0.5, approve_medium=False, out_dir=str(tmp_path), stage="2-medium")
+        == "MEDIUM|None"
+    )
 
 
 def _run_in_thread(stage: str, tmp_path):
     box: dict = {}
 
     def target():
-        box["state"] = gate_probe(chosen=0.62, rejected=0.5, approve_medium=True, out_dir=str(tmp_path), stage=stage,
-                                  return_state=True)
+        box["state"] = gate_probe(
+            chosen=0.62, rejected=0.5, approve_medium=True, out_dir=str(tmp_path), stage=stage, return_state=True
+        )
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
@@ -121,5 +147,7 @@ def test_table_artifact_reads_back_through_the_client(tmp_path):
         assert by_metric["preference_gap (mean)"]["observed"] == "0.4"
         assert by_metric["preference_gap (mean)"]["tier"] == "HIGH"
         assert by_metric["pairs"]["observed"] == "20"
-        summary = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(stage, "-summary")])))
+        summary = c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(stage, "-summary")]))
+        )
         assert summary[0].type == "markdown" and "Gate `" + stage + "`: **HIGH**" in summary[0].data

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from realign.model.generate import GenerationConfig, generate, prompt_tokens
-from realign.model.logprobs import collate, encode, reference_logps, sequence_logps
 from realign.model.load import load_model
+from realign.model.logprobs import collate, encode, reference_logps, sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +66,22 @@ def test_sequence_logps_equal_a_manual_sum_and_ignore_padding(lm):
 
 
 def test_reference_cache_matches_direct_computation(lm):
-    pairs = [{"prompt": "Reverse: 12", "chosen": "21", "rejected": "12"},
-             {"prompt": "Copy: 345", "chosen": "345", "rejected": "543 oops"}]
+    pairs = [
+        {"prompt": "Reverse: 12", "chosen": "21", "rejected": "12"},
+        {"prompt": "Copy: 345", "chosen": "345", "rejected": "543 oops"},
+    ]
     ref = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=1)
-    direct, counts = sequence_logps(lm.model, collate([encode(lm.tokenizer, p["prompt"], p["rejected"]) for p in pairs]))
+    direct, counts = sequence_logps(
+        lm.model, collate([encode(lm.tokenizer, p["prompt"], p["rejected"]) for p in pairs])
+    )
     assert ref["rejected_logps"] == pytest.approx(np.array(direct), abs=1e-4)
     assert ref["rejected_tokens"].tolist() == np.array(counts).tolist()
     assert np.all(np.isfinite(ref["chosen_logps"])) and np.all(ref["chosen_logps"] < 0)
 
 
 def test_ifd_from_model_losses(lm):
-    from realign.model.logprobs import mean_completion_loss
     from realign.eval.metrics import ifd_score
+    from realign.model.logprobs import mean_completion_loss
 
     given = mean_completion_loss(lm.model, lm.tokenizer, ["Reverse: 12345"], ["54321"])
     alone = mean_completion_loss(lm.model, lm.tokenizer, [None], ["54321"])
@@ -96,12 +100,27 @@ def test_generate_cli(tiny_model_dir, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "Reverse: 123"}\n\n{"instruction": "Copy: 9"}\n')
     out = tmp_path / "out.jsonl"
-    proc = run_cli("generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
-                   "--n", "3", "--max-tokens", "4", "--seed", "1")
+    proc = run_cli(
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--n",
+        "3",
+        "--max-tokens",
+        "4",
+        "--seed",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Reverse: 123", "Copy: 9"]
     assert all(len(r["responses"]) == 3 and all(0 <= x["tokens"] <= 4 for x in r["responses"]) for r in rows)
     prompts.write_text('{"text": "no prompt field"}\n')
-    bad = run_cli("generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "x.jsonl"))
+    bad = run_cli(
+        "generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "x.jsonl")
+    )
     assert bad.returncode == 2 and f"{prompts}:1: no 'prompt'" in bad.stderr

@@ -36,17 +36,24 @@ def test_memory_estimate_by_hand():
     assert request_only.total_gb == 140.0 and request_only.kv_cache_gb is None and "not estimated" in request_only.note
 
 
-@pytest.mark.parametrize("params_b,machines,mode", [
-    (7, ["m4-max"], "separate"),
-    (30, ["m4-max"], "separate"),
-    (70, ["m3-ultra"], "separate"),      # 140 GB in fp16 > 128 GB
-    (200, ["m3-ultra"], "separate"),     # 400 GB fits 512 GB
-    (405, ["m4-max", "m3-ultra"], "sharded"),
-])
+@pytest.mark.parametrize(
+    "params_b,machines,mode",
+    [
+        (7, ["m4-max"], "separate"),
+        (30, ["m4-max"], "separate"),
+        (70, ["m3-ultra"], "separate"),  # 140 GB in fp16 > 128 GB
+        (200, ["m3-ultra"], "separate"),  # 400 GB fits 512 GB
+        (405, ["m4-max", "m3-ultra"], "sharded"),
+    ],
+)
 def test_machine_selection(params_b, machines, mode):
     sel = select_machine(params_b, params_b * 2.0)  # fp16 weights
     assert (sel.machines, sel.mode) == (machines, mode)
-    assert sel.environment == {"MLX_METAL_PREALLOCATE": "1", "MLX_METAL_FAST_SYNCH": "1", "TOKENIZERS_PARALLELISM": "false"}
+    assert sel.environment == {
+        "MLX_METAL_PREALLOCATE": "1",
+        "MLX_METAL_FAST_SYNCH": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def test_a_quantised_70b_that_fits_stays_on_the_fast_machine_and_gradient_sync_shards():
@@ -58,7 +65,9 @@ def test_a_quantised_70b_that_fits_stays_on_the_fast_machine_and_gradient_sync_s
 def test_plan_for_a_7b_request_splits_by_throughput_and_prices_busy_hours():
     from hardware.plan import make_plan
 
-    p = make_plan("Qwen 7B", 15000, throughput={"m4-max": 1.95, "m3-ultra": 1.03}, price_per_hour={"m4-max": 0.5, "m3-ultra": 0.8})
+    p = make_plan(
+        "Qwen 7B", 15000, throughput={"m4-max": 1.95, "m3-ultra": 1.03}, price_per_hour={"m4-max": 0.5, "m3-ultra": 0.8}
+    )
     assert p.machines == ["m4-max"] and p.mode == "separate"
     assert p.split == {"m4-max": 9815, "m3-ultra": 5185}
     assert p.estimated_seconds == pytest.approx(max(9815 / 1.95, 5185 / 1.03))

@@ -20,7 +20,7 @@ def test_layout_matches_the_design_card():
 def test_readme_shows_the_two_commands_first():
     text = (REPO / "README.md").read_text()
     first_block = re.search(r"```(?:bash)?\n(.*?)```", text, re.S).group(1)
-    assert [l.split("#")[0].strip() for l in first_block.strip().splitlines()] == ["make demo", "make test"]
+    assert [x.split("#")[0].strip() for x in first_block.strip().splitlines()] == ["make demo", "make test"]
     make = (REPO / "Makefile").read_text()
     assert re.search(r"^demo:", make, re.M) and re.search(r"^test:", make, re.M)
     assert "make test" in (REPO / ".ci/run").read_text()
@@ -29,8 +29,15 @@ def test_readme_shows_the_two_commands_first():
 def test_packaging_pins_and_console_script():
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = " ".join(meta["dependencies"])
-    for pin in ("prefect>=3.8,<3.9", "fastapi==0.150.0", "sqlalchemy[asyncio]>=2.0,<2.1", "great-expectations>=1.24,<1.25",
-                "mlx-lm>=0.32,<0.33", "mlx[cpu]>=0.30; sys_platform == 'linux'", "mlx>=0.30; sys_platform == 'darwin'"):
+    for pin in (
+        "prefect>=3.8,<3.9",
+        "fastapi==0.150.0",
+        "sqlalchemy[asyncio]>=2.0,<2.1",
+        "great-expectations>=1.24,<1.25",
+        "mlx-lm>=0.32,<0.33",
+        "mlx[cpu]>=0.30; sys_platform == 'linux'",
+        "mlx>=0.30; sys_platform == 'darwin'",
+    ):
         assert pin in deps, pin
     assert meta["scripts"]["realign"] == "realign.cli:main"
     assert meta["requires-python"] == ">=3.11"

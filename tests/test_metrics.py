@@ -5,7 +5,21 @@ import math
 import mlx.core as mx
 import pytest
 
-from realign.eval.metrics import agreement_rate, capability_retention, decontamination, exact_match_accuracy, expected_calibration_error, ifd_score, mean_entropy, mean_kl, preference_gap, reward_accuracy, token_entropy, token_kl, winner
+from realign.eval.metrics import (
+    agreement_rate,
+    capability_retention,
+    decontamination,
+    exact_match_accuracy,
+    expected_calibration_error,
+    ifd_score,
+    mean_entropy,
+    mean_kl,
+    preference_gap,
+    reward_accuracy,
+    token_entropy,
+    token_kl,
+    winner,
+)
 
 # Two-token vocabulary distributions, written as logits of known probabilities.
 P = [0.5, 0.5]
@@ -47,8 +61,8 @@ def test_masked_means_count_completion_tokens_only():
 
 
 def test_kl_of_a_model_with_itself_is_zero(tiny_model_dir):
-    from realign.model.logprobs import collate, encode
     from realign.model.load import load_model
+    from realign.model.logprobs import collate, encode
 
     lm = load_model(tiny_model_dir)
     batch = collate([encode(lm.tokenizer, "Reverse 123", "321"), encode(lm.tokenizer, "hi", "hello there")])

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
+from realign.data.pairs import build_pairs
 from realign.eval.probes import win_rate
 from realign.score.verifiers import positional_match
-from realign.data.pairs import build_pairs
 
 
 def test_best_vs_worst_with_counts():
@@ -24,8 +24,9 @@ def test_best_vs_worst_with_counts():
 
 
 def test_agreement_counts_ties_of_the_second_judgement_as_disagreement():
-    pairs, stats = build_pairs(["q1", "q2"], [["ab", "zz"], ["ax", "zz"]], [[1.0, 0.0], [0.5, 0.0]],
-                               [[1.0, 0.0], [0.0, 0.0]], min_gap=0.15)
+    pairs, stats = build_pairs(
+        ["q1", "q2"], [["ab", "zz"], ["ax", "zz"]], [[1.0, 0.0], [0.5, 0.0]], [[1.0, 0.0], [0.0, 0.0]], min_gap=0.15
+    )
     assert stats.pairs == 2 and stats.agreement_rate == 0.5
 
 
@@ -36,14 +37,22 @@ def test_unscored_candidates_are_excluded_and_counted():
 
 def test_decontamination_drops_pairs_overlapping_eval_items():
     prompts = ["Reverse: 12345", "Reverse: 999"]
-    pairs, stats = build_pairs(prompts, [["54321", "1"], ["999", "1"]], [[1.0, 0.0], [1.0, 0.0]], None,
-                               min_gap=0.15, eval_texts=["Reverse: 12345", "Copy: 55"])
+    pairs, stats = build_pairs(
+        prompts,
+        [["54321", "1"], ["999", "1"]],
+        [[1.0, 0.0], [1.0, 0.0]],
+        None,
+        min_gap=0.15,
+        eval_texts=["Reverse: 12345", "Copy: 55"],
+    )
     assert [p["prompt"] for p in pairs] == ["Reverse: 999"] and stats.contaminated == 1
     assert stats.decontamination == 1.0
 
 
 def test_duplicates_and_identical_texts():
-    pairs, stats = build_pairs(["q", "q", "r"], [["a", "b"], ["a", "b"], ["c ", "c"]], [[1, 0], [1, 0], [1, 0]], None, min_gap=0.1)
+    pairs, stats = build_pairs(
+        ["q", "q", "r"], [["a", "b"], ["a", "b"], ["c ", "c"]], [[1, 0], [1, 0], [1, 0]], None, min_gap=0.1
+    )
     assert stats.duplicates == 1 and stats.identical == 1 and stats.pairs == 1
 
 

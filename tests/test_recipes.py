@@ -3,13 +3,12 @@
 import pytest
 
 from conftest import REPO
-from realign.data.datasets import load_data
-from realign.data.datasets import DataConfig
-from realign.recipes.dpo import DPOWorkflowConfig, load_dpo_recipe as load_recipe
+from realign.data.datasets import DataConfig, load_data
+from realign.recipes.dpo import DPOWorkflowConfig, load_dpo_recipe
 
 
 def test_demo_recipe_is_the_default_config():
-    cfg = load_recipe(REPO / "deployments" / "dpo-demo.yaml")
+    cfg = load_dpo_recipe(REPO / "deployments" / "dpo-demo.yaml")
     assert cfg == DPOWorkflowConfig()
 
 
@@ -17,7 +16,7 @@ def test_bad_recipe_names_file_and_field(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("config:\n  dpo:\n    loss:\n      beta: -1\n  sft:\n    stepz: 3\n")
     with pytest.raises(ValueError) as info:
-        load_recipe(f)
+        load_dpo_recipe(f)
     msg = str(info.value)
     assert str(f) in msg and "dpo.loss.beta" in msg and "sft.stepz" in msg
 
@@ -28,7 +27,9 @@ def test_files_source_needs_prompts_and_a_target_set():
 
 
 def test_embedded_splits_are_disjoint():
-    b = load_data(DataConfig(n_prompts=300, n_prompts_benchmark=100, n_sft_target=300, n_sft_benchmark=300, n_eval=50, n_dev=20))
+    b = load_data(
+        DataConfig(n_prompts=300, n_prompts_benchmark=100, n_sft_target=300, n_sft_benchmark=300, n_eval=50, n_dev=20)
+    )
     sft_prompts = {p for p, _ in b.sft}
     evals = {p for e in b.eval_sets for p in e.prompts}
     assert len(b.prompts) == 400 and len(sft_prompts) == 600
@@ -41,12 +42,19 @@ def test_files_source(tmp_path):
     import json
 
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": f"Reverse: {i}23", "answer": f"32{i}"}) for i in range(5)) + "\n")
+    prompts.write_text(
+        "\n".join(json.dumps({"prompt": f"Reverse: {i}23", "answer": f"32{i}"}) for i in range(5)) + "\n"
+    )
     ev = tmp_path / "e.jsonl"
     ev.write_text(json.dumps({"prompt": "Reverse: 999", "answer": "999"}) + "\n")
     sft = tmp_path / "s.jsonl"
     sft.write_text(json.dumps({"instruction": "Reverse: 12", "output": "21"}) + "\n")
-    cfg = DataConfig(source="files", prompts=str(prompts), sft=str(sft), eval_sets=[{"name": "rev", "path": str(ev), "role": "target"}])
+    cfg = DataConfig(
+        source="files",
+        prompts=str(prompts),
+        sft=str(sft),
+        eval_sets=[{"name": "rev", "path": str(ev), "role": "target"}],
+    )
     b = load_data(cfg)
     assert len(b.prompts) == 5 and b.sft == [("Reverse: 12", "21")] and b.target.answers == ["999"] and b.dev is None
     prompts.write_text('{"prompt": "x"}\n')

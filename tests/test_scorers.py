@@ -22,10 +22,20 @@ def test_verifier_modes():
     assert last_number("1,234.5 then -7") == -7.0 and last_number("none") is None
 
 
-@pytest.mark.parametrize("reply,value", [
-    ("8", 0.8), ("Rating: 7/10", 0.7), ("I'd give it 9.5.", 0.95), ("3/5 overall", 0.6), (" 0", 0.0),
-    ("ten", None), ("12", None), ("", None), ("11/10", None),
-])
+@pytest.mark.parametrize(
+    "reply,value",
+    [
+        ("8", 0.8),
+        ("Rating: 7/10", 0.7),
+        ("I'd give it 9.5.", 0.95),
+        ("3/5 overall", 0.6),
+        (" 0", 0.0),
+        ("ten", None),
+        ("12", None),
+        ("", None),
+        ("11/10", None),
+    ],
+)
 def test_parse_rating(reply, value):
     got = parse_rating(reply)
     assert (got is None and value is None) or got == pytest.approx(value)
@@ -59,7 +69,9 @@ def test_judge_on_a_real_untrained_model_says_it_could_not_parse(tiny_model_dir)
 def test_reward_model_learns_a_separable_preference(tiny_model_dir, tmp_path):
     lm = load_model(tiny_model_dir)
     words = ["apple", "river", "stone", "cloud", "green", "table", "music", "light", "paper", "ocean"]
-    pairs = [{"prompt": f"Say something about {w}", "chosen": f"good {w} yes", "rejected": f"bad {w} no"} for w in words * 3]
+    pairs = [
+        {"prompt": f"Say something about {w}", "chosen": f"good {w} yes", "rejected": f"bad {w} no"} for w in words * 3
+    ]
     rm = RewardModel(lm.model, lm.tokenizer)
     fit = rm.fit(pairs, val_fraction=0.3, steps=200)
     assert fit.n_val == 9 and fit.n_train == 21

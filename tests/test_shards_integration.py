@@ -50,8 +50,14 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
         stack.start_worker("m3-ultra", REALIGN_SHARD_SLOWDOWN="2")
 
         def fan_out(throughput: str, shard_dir: str) -> dict:
-            done = subprocess.run([sys.executable, "-c", OWNER, str(tiny_model_dir), str(tmp_path / shard_dir), throughput],
-                                  cwd=REPO, env=stack.env(), capture_output=True, text=True, timeout=500)
+            done = subprocess.run(
+                [sys.executable, "-c", OWNER, str(tiny_model_dir), str(tmp_path / shard_dir), throughput],
+                cwd=REPO,
+                env=stack.env(),
+                capture_output=True,
+                text=True,
+                timeout=500,
+            )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             return json.loads(done.stdout.split("RESULT ", 1)[1])
 
@@ -59,15 +65,20 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
             with get_client(sync_client=True) as client:
                 runs = {r.name: r for r in client.read_flow_runs() if r.name.startswith("shard-")}
-                measured = {p: client.read_variable_by_name(f"shard_throughput_{p.replace('-', '_')}").value
-                            for p in ("m4-max", "m3-ultra")}
+                measured = {
+                    p: client.read_variable_by_name(f"shard_throughput_{p.replace('-', '_')}").value
+                    for p in ("m4-max", "m3-ultra")
+                }
         # Without figures in the recipe, the next fan-out splits by what each pool measured just now.
         again = fan_out("none", "shards-again")
     # 60 rows split 2:1 by throughput, each shard run by the worker of its pool
     assert {r["shard"]: r["rows"] for r in result["records"]} == {"m4-max": 40, "m3-ultra": 20}
     assert set(runs) == {"shard-m4-max", "shard-m3-ultra"}
     assert all(r.state.is_completed() for r in runs.values())
-    assert {name: r.work_pool_name for name, r in runs.items()} == {"shard-m4-max": "m4-max", "shard-m3-ultra": "m3-ultra"}
+    assert {name: r.work_pool_name for name, r in runs.items()} == {
+        "shard-m4-max": "m4-max",
+        "shard-m3-ultra": "m3-ultra",
+    }
     # every row once, in input order, with its own n samples and scores
     assert len(result["texts"]) == 60 and all(len(t) == 2 for t in result["texts"])
     import pandas as pd
@@ -86,5 +97,7 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
     from hardware.shards import plan_shards
 
     assert {r["shard"]: r["planned_from"] for r in again["records"]} == {p: "measured by its last shard" for p in rate}
-    assert {r["shard"]: r["rows"] for r in again["records"]} == plan_shards(60, {p: measured[p]["examples_per_s"] for p in rate})
+    assert {r["shard"]: r["rows"] for r in again["records"]} == plan_shards(
+        60, {p: measured[p]["examples_per_s"] for p in rate}
+    )
     assert again["texts"] and len(again["texts"]) == 60

@@ -53,8 +53,15 @@ def test_a_shard_that_returns_a_row_twice_fails_the_merge_naming_it(tiny_model_d
     def bad_shard(job, on_progress=None):
         frame = pd.read_parquet(job.inputs_path)
         frame = pd.concat([frame, frame.iloc[:1]])  # row 0 twice
-        pd.DataFrame({"row_id": frame["row_id"], "prompt": frame["prompt"], "texts": [["x"]] * len(frame),
-                      "scores": [[0.0]] * len(frame), "second": [[0.0]] * len(frame)}).to_parquet(job.output_path)
+        pd.DataFrame(
+            {
+                "row_id": frame["row_id"],
+                "prompt": frame["prompt"],
+                "texts": [["x"]] * len(frame),
+                "scores": [[0.0]] * len(frame),
+                "second": [[0.0]] * len(frame),
+            }
+        ).to_parquet(job.output_path)
 
     monkeypatch.setattr(shards, "run_shard", bad_shard)
     with pytest.raises(ShardMismatch, match=r"shard local: 0 missing .* 1 duplicated \(e.g. \[0\]\)"):

@@ -80,7 +80,9 @@ def test_hardware_defaults_match_spec():
         m = re.search(label + r" \((\d+) GB; ([\d,]+) GFLOPS(?: measured)?; best batch (\d+), peak (\d+) ex/s\)", SPEC)
         assert m, label
         prof = hw.machine(name)
-        assert (prof.memory_gb, prof.gflops, prof.best_batch_size, prof.peak_examples_per_s) == tuple(_num(g) for g in m.groups())
+        assert (prof.memory_gb, prof.gflops, prof.best_batch_size, prof.peak_examples_per_s) == tuple(
+            _num(g) for g in m.groups()
+        )
     split = re.search(r"\(([\d.]+)% / ([\d.]+)%\)", SPEC).groups()
     assert hw.default_split == {"m4-max": _num(split[0] + "%"), "m3-ultra": _num(split[1] + "%")}
     assert hw.selection.fast_max_b == spec_number(r"<= (\d+)B M4 Max")

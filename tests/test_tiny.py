@@ -14,9 +14,19 @@ from realign.model.tiny import IM_END, TinyModelConfig, build_tiny_model, train_
 
 def test_model_dir_is_a_qwen2_checkpoint(tiny_model_dir):
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
-    assert (cfg["model_type"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == ("qwen2", 128, 2, 2048)
+    assert (cfg["model_type"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (
+        "qwen2",
+        128,
+        2,
+        2048,
+    )
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     model, tok = mlx_lm.load(str(tiny_model_dir))
     logits = model(mx.array([tok.encode("What is 2 + 2?")]))
@@ -35,7 +45,9 @@ def test_tokenizer_digits_are_single_tokens_and_vocab_is_full(tiny_model_dir):
 def test_chat_template_is_chatml(tiny_model_dir):
     _, tok = mlx_lm.load(str(tiny_model_dir))
     text = tok.apply_chat_template(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
     assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.eos_token_ids == {tok.convert_tokens_to_ids(IM_END)}
@@ -74,11 +86,16 @@ def test_refuses_to_overwrite_and_rejects_bad_shapes(tmp_path):
 
 
 def test_cli_then_plain_mlx_lm_as_in_the_readme(tmp_path):
-    proc = run_cli("model", "tiny", "tiny-model", "--hidden", "64", "--layers", "1", "--vocab", "1024", "--seed", "7", cwd=tmp_path)
+    proc = run_cli(
+        "model", "tiny", "tiny-model", "--hidden", "64", "--layers", "1", "--vocab", "1024", "--seed", "7", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert "qwen2, hidden=64, layers=1, vocab=1024, seed=7" in proc.stdout
     code = "import mlx_lm; m,t=mlx_lm.load('tiny-model'); print(repr(mlx_lm.generate(m,t,'hi',max_tokens=5)))"
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        for _ in range(2)
+    ]
     assert runs[0].returncode == 0, runs[0].stderr
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip() not in ("", "''")
     proc = run_cli("model", "tiny", "tiny-model", cwd=tmp_path)

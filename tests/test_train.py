@@ -16,16 +16,20 @@ from mlx.utils import tree_flatten
 from conftest import REPO
 from realign.data.demo import is_correct, splits
 from realign.model.generate import GenerationConfig, generate
-from realign.model.logprobs import reference_logps
 from realign.model.load import load_model
+from realign.model.logprobs import reference_logps
 from realign.train.batches import batch_indices, preference_batches, sft_batches
 from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, train
 from realign.train.objectives import PreferenceLossConfig, preference_loss, sft_loss
 
 
 def held_out_accuracy(lm, examples) -> float:
-    outs = generate(lm.model, lm.tokenizer, [e.prompt for e in examples],
-                    GenerationConfig(temperature=0.0, max_tokens=10, batch_size=len(examples)))
+    outs = generate(
+        lm.model,
+        lm.tokenizer,
+        [e.prompt for e in examples],
+        GenerationConfig(temperature=0.0, max_tokens=10, batch_size=len(examples)),
+    )
     return sum(is_correct(o[0].text, e.answer) for o, e in zip(outs, examples)) / len(examples)
 
 
@@ -49,13 +53,20 @@ def _weights(path):
 
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     script = REPO / "tests" / "helpers" / "train_run.py"
-    straight = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "a"), "8"],
-                              capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "a"), "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
     assert "done resumed_from=0 steps=8" in straight.stdout
 
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "b"), "8", "4"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "b"), "8", "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # wait until step 4 ran: the step-3 checkpoint is on disk, the run is mid-way
         if line.strip() == "step 4" or time.monotonic() > deadline:
@@ -65,8 +76,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step_000003"
     assert not (tmp_path / "b" / "final.safetensors").exists()
 
-    resumed = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "b"), "8"],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "b"), "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "done resumed_from=3 steps=8" in resumed.stdout
     assert resumed.stdout.splitlines()[0] == "step 4"
@@ -82,7 +97,9 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
     results = []
     for bs, accum in ((8, 1), (4, 2)):
         lm = load_model(tiny_model_dir)
-        cfg = TrainConfig(steps=1, batch_size=bs, grad_accum=accum, learning_rate=1e-2, lora=None, seed=3, compile=False)
+        cfg = TrainConfig(
+            steps=1, batch_size=bs, grad_accum=accum, learning_rate=1e-2, lora=None, seed=3, compile=False
+        )
         prepare_model(lm.model, cfg)
         src = sft_batches(lm.tokenizer, examples, cfg)
         train(lm.model, sft_loss, src, cfg)
@@ -99,7 +116,9 @@ def test_same_seed_same_run(tiny_model_dir):
         cfg = TrainConfig(steps=3, batch_size=4, learning_rate=1e-3, seed=11)
         prepare_model(lm.model, cfg)
         train_rows, _ = splits("copy", 32, 1, seed=2)
-        hist = train(lm.model, sft_loss, sft_batches(lm.tokenizer, [(e.prompt, e.answer) for e in train_rows], cfg), cfg).history
+        hist = train(
+            lm.model, sft_loss, sft_batches(lm.tokenizer, [(e.prompt, e.answer) for e in train_rows], cfg), cfg
+        ).history
         finals.append((dict(tree_flatten(lm.model.trainable_parameters())), [h["loss"] for h in hist]))
     (w1, l1), (w2, l2) = finals
     assert l1 == l2
@@ -118,13 +137,16 @@ def _pairs(n=16):
     return [{"prompt": e.prompt, "chosen": e.answer, "rejected": e.digits} for e in rows if e.answer != e.digits]
 
 
-@pytest.mark.parametrize("loss", [
-    PreferenceLossConfig(),
-    PreferenceLossConfig(loss_type="ipo"),
-    PreferenceLossConfig(rpo_alpha=1.0),
-    PreferenceLossConfig(method="orpo"),
-    PreferenceLossConfig(method="cpo", loss_type="simpo", cpo_alpha=0.0),
-])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        PreferenceLossConfig(),
+        PreferenceLossConfig(loss_type="ipo"),
+        PreferenceLossConfig(rpo_alpha=1.0),
+        PreferenceLossConfig(method="orpo"),
+        PreferenceLossConfig(method="cpo", loss_type="simpo", cpo_alpha=0.0),
+    ],
+)
 def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
     lm = load_model(tiny_model_dir)
     pairs = _pairs()
@@ -132,11 +154,27 @@ def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
     cfg = TrainConfig(steps=12, batch_size=8, learning_rate=5e-3, seed=0, lora={"rank": 8, "scale": 20.0})
     prepare_model(lm.model, cfg)
     rows = []
-    result = train(lm.model, preference_loss(loss), preference_batches(lm.tokenizer, pairs, cfg, ref=ref), cfg,
-                   callback=rows.append)
+    result = train(
+        lm.model,
+        preference_loss(loss),
+        preference_batches(lm.tokenizer, pairs, cfg, ref=ref),
+        cfg,
+        callback=rows.append,
+    )
     first, last = rows[0], rows[-1]
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                "logps/chosen", "logps/rejected", "kl", "entropy", "lr", "tokens_per_s"):
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "kl",
+        "entropy",
+        "lr",
+        "tokens_per_s",
+    ):
         assert key in last and not math.isnan(last[key]), key
     assert result.steps_done == 12 and last["loss"] < first["loss"]
     assert last["logps/chosen"] - last["logps/rejected"] > first["logps/chosen"] - first["logps/rejected"]
@@ -153,8 +191,13 @@ def test_kl_limit_stops_early_and_kl_is_zero_with_adapters_off(tiny_model_dir, t
     ref = reference_logps(lm.model, lm.tokenizer, pairs)
     cfg = TrainConfig(steps=50, batch_size=8, learning_rate=2e-2, kl_limit=0.05, lora={"rank": 8, "scale": 20.0})
     prepare_model(lm.model, cfg)
-    result = train(lm.model, preference_loss(PreferenceLossConfig(beta=0.5)), preference_batches(lm.tokenizer, pairs, cfg, ref=ref),
-                   cfg, out_dir=tmp_path)
+    result = train(
+        lm.model,
+        preference_loss(PreferenceLossConfig(beta=0.5)),
+        preference_batches(lm.tokenizer, pairs, cfg, ref=ref),
+        cfg,
+        out_dir=tmp_path,
+    )
     assert result.stopped == "kl_limit" and result.steps_done < 50
     assert result.history[-1]["kl"] > 0.05 and "KL" in result.reason
     assert result.checkpoint is not None and result.checkpoint.name == f"step_{result.steps_done:06d}"
@@ -173,8 +216,16 @@ def test_unsupported_combinations_are_refused():
 
 def test_task_splits_do_not_depend_on_the_hash_seed():
     code = "from realign.data.demo import splits; print([e.digits for e in splits('reverse', 20, 5, seed=0)[1]])"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": h},
-                           cwd=REPO).stdout for h in ("1", "2")}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": h},
+            cwd=REPO,
+        ).stdout
+        for h in ("1", "2")
+    }
     assert len(outs) == 1 and outs.pop().startswith("['")
 
 
@@ -186,7 +237,9 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tiny_model_dir,
         lm = load_model(tiny_model_dir)
         cfg = TrainConfig(steps=2, batch_size=4, learning_rate=lr, seed=1)
         prepare_model(lm.model, cfg)
-        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, examples, cfg), cfg, out_dir=tmp_path, resume_key=key)
+        result = train(
+            lm.model, sft_loss, sft_batches(lm.tokenizer, examples, cfg), cfg, out_dir=tmp_path, resume_key=key
+        )
         resumed.append(result.resumed_from)
     # same config and data: the finished run is found; a new lr, then new data: old checkpoints set aside, kept
     assert resumed == [0, 2, 0, 0]

@@ -1,12 +1,13 @@
 """The user's daily loop in a real browser: the Prefect UI of `realign server`'s stack.
 
-Debian chromium through the playwright pip package (installed by .ci/run; never `playwright install`).
+Debian chromium through the playwright pip package (installed by `make test` as root; never `playwright install`).
 Screenshots of every step go to test-output/browser/<test>/.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from realign.cli.server import LocalPrefect
 from ui_helpers import browser, run_parameters, write_prompts, write_user_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+if shutil.which("chromium") is None:
+    # `make test` installs it when run as root with apt; otherwise say so, never skip silently.
+    pytest.skip(
+        "chromium not found: sudo apt-get install -y chromium (Debian's, driven by playwright)", allow_module_level=True
+    )
 SHOTS = REPO / "test-output" / "browser"
 
 
@@ -83,8 +89,11 @@ def task_states(client, run_id) -> list[tuple[str, str, int]]:
 def artifacts(client, key: str, run_id) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
-                                                                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+        )
+    )
 
 
 def open_run(page, stack, run_id, expect: str):
@@ -147,8 +156,15 @@ def test_rejected_gate_fixed_in_the_data_and_retried_from_the_ui(stack, client, 
     # Before the failed stage: reused from storage. The failed stage and everything after: executed again.
     assert states["1-sft-preparation"] == "Cached"
     assert states["2-preference-data"] == "Completed"
-    for stage in ("3-model-initialization", "4-preference-modeling", "5-dpo-optimization", "6-iterative-training",
-                  "7-evaluation", "gate-2-preference-data", "gate-7-evaluation"):
+    for stage in (
+        "3-model-initialization",
+        "4-preference-modeling",
+        "5-dpo-optimization",
+        "6-iterative-training",
+        "7-evaluation",
+        "gate-2-preference-data",
+        "gate-7-evaluation",
+    ):
         assert states[stage] == "Completed", (stage, second)
     summaries = artifacts(client, "run-summary", run.id)
     assert summaries and "dpo run" in summaries[0].data

@@ -9,8 +9,15 @@ from pathlib import Path
 
 from realign.data.demo import digit_strings, example
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def write_user_data(folder: Path, answers_filled: bool = True) -> dict:
@@ -36,8 +43,16 @@ def write_user_data(folder: Path, answers_filled: bool = True) -> dict:
         "sft": dump("sft.jsonl", [{"instruction": e.prompt, "output": e.answer} for e in sft]),
         "prompts": str(folder / "prompts.jsonl"),
         "eval_sets": [
-            {"name": "reverse", "role": "target", "path": dump("eval_reverse.jsonl", [{"prompt": e.prompt, "answer": e.answer} for e in ev_rev])},
-            {"name": "copy", "role": "benchmark", "path": dump("eval_copy.jsonl", [{"prompt": e.prompt, "answer": e.answer} for e in ev_cop])},
+            {
+                "name": "reverse",
+                "role": "target",
+                "path": dump("eval_reverse.jsonl", [{"prompt": e.prompt, "answer": e.answer} for e in ev_rev]),
+            },
+            {
+                "name": "copy",
+                "role": "benchmark",
+                "path": dump("eval_copy.jsonl", [{"prompt": e.prompt, "answer": e.answer} for e in ev_cop]),
+            },
         ],
     }
 
@@ -58,10 +73,21 @@ def run_parameters(data: dict, runs_root: Path, **overrides) -> dict:
     config = {
         "runs_root": str(runs_root),
         "data": data,
-        "sft": {"train": {"steps": 250, "batch_size": 32, "learning_rate": 3e-4, "warmup_steps": 5, "lora": None, "metrics_every": 40}},
+        "sft": {
+            "train": {
+                "steps": 250,
+                "batch_size": 32,
+                "learning_rate": 3e-4,
+                "warmup_steps": 5,
+                "lora": None,
+                "metrics_every": 40,
+            }
+        },
         "pairs": {"generation": {"n": 3, "batch_size": 64, "max_tokens": 10}, "use_calibration": False},
         "reward_model": {"steps": 50},
-        "dpo": {"train": {"steps": 6, "batch_size": 8, "learning_rate": 5e-5, "checkpoint_every": 3, "metrics_every": 3}},
+        "dpo": {
+            "train": {"steps": 6, "batch_size": 8, "learning_rate": 5e-5, "checkpoint_every": 3, "metrics_every": 3}
+        },
         "iterations": {"max_rounds": 1},
         "control": False,
         "thresholds": {
@@ -87,8 +113,13 @@ def browser(user_data_dir: Path):
     if exe is None:
         raise RuntimeError("chromium not found: `apt-get install -y chromium` (.ci/run does this)")
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(user_data_dir), executable_path=exe, headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={"width": 1400, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(
+            str(user_data_dir),
+            executable_path=exe,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             yield ctx.new_page()
         finally:

@@ -45,11 +45,18 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     table = Table(title="realign doctor", show_header=False)
     table.add_row("platform", report.platform)
     table.add_row("python", report.python)
-    table.add_row("cpus / memory", f"{report.cpu_count} / {report.memory_gb:.1f} GB" if report.memory_gb else str(report.cpu_count))
+    table.add_row(
+        "cpus / memory",
+        f"{report.cpu_count} / {report.memory_gb:.1f} GB" if report.memory_gb else str(report.cpu_count),
+    )
     table.add_row("mlx / mlx-lm", f"{report.mlx_version} / {report.mlx_lm_version}")
     table.add_row("MLX device", report.device)
     table.add_row("fast BLAS", ("active: " if report.fast_blas_active else "inactive: ") + report.fast_blas)
-    table.add_row("matmul", f"{report.gflops:.1f} GFLOPS (float32 {report.matmul_size}x{report.matmul_size}, {report.matmul_seconds * 1e3:.1f} ms each)")
+    table.add_row(
+        "matmul",
+        f"{report.gflops:.1f} GFLOPS (float32 {report.matmul_size}x{report.matmul_size}, "
+        f"{report.matmul_seconds * 1e3:.1f} ms each)",
+    )
     for k, v in report.environment.items():
         table.add_row(k, v)
     out.print(table)
@@ -59,8 +66,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
 def validate(
     file: Path = typer.Argument(..., help="JSONL or Parquet file to check."),
     fmt: str = typer.Option(..., "--format", "-f", help="sft | dpo | grpo | rlvr (orpo and cpo are dpo)."),
-    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Write bad rows here (JSONL with line number and reason)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Write the good rows here (.jsonl keeps lines verbatim, or .parquet)."),
+    rejects: Optional[Path] = typer.Option(
+        None, "--rejects", help="Write bad rows here (JSONL with line number and reason)."
+    ),
+    out_path: Optional[Path] = typer.Option(
+        None, "--out", help="Write the good rows here (.jsonl keeps lines verbatim, or .parquet)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
 ) -> None:
     """Check a data file line by line; exit 0 when clean, 1 when any row was rejected.
@@ -91,7 +102,11 @@ def validate(
         status.start()
     try:
         report = validate_file(
-            file, fmt, out=out_path, rejects=rejects, on_problem=show,
+            file,
+            fmt,
+            out=out_path,
+            rejects=rejects,
+            on_problem=show,
             on_progress=(lambda n: status.update(f"validating {file}: {n:,} lines")) if status else None,
         )
     finally:
@@ -108,7 +123,9 @@ def gate_check(
     suite: str = typer.Option(..., "--suite", help="Suite name, e.g. preference_pairs, dpo_optimization, evaluation."),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="YAML/JSON of ThresholdsConfig overrides."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Stage name for the report (default: the suite)."),
-    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmark", help="sft_baseline: benchmark columns to check."),
+    benchmarks: Optional[list[str]] = typer.Option(
+        None, "--benchmark", help="sft_baseline: benchmark columns to check."
+    ),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write gate_<stage>.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
@@ -148,8 +165,14 @@ def gate_docs(
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option(..., "--model", help="Model directory (or hub id when online)."),
-    prompts: Path = typer.Option(..., "--prompts", help="JSONL with a 'prompt' (or 'instruction'/'problem') per line, or a text file, one prompt per line."),
-    out_path: Path = typer.Option(..., "--out", help="Write completions here (JSONL: prompt, responses[{text, tokens}])."),
+    prompts: Path = typer.Option(
+        ...,
+        "--prompts",
+        help="JSONL with a 'prompt' (or 'instruction'/'problem') per line, or a text file, one prompt per line.",
+    ),
+    out_path: Path = typer.Option(
+        ..., "--out", help="Write completions here (JSONL: prompt, responses[{text, tokens}])."
+    ),
     n: int = typer.Option(1, "--n", help="Completions per prompt."),
     batch_size: int = typer.Option(32, "--batch-size"),
     temperature: float = typer.Option(1.0, "--temperature"),
@@ -165,7 +188,9 @@ def generate_cmd(
     from realign.model.load import ModelLoadError, load_model
 
     try:
-        cfg = GenerationConfig(n=n, batch_size=batch_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        cfg = GenerationConfig(
+            n=n, batch_size=batch_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+        )
     except ValueError as exc:
         _fail(str(exc))
     texts = _read_prompts(prompts)
@@ -173,13 +198,23 @@ def generate_cmd(
         lm = load_model(model)
     except ModelLoadError as exc:
         _fail(str(exc))
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                  disable=not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("gen", total=len(texts) * n)
-        results = generate(lm.model, lm.tokenizer, texts, cfg, on_progress=lambda done, total: progress.update(task, completed=done))
+        results = generate(
+            lm.model, lm.tokenizer, texts, cfg, on_progress=lambda done, total: progress.update(task, completed=done)
+        )
     with atomic_path(out_path, "w") as fh:
         for p, comps in zip(texts, results):
-            fh.write(json.dumps({"prompt": p, "responses": [{"text": c.text, "tokens": c.n_tokens} for c in comps]}) + "\n")
+            fh.write(
+                json.dumps({"prompt": p, "responses": [{"text": c.text, "tokens": c.n_tokens} for c in comps]}) + "\n"
+            )
     total = sum(c.n_tokens for comps in results for c in comps)
     out.print(f"wrote {len(texts) * n} completions ({total} tokens) for {len(texts)} prompts to {out_path}")
 
@@ -196,7 +231,9 @@ def _read_prompts(path: Path) -> list[str]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 _fail(f"{path}:{n}: invalid JSON ({exc.msg}); expected an object with a 'prompt' field")
-            text = next((obj.get(k) for k in ("prompt", "instruction", "problem") if isinstance(obj, dict) and obj.get(k)), None)
+            text = next(
+                (obj.get(k) for k in ("prompt", "instruction", "problem") if isinstance(obj, dict) and obj.get(k)), None
+            )
             if not isinstance(text, str):
                 _fail(f"{path}:{n}: no 'prompt', 'instruction' or 'problem' string field")
             prompts.append(text)
@@ -227,7 +264,9 @@ def model_tiny(
     except (ValidationError, ValueError, FileExistsError) as exc:
         _fail(str(exc))
     n_params = sum(int(v.size) for v in _load_weights(path).values())
-    out.print(f"wrote {path} (qwen2, hidden={hidden}, layers={layers}, vocab={vocab}, seed={seed}, {n_params:,} parameters)")
+    out.print(
+        f"wrote {path} (qwen2, hidden={hidden}, layers={layers}, vocab={vocab}, seed={seed}, {n_params:,} parameters)"
+    )
 
 
 def _load_weights(path: Path) -> dict:
@@ -259,8 +298,13 @@ def plan(
         return out_
 
     try:
-        p = make_plan(model, examples, throughput=pairs(throughput, "throughput") or None, price_per_hour=pairs(price, "price") or None,
-                      seq_len=seq_len)
+        p = make_plan(
+            model,
+            examples,
+            throughput=pairs(throughput, "throughput") or None,
+            price_per_hour=pairs(price, "price") or None,
+            seq_len=seq_len,
+        )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))
     if as_json:
@@ -271,26 +315,44 @@ def plan(
     table.add_column("value", overflow="fold")
     mem = p.memory
     table.add_row("model size", f"{p.params_b:.3g}B parameters")
-    table.add_row("memory", f"{mem['total_gb']:.1f} GB" + (f" ({mem['note']})" if mem["note"] else
-                  f" (weights {mem['weights_gb']:.1f} + KV {mem['kv_cache_gb']:.1f} + activations {mem['activations_gb']:.1f})"))
+    table.add_row(
+        "memory",
+        f"{mem['total_gb']:.1f} GB"
+        + (
+            f" ({mem['note']})"
+            if mem["note"]
+            else f" (weights {mem['weights_gb']:.1f} + KV {mem['kv_cache_gb']:.1f} "
+            f"+ activations {mem['activations_gb']:.1f})"
+        ),
+    )
     table.add_row("machine", ", ".join(p.machines))
     table.add_row("mode", f"{p.mode}: {p.reason}")
     table.add_row("batch size", ", ".join(f"{k}={v}" for k, v in p.batch_size.items()))
     table.add_row("split", ", ".join(f"{k}={v:,} ({v / max(1, examples):.1%})" for k, v in p.split.items()))
-    table.add_row("throughput", ", ".join(f"{k}={v:g} ex/s" for k, v in p.throughput.items()) + f" [{p.throughput_source}]")
+    table.add_row(
+        "throughput", ", ".join(f"{k}={v:g} ex/s" for k, v in p.throughput.items()) + f" [{p.throughput_source}]"
+    )
     table.add_row("environment", " ".join(f"{k}={v}" for k, v in p.environment.items()))
-    table.add_row("estimated time", f"{p.estimated_seconds / 3600:.2f} h ({p.estimated_seconds:,.0f} s)"
-                  if p.estimated_seconds is not None else "not estimated (throughput unknown)")
+    table.add_row(
+        "estimated time",
+        f"{p.estimated_seconds / 3600:.2f} h ({p.estimated_seconds:,.0f} s)"
+        if p.estimated_seconds is not None
+        else "not estimated (throughput unknown)",
+    )
     table.add_row("cost", f"${p.cost:,.2f} (${p.cost_per_example:.6f}/example)" if p.cost is not None else p.cost_note)
     out.print(table)
 
 
 @app.command()
 def calibrate(
-    model: Optional[Path] = typer.Option(None, "--model", help="Model directory to sweep (default: a tiny model built for the purpose)."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="Model directory to sweep (default: a tiny model built for the purpose)."
+    ),
     batch_sizes: str = typer.Option("1,2,4,8,16,32,64", "--batch-sizes", help="Comma-separated batch sizes to sweep."),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens generated per sequence."),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="Chosen batch: the smallest within this fraction of the peak."),
+    tolerance: float = typer.Option(
+        0.05, "--tolerance", help="Chosen batch: the smallest within this fraction of the peak."
+    ),
 ) -> None:
     """Measure this machine: matmul GFLOPS and examples/s per batch size; save the profile later runs use."""
     import tempfile
@@ -307,8 +369,13 @@ def calibrate(
         _fail("--batch-sizes needs positive integers")
     with tempfile.TemporaryDirectory() as d:
         model_dir = model or build_tiny_model(Path(d) / "tiny")
-        result = run_calibration(str(model_dir), sizes, max_tokens=max_tokens, tolerance=tolerance,
-                                 on_point=lambda b, v: err.print(f"batch {b:>4}: {v:8.1f} examples/s"))
+        result = run_calibration(
+            str(model_dir),
+            sizes,
+            max_tokens=max_tokens,
+            tolerance=tolerance,
+            on_point=lambda b, v: err.print(f"batch {b:>4}: {v:8.1f} examples/s"),
+        )
     machine = detect()
     known = match_profile(machine)
     path = save_calibration({**result.as_dict(), "profile": known.name if known else "generic"}, machine)
@@ -320,8 +387,10 @@ def calibrate(
         bar = "#" * max(1, round(30 * v / result.peak_examples_per_s))
         table.add_row(str(b), f"{v:.1f}", bar + ("  <- chosen" if b == result.chosen_batch else ""))
     out.print(table)
-    out.print(f"matmul: {result.gflops:.1f} GFLOPS; chosen batch {result.chosen_batch} (smallest within "
-              f"{tolerance:.0%} of the peak {result.peak_examples_per_s:.1f} examples/s); profile saved to {path}")
+    out.print(
+        f"matmul: {result.gflops:.1f} GFLOPS; chosen batch {result.chosen_batch} (smallest within "
+        f"{tolerance:.0%} of the peak {result.peak_examples_per_s:.1f} examples/s); profile saved to {path}"
+    )
     try:
         from realign.eval.plots import _plt
 
@@ -351,9 +420,15 @@ def default_recipe() -> Path:
 
 @run_app.command("dpo")
 def run_dpo(
-    config: Path = typer.Option(None, "--config", help="Recipe YAML (default: deployments/dpo-demo.yaml, the embedded demo)."),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (same name: resume and reuse cached stages)."),
-    runs_root: Optional[str] = typer.Option(None, "--runs-root", help="Where run directories go (default from the recipe: runs/)."),
+    config: Path = typer.Option(
+        None, "--config", help="Recipe YAML (default: deployments/dpo-demo.yaml, the embedded demo)."
+    ),
+    run_name: Optional[str] = typer.Option(
+        None, "--run-name", help="Run directory name (same name: resume and reuse cached stages)."
+    ),
+    runs_root: Optional[str] = typer.Option(
+        None, "--runs-root", help="Where run directories go (default from the recipe: runs/)."
+    ),
 ) -> None:
     """Run the seven-stage DPO workflow locally (Prefect ephemeral mode; no server needed)."""
     _run_workflow(config or default_recipe(), run_name, runs_root)
@@ -366,10 +441,10 @@ def demo(run_name: Optional[str] = typer.Option(None, "--run-name", help="Run di
 
 
 def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> None:
-    from realign.recipes.dpo import load_dpo_recipe as load_recipe
+    from realign.recipes.dpo import load_dpo_recipe
 
     try:
-        cfg = load_recipe(recipe)
+        cfg = load_dpo_recipe(recipe)
     except ValueError as exc:
         _fail(str(exc))
     import time
@@ -381,7 +456,7 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
     run_dir = Path(cfg.runs_root) / cfg.run_name
     import os
 
-    # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked") and cannot reach out anyway.
+    # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.dpo import dpo
 
@@ -391,8 +466,10 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
         if summary_path.is_file():
             print_summary(json.loads(summary_path.read_text()))
         err.print(f"[bold red]run failed:[/] {state.message}", markup=True, highlight=False)
-        err.print(f"Gate reports (gate_<stage>.json) are next to each stage's outputs in {run_dir}; fix the cause and run "
-                  f"again with --run-name {cfg.run_name} to reuse the stages that passed.")
+        err.print(
+            f"Gate reports (gate_<stage>.json) are next to each stage's outputs in {run_dir}; fix the cause and run "
+            f"again with --run-name {cfg.run_name} to reuse the stages that passed."
+        )
         raise typer.Exit(1)
     print_summary(state.result())
 
@@ -400,19 +477,26 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
 @app.command()
 def server(
     port: int = typer.Option(4200, "--port", help="UI and API port on 127.0.0.1."),
-    home: Path = typer.Option(Path(".prefect-local"), "--home", help="PREFECT_HOME of this server: database, logs, results."),
-    storage: Optional[Path] = typer.Option(None, "--storage", help="Where task results persist, so retries reuse finished stages "
-                                           "(default HOME/results)."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA zone of the nightly 02:00 schedule (default: this machine's)."),
-    serve: list[str] = typer.Option([], "--serve", help="Also run a worker here for this pool (e.g. --serve m4-max on the M4 Max)."),
+    home: Path = typer.Option(
+        Path(".prefect-local"), "--home", help="PREFECT_HOME of this server: database, logs, results."
+    ),
+    storage: Optional[Path] = typer.Option(
+        None, "--storage", help="Where task results persist, so retries reuse finished stages (default HOME/results)."
+    ),
+    timezone: Optional[str] = typer.Option(
+        None, "--timezone", help="IANA zone of the nightly 02:00 schedule (default: this machine's)."
+    ),
+    serve: list[str] = typer.Option(
+        [], "--serve", help="Also run a worker here for this pool (e.g. --serve m4-max on the M4 Max)."
+    ),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local `realign` pool worker."),
 ) -> None:
-    """Start Prefect on 127.0.0.1 (SQLite), create the work pools, deploy prefect.yaml, start a worker; Ctrl-C stops it all."""
+    """Start Prefect on 127.0.0.1 (SQLite), create the pools, deploy prefect.yaml, start a worker; Ctrl-C stops all."""
     import signal
     import time
     from zoneinfo import ZoneInfo
 
-    from realign.cli.server import LocalPrefect, POOLS, StackError
+    from realign.cli.server import POOLS, LocalPrefect, StackError
 
     if timezone:
         try:
@@ -437,9 +521,15 @@ def server(
         for pool in serve:
             stack.start_worker(pool)
         out.print(f"[bold]Prefect UI:[/] {stack.ui_url}")
-        out.print(f"deployments: dpo/dpo-demo, curate/nightly-curation (02:00 {stack.timezone}), shard/shard-m4-max, shard/shard-m3-ultra")
-        out.print(f"workers: {', '.join((['realign'] if not no_worker else []) + serve) or 'none'}; results in {stack.storage}; "
-                  f"runs in {repo / 'runs'}; logs in {stack.home / 'logs'}")
+        out.print(
+            f"deployments: dpo/dpo-demo, curate/nightly-curation (02:00 {stack.timezone}), "
+            "shard/shard-m4-max, shard/shard-m3-ultra"
+        )
+        out.print(
+            f"workers: {', '.join((['realign'] if not no_worker else []) + serve) or 'none'}; "
+            f"results in {stack.storage}; "
+            f"runs in {repo / 'runs'}; logs in {stack.home / 'logs'}"
+        )
         out.print("Other shells: export PREFECT_API_URL=" + stack.api_url + "   Stop: Ctrl-C")
         while not stopping:
             dead = [name for name, proc, _ in stack.procs if proc.poll() is not None]
@@ -459,21 +549,40 @@ def print_summary(summary: dict) -> None:
     table = Table(title=f"{summary['workflow']} run: {summary['tier']}", show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
-    for key in ("data_type", "workflow", "tier", "examples_processed", "pairs", "rounds", "machine", "generation_batch_size",
-                "batch_size_source",
-                "dpo_batch_size", "wall_time_s", "compute_time_s", "throughput_examples_per_s", "cost_per_example"):
+    for key in (
+        "data_type",
+        "workflow",
+        "tier",
+        "examples_processed",
+        "pairs",
+        "rounds",
+        "machine",
+        "generation_batch_size",
+        "batch_size_source",
+        "dpo_batch_size",
+        "wall_time_s",
+        "compute_time_s",
+        "throughput_examples_per_s",
+        "cost_per_example",
+    ):
+        if key not in summary:  # a workflow reports the facts it has
+            continue
         value = summary.get(key)
         if key == "cost_per_example" and value is None:
             value = summary.get("cost_note")
         table.add_row(key, str(value))
     for key, value in summary.get("results", {}).items():
-        table.add_row(key, "not computed" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(
+            key, "not computed" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+        )
     for key in ("failure", "run_dir", "final_model", "summary_path"):
         if summary.get(key) is not None:
             table.add_row(key, escape(str(summary[key])))
     for p in summary.get("plots", []):
         table.add_row("plot", p)
     out.print(table)
+    for c in summary.get("comparisons", []):
+        out.print(c["text"], markup=False)
     out.print(summary.get("verdict", ""), markup=False)
 
 

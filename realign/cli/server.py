@@ -53,8 +53,16 @@ class LocalPrefect:
     """Processes of one local Prefect stack. home: its PREFECT_HOME (database, logs); repo: the checkout
     deployments run from (REALIGN_HOME); storage: where task results are persisted (so retries reuse them)."""
 
-    def __init__(self, home: str | Path, repo: str | Path, *, port: int | None = None, storage: str | Path | None = None,
-                 timezone: str | None = None, poll_s: float = 2.0):
+    def __init__(
+        self,
+        home: str | Path,
+        repo: str | Path,
+        *,
+        port: int | None = None,
+        storage: str | Path | None = None,
+        timezone: str | None = None,
+        poll_s: float = 2.0,
+    ):
         self.home = Path(home).resolve()
         self.repo = Path(repo).resolve()
         self.port = port or free_port()
@@ -76,41 +84,56 @@ class LocalPrefect:
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for every process of this stack (and for clients that talk to it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_UI_URL": self.ui_url,
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(self.port),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-            # schedule new deployments' runs within seconds, so the nightly run shows up right after deploying
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-            "PREFECT_LOCAL_STORAGE_PATH": str(self.storage),
-            "PREFECT_WORKER_QUERY_SECONDS": str(self.poll_s),
-            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
-            "REALIGN_HOME": str(self.repo),
-            "REALIGN_NIGHTLY_TZ": self.timezone,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "PREFECT_HOME": str(self.home),
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_UI_URL": self.ui_url,
+                "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                "PREFECT_SERVER_API_PORT": str(self.port),
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+                # schedule new deployments' runs within seconds, so the nightly run shows up right after deploying
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+                "PREFECT_LOCAL_STORAGE_PATH": str(self.storage),
+                "PREFECT_WORKER_QUERY_SECONDS": str(self.poll_s),
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+                "REALIGN_HOME": str(self.repo),
+                "REALIGN_NIGHTLY_TZ": self.timezone,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
-    def _prefect(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def _prefect(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "prefect", *args]
-        done = subprocess.run(cmd, cwd=self.repo, env=env or self.env(), capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            cmd, cwd=self.repo, env=env or self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if done.returncode != 0:
-            raise StackError(f"`prefect {' '.join(args)}` failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise StackError(
+                f"`prefect {' '.join(args)}` failed (exit {done.returncode}):\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
     def _spawn(self, name: str, args: list[str], **extra_env: str) -> subprocess.Popen:
         log = self.home / "logs" / f"{name}.log"
         fh = open(log, "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=self.repo, env=self.env(**extra_env), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", *args],
+            cwd=self.repo,
+            env=self.env(**extra_env),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         fh.close()
         self.procs.append((name, proc, log))
         return proc
@@ -121,7 +144,9 @@ class LocalPrefect:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise StackError(f"Prefect server exited with {proc.returncode}; see {self.home / 'logs' / 'server.log'}")
+                raise StackError(
+                    f"Prefect server exited with {proc.returncode}; see {self.home / 'logs' / 'server.log'}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
                     if r.status == 200:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from realign.data.formats import DataFormatError, read_rows
+from realign.data.formats import DataFormatError, first_record, guess_format, read_rows
 from realign.io import atomic_path
 
 
@@ -26,22 +25,36 @@ class EvalSet(_Config):
 
     name: str = Field(description="Metric name prefix, e.g. 'reverse'.")
     path: str = Field(description="JSONL file with prompt and answer per line.")
-    role: Literal["target", "benchmark"] = Field(description="target: the skill being aligned; benchmark: a capability to retain.")
+    role: Literal["target", "benchmark"] = Field(
+        description="target: the skill being aligned; benchmark: a capability to retain."
+    )
 
 
 class DataConfig(_Config):
     """Where prompts, SFT data and evaluation sets come from."""
 
-    source: Literal["embedded", "files"] = Field("embedded", description="embedded: the digit tasks of realign.data.demo; files: the paths below.")
-    prompts: str | None = Field(None, description="files: JSONL with 'prompt' and 'answer' (the verifier's reference) per line.")
-    sft: str | None = Field(None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1.")
-    eval_sets: list[EvalSet] = Field(default_factory=list, description="files: held-out evaluation sets (one 'target' at least).")
+    source: Literal["embedded", "files"] = Field(
+        "embedded", description="embedded: the digit tasks of realign.data.demo; files: the paths below."
+    )
+    prompts: str | None = Field(
+        None, description="files: JSONL with 'prompt' and 'answer' (the verifier's reference) per line."
+    )
+    sft: str | None = Field(
+        None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1."
+    )
+    eval_sets: list[EvalSet] = Field(
+        default_factory=list, description="files: held-out evaluation sets (one 'target' at least)."
+    )
     n_prompts: int = Field(1200, ge=1, le=10_000_000, description="embedded: prompts for preference data per round.")
     n_sft_target: int = Field(1000, ge=0, description="embedded: SFT examples of the target skill (reverse).")
     n_sft_benchmark: int = Field(2000, ge=0, description="embedded: SFT examples of the benchmark skill (copy).")
-    n_prompts_benchmark: int = Field(1200, ge=0, description="embedded: preference prompts of the benchmark skill (capability data).")
+    n_prompts_benchmark: int = Field(
+        1200, ge=0, description="embedded: preference prompts of the benchmark skill (capability data)."
+    )
     n_eval: int = Field(200, ge=10, description="embedded: held-out items per evaluation set.")
-    n_dev: int = Field(100, ge=10, description="embedded: target items for round-to-round decisions, apart from evaluation.")
+    n_dev: int = Field(
+        100, ge=10, description="embedded: target items for round-to-round decisions, apart from evaluation."
+    )
     seed: int = Field(0, ge=0, description="Seed of the embedded splits.")
 
     @model_validator(mode="after")
@@ -49,9 +62,10 @@ class DataConfig(_Config):
         if self.source == "files":
             missing = [k for k in ("prompts",) if getattr(self, k) is None]
             if missing or not any(e.role == "target" for e in self.eval_sets):
-                raise ValueError("data.source 'files' needs data.prompts and at least one eval_sets entry with role 'target'")
+                raise ValueError(
+                    "data.source 'files' needs data.prompts and at least one eval_sets entry with role 'target'"
+                )
         return self
-
 
 
 @dataclass
@@ -66,12 +80,14 @@ class EvalItems:
 
 @dataclass
 class DataBundle:
-    sft: list[tuple[str, str]]            # (prompt, completion)
-    prompts: list[str]                    # for preference data
-    answers: dict[str, str]               # prompt -> known answer (for the verifier)
+    sft: list[tuple[str, str]]  # (prompt, completion)
+    prompts: list[str]  # for preference data
+    answers: dict[str, str]  # prompt -> known answer (for the verifier)
     eval_sets: list[EvalItems] = field(default_factory=list)
     heldout_text: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion) for perplexity
-    dev: EvalItems | None = None  # target-skill items for round-to-round decisions (kept apart from the final evaluation)
+    dev: EvalItems | None = (
+        None  # target-skill items for round-to-round decisions (kept apart from the final evaluation)
+    )
 
     @property
     def target(self) -> EvalItems:
@@ -91,10 +107,23 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(path, n, [f"invalid JSON: {exc.msg} (expected an object with prompt and answer)"]) from exc
-            missing = [k for k in ("prompt", "answer") if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()]
+                raise DataFormatError(
+                    path, n, [f"invalid JSON: {exc.msg} (expected an object with prompt and answer)"]
+                ) from exc
+            missing = [
+                k
+                for k in ("prompt", "answer")
+                if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()
+            ]
             if missing:
-                raise DataFormatError(path, n, [f"missing or empty field {', '.join(repr(m) for m in missing)} (expected non-empty strings prompt and answer)"])
+                raise DataFormatError(
+                    path,
+                    n,
+                    [
+                        f"missing or empty field {', '.join(repr(m) for m in missing)} "
+                        "(expected non-empty strings prompt and answer)"
+                    ],
+                )
             prompts.append(obj["prompt"])
             answers.append(obj["answer"])
     if not prompts:
@@ -103,7 +132,7 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """Build the bundle. Embedded splits are disjoint: SFT, preference prompts and evaluation items never share a digit string."""
+    """Build the bundle. Embedded splits are disjoint: SFT, preference prompts and eval items share no digit string."""
     if cfg.source == "files":
         prompts, answers = _read_qa(cfg.prompts)  # type: ignore[arg-type]
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
@@ -146,3 +175,47 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
+
+
+class TrainingFile(_Config):
+    """A file of training rows a stage wrote (or the user gave): what a model was trained on."""
+
+    path: str = Field(description="JSONL or Parquet file.")
+    format: Literal["sft", "dpo", "grpo", "rlvr"] | None = Field(
+        None, description="Row format (see `realign validate`); None: guessed from the first row's fields."
+    )
+
+    def row_format(self) -> str:
+        if self.format is not None:
+            return self.format
+        first = first_record(self.path)
+        fmt = guess_format(first) if first is not None else None
+        if fmt is None:
+            raise DataFormatError(self.path, 1, ["cannot tell the row format (expected sft, dpo, grpo or rlvr fields)"])
+        return fmt
+
+    def records(self) -> list[dict]:
+        return [r.to_record() for r in read_rows(self.path, self.row_format())]
+
+    def texts(self) -> list[str]:
+        """One text per row: every string in it, in field order (what decontamination compares with the eval sets)."""
+        return [" ".join(_strings(r)) for r in self.records()]
+
+    def examples(self) -> list[tuple[str, str]]:
+        """(prompt, completion) per row for supervised training: SFT rows as they are, preference rows' chosen one."""
+        fmt = self.row_format()
+        if fmt == "sft":
+            return [(r.prompt, r.completion) for r in read_rows(self.path, "sft")]  # type: ignore[attr-defined]
+        if fmt == "dpo":
+            return [(r["prompt"], r["chosen"]) for r in self.records()]
+        raise ValueError(f"{self.path}: {fmt} rows have no single completion to train on (expected sft or dpo rows)")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []

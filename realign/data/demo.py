@@ -52,8 +52,9 @@ def digit_strings(n: int, seed: int, min_len: int = 3, max_len: int = 6) -> list
     return out
 
 
-def splits(task: str, n_train: int, n_eval: int, seed: int = 0, min_len: int = 3, max_len: int = 6
-           ) -> tuple[list[TaskExample], list[TaskExample]]:
+def splits(
+    task: str, n_train: int, n_eval: int, seed: int = 0, min_len: int = 3, max_len: int = 6
+) -> tuple[list[TaskExample], list[TaskExample]]:
     """Disjoint (train, held-out) examples of a task; the same seed gives the same splits."""
     strings = digit_strings(n_train + n_eval, seed, min_len, max_len)
     return [example(task, s) for s in strings[:n_train]], [example(task, s) for s in strings[n_train:]]

@@ -70,7 +70,9 @@ class SFTRow(_Row):
         if self.output is None and self.response is None:
             missing.append("output")
         if missing:
-            raise PydanticCustomError("missing_sft", "missing field {fields}", {"fields": " and ".join(f"'{m}'" for m in missing)})
+            raise PydanticCustomError(
+                "missing_sft", "missing field {fields}", {"fields": " and ".join(f"'{m}'" for m in missing)}
+            )
         return self
 
     @property
@@ -139,7 +141,11 @@ class RLVRRow(_Row):
     responses: list[VerifiedResponse] = Field(min_length=1)
 
     def to_record(self) -> dict:
-        return {"problem": self.problem, "solution": self.solution, "responses": [r.model_dump() for r in self.responses]}
+        return {
+            "problem": self.problem,
+            "solution": self.solution,
+            "responses": [r.model_dump() for r in self.responses],
+        }
 
 
 ROW_MODELS: dict[str, type[_Row]] = {"sft": SFTRow, "dpo": DPORow, "grpo": GRPORow, "rlvr": RLVRRow}
@@ -205,9 +211,15 @@ def _loc(loc: tuple) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _kind(pydantic_type: str) -> str:
@@ -285,7 +297,11 @@ class LineResult:
 def check_object(obj: Any, fmt: str) -> tuple[_Row | None, list[str], str]:
     """Validate one decoded JSON value against `fmt`: (row, problems, error kind)."""
     if not isinstance(obj, dict):
-        return None, [f"line is a JSON {_type_name(obj)}, not an object (expected one JSON object per line)"], "not_object"
+        return (
+            None,
+            [f"line is a JSON {_type_name(obj)}, not an object (expected one JSON object per line)"],
+            "not_object",
+        )
     model = ROW_MODELS[fmt]
     try:
         return model.model_validate(obj), [], "ok"
@@ -305,11 +321,18 @@ def check_line(raw: bytes, line: int, fmt: str) -> LineResult | None:
     try:
         text = raw.rstrip(b"\r\n").decode("utf-8")  # unstripped, so JSON columns match the file
     except UnicodeDecodeError as exc:
-        return LineResult(line, raw, problems=[f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"], kind="utf8")
+        return LineResult(
+            line, raw, problems=[f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"], kind="utf8"
+        )
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return LineResult(line, raw, problems=[f"invalid JSON: {exc.msg} at column {exc.colno} (expected one JSON object per line)"], kind="json")
+        return LineResult(
+            line,
+            raw,
+            problems=[f"invalid JSON: {exc.msg} at column {exc.colno} (expected one JSON object per line)"],
+            kind="json",
+        )
     row, problems, kind = check_object(obj, fmt)
     return LineResult(line, raw, obj=obj if isinstance(obj, dict) else None, row=row, problems=problems, kind=kind)
 
@@ -348,12 +371,16 @@ def _arrow_schema(fmt: str):
 
     s = pa.string()
     if fmt == "sft":
-        return pa.schema([("instruction", s), ("output", s), ("messages", pa.list_(pa.struct([("role", s), ("content", s)])))])
+        return pa.schema(
+            [("instruction", s), ("output", s), ("messages", pa.list_(pa.struct([("role", s), ("content", s)])))]
+        )
     if fmt == "dpo":
         return pa.schema([("prompt", s), ("chosen", s), ("rejected", s)])
     if fmt == "grpo":
         return pa.schema([("prompt", s), ("responses", pa.list_(pa.struct([("text", s), ("score", pa.float64())])))])
-    return pa.schema([("problem", s), ("solution", s), ("responses", pa.list_(pa.struct([("text", s), ("correct", pa.bool_())])))])
+    return pa.schema(
+        [("problem", s), ("solution", s), ("responses", pa.list_(pa.struct([("text", s), ("correct", pa.bool_())])))]
+    )
 
 
 class RowWriter:
@@ -412,6 +439,22 @@ class RowWriter:
 
     def __exit__(self, et, ev, tb) -> None:
         self.close(ev)
+
+
+def first_record(path: str | Path) -> dict | None:
+    """The first row of a JSONL or Parquet file as a dict (None when the file has no rows)."""
+    path = Path(path)
+    if _is_parquet(path):
+        import pyarrow.parquet as pq  # heavy; only for Parquet files
+
+        table = pq.read_table(path)
+        return table.slice(0, 1).to_pylist()[0] if table.num_rows else None
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                obj = json.loads(raw)
+                return obj if isinstance(obj, dict) else None
+    return None
 
 
 def read_rows(path: str | Path, fmt: str) -> Iterator[_Row]:
@@ -501,7 +544,9 @@ def validate_file(
     fmt = canonical_format(fmt)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    report = ValidationReport(str(path), fmt, out_path=str(out) if out else None, rejects_path=str(rejects) if rejects else None)
+    report = ValidationReport(
+        str(path), fmt, out_path=str(out) if out else None, rejects_path=str(rejects) if rejects else None
+    )
     copy_raw = out is not None and not _is_parquet(Path(out)) and not _is_parquet(path)
     out_w = RowWriter(out, fmt) if out else None
     rej_ctx = atomic_path(rejects, "wb") if rejects else None

@@ -13,6 +13,9 @@ import numpy as np
 
 from realign.eval.metrics import agreement_rate, decontamination, words
 
+# The columns of a pairs table (pairs.parquet), in order.
+PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_score", "rejected_score", "gap", "agree"]
+
 
 @dataclass
 class PairStats:
@@ -20,12 +23,12 @@ class PairStats:
 
     prompts: int
     candidates: int
-    unscored: int            # candidates the scorer could not score (NaN), excluded
-    blank: int               # empty completions, excluded (a pair needs two texts)
-    no_gap: int              # prompts whose best - worst gap is below the minimum
-    identical: int           # prompts whose best and worst texts are the same
+    unscored: int  # candidates the scorer could not score (NaN), excluded
+    blank: int  # empty completions, excluded (a pair needs two texts)
+    no_gap: int  # prompts whose best - worst gap is below the minimum
+    identical: int  # prompts whose best and worst texts are the same
     duplicates: int
-    contaminated: int        # pairs dropped because they overlap an evaluation item
+    contaminated: int  # pairs dropped because they overlap an evaluation item
     pairs: int
     preference_gap: float
     agreement_rate: float
@@ -85,13 +88,24 @@ def build_pairs(
         agree = None
         if second_scores is not None:
             agree = int(np.sign(second_scores[i][best] - second_scores[i][worst]))
-        pairs.append({"prompt": p, "chosen": comps[best], "rejected": comps[worst], "chosen_score": float(s[best]),
-                      "rejected_score": float(s[worst]), "gap": float(s[best] - s[worst]), "agree": agree})
+        pairs.append(
+            {
+                "prompt": p,
+                "chosen": comps[best],
+                "rejected": comps[worst],
+                "chosen_score": float(s[best]),
+                "rejected_score": float(s[worst]),
+                "gap": float(s[best] - s[worst]),
+                "agree": agree,
+            }
+        )
 
     # decontamination: drop pairs overlapping any evaluation item, then measure what remains
     eval_words = [words(t) for t in eval_texts]
     lengths = sorted({min(ngram, len(w)) for w in eval_words if w})
-    eval_grams = {k: set().union(*(_ngrams(w, k) for w in eval_words if w and min(ngram, len(w)) == k)) for k in lengths}
+    eval_grams = {
+        k: set().union(*(_ngrams(w, k) for w in eval_words if w and min(ngram, len(w)) == k)) for k in lengths
+    }
     kept = []
     for pair in pairs:
         ws = words(" ".join((pair["prompt"], pair["chosen"], pair["rejected"])))
@@ -101,12 +115,41 @@ def build_pairs(
     contaminated = len(pairs) - len(kept)
     train_texts = [" ".join((q["prompt"], q["chosen"], q["rejected"])) for q in kept]
     decon = decontamination(train_texts, list(eval_texts), n=ngram).score if eval_texts else float("nan")
-    agreement = (agreement_rate([1] * len(kept), [q["agree"] for q in kept])
-                 if second_scores is not None and kept else float("nan"))
+    agreement = (
+        agreement_rate([1] * len(kept), [q["agree"] for q in kept])
+        if second_scores is not None and kept
+        else float("nan")
+    )
     stats = PairStats(
-        prompts=len(prompts), candidates=sum(len(c) for c in completions), unscored=unscored, blank=blank, no_gap=no_gap,
-        identical=identical, duplicates=dup, contaminated=contaminated, pairs=len(kept),
+        prompts=len(prompts),
+        candidates=sum(len(c) for c in completions),
+        unscored=unscored,
+        blank=blank,
+        no_gap=no_gap,
+        identical=identical,
+        duplicates=dup,
+        contaminated=contaminated,
+        pairs=len(kept),
         preference_gap=float(np.mean([q["gap"] for q in kept])) if kept else float("nan"),
-        agreement_rate=agreement, decontamination=decon,
+        agreement_rate=agreement,
+        decontamination=decon,
     )
     return kept, stats
+
+
+def unparsed_ratings(completions: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> int:
+    """Non-blank answers the scorer gave no score (NaN): a judge's unparseable ratings, excluded and never guessed."""
+    return sum(1 for ts, sc in zip(completions, scores) for t, s in zip(ts, sc) if t.strip() and s != s)
+
+
+def graded_rows(
+    prompts: Sequence[str], completions: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]
+) -> list[dict]:
+    """Every scored sample as GRPO rows (prompt + scored responses); blank or unscored answers cannot be written as
+    responses (the stats count them), and a prompt left with none is left out."""
+    rows = []
+    for p, ts, sc in zip(prompts, completions, scores):
+        responses = [{"text": t, "score": s} for t, s in zip(ts, sc) if t.strip() and s == s]
+        if responses:
+            rows.append({"prompt": p, "responses": responses})
+    return rows

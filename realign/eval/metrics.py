@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-
 # --- distributions -----------------------------------------------------------------
 
 
@@ -144,8 +143,9 @@ def ifd_score(loss_given_question: float, loss_alone: float) -> float:
 # --- capability ----------------------------------------------------------------------
 
 
-def exact_match_accuracy(predictions: Sequence[str], references: Sequence[str],
-                         verifier: Callable[[str, str], bool] | None = None) -> float:
+def exact_match_accuracy(
+    predictions: Sequence[str], references: Sequence[str], verifier: Callable[[str, str], bool] | None = None
+) -> float:
     """Fraction of predictions the verifier accepts (default: whitespace-trimmed equality). NaN if empty."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")

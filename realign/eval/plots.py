@@ -23,8 +23,15 @@ def training_curves(history: pd.DataFrame, path: str | Path, title: str = "DPO t
     h = history.reset_index(drop=True)
     x = range(1, len(h) + 1)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (col, label) in zip(axes.flat, [("loss", "loss"), ("rewards/margins", "reward margin"),
-                                            ("kl", "KL(policy || reference), nats/token"), ("rewards/accuracies", "reward accuracy")]):
+    for ax, (col, label) in zip(
+        axes.flat,
+        [
+            ("loss", "loss"),
+            ("rewards/margins", "reward margin"),
+            ("kl", "KL(policy || reference), nats/token"),
+            ("rewards/accuracies", "reward accuracy"),
+        ],
+    ):
         if col in h:
             series = h[col]
             ax.plot([i for i, v in zip(x, series) if v == v], [v for v in series if v == v], marker=".", linewidth=1)

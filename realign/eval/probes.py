@@ -1,4 +1,5 @@
-"""Evaluating a model on verifiable held-out sets: accuracy, perplexity, win rate."""
+"""Probes of a model: accuracy on verifiable held-out sets (the sweep every stage uses), perplexity, win rate,
+and KL(policy || reference) on a fixed set of texts."""
 
 from __future__ import annotations
 
@@ -8,31 +9,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from realign.eval.metrics import mean_kl
 from realign.model.generate import GenerationConfig, generate
-from realign.model.logprobs import encode, mean_completion_loss
+from realign.model.logprobs import _pad_id, collate, encode, mean_completion_loss
 from realign.score.verifiers import positional_match
 
 
 @dataclass
 class AccuracyResult:
-    accuracy: float          # exact-match fraction
-    mean_score: float        # mean graded score
+    accuracy: float  # exact-match fraction
+    mean_score: float  # mean graded score
     predictions: list[str]
+    exact: list[bool]  # per item, for paired comparisons
+    scores: list[float]  # per item graded score
 
 
-def accuracy(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, max_tokens: int = 12,
-             batch_size: int = 64, grade: Callable[[str, str], float] = positional_match) -> AccuracyResult:
+def accuracy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    max_tokens: int = 12,
+    batch_size: int = 64,
+    grade: Callable[[str, str], float] = positional_match,
+) -> AccuracyResult:
     """Greedy answers to every prompt; exact-match accuracy and mean graded score."""
-    outs = generate(model, tokenizer, list(prompts), GenerationConfig(temperature=0.0, max_tokens=max_tokens, batch_size=batch_size))
+    outs = generate(
+        model, tokenizer, list(prompts), GenerationConfig(temperature=0.0, max_tokens=max_tokens, batch_size=batch_size)
+    )
     preds = [o[0].text for o in outs]
     exact = [p.strip() == a.strip() for p, a in zip(preds, answers)]
     scores = [grade(p, a) for p, a in zip(preds, answers)]
-    return AccuracyResult(float(np.mean(exact)), float(np.mean(scores)), preds)
+    return AccuracyResult(float(np.mean(exact)), float(np.mean(scores)), preds, exact, scores)
 
 
 def perplexity(model, tokenizer, examples: Sequence[tuple[str, str]], batch_size: int = 32) -> float:
     """exp(mean per-token NLL) of the completions given their prompts (token-weighted over examples)."""
-    losses = mean_completion_loss(model, tokenizer, [p for p, _ in examples], [c for _, c in examples], batch_size=batch_size)
+    losses = mean_completion_loss(
+        model, tokenizer, [p for p, _ in examples], [c for _, c in examples], batch_size=batch_size
+    )
     # mean_completion_loss is per example; weight by token count for a corpus perplexity
     counts = np.array([encode(tokenizer, p, c).n_completion for p, c in examples], dtype=float)
     return float(math.exp(float((losses * counts).sum() / counts.sum())))
@@ -42,3 +58,31 @@ def win_rate(scores_new: Sequence[float], scores_old: Sequence[float]) -> float:
     """(wins + ties / 2) / items of the new model against the old one, by per-item scores."""
     n, o = np.asarray(scores_new, dtype=float), np.asarray(scores_old, dtype=float)
     return float((np.sum(n > o) + 0.5 * np.sum(n == o)) / len(n)) if len(n) else float("nan")
+
+
+def score_eval_sets(model, tokenizer, eval_sets: Sequence, *, max_tokens: int = 12) -> dict[str, AccuracyResult]:
+    """Greedy accuracy of `model` on each evaluation set (objects with name, prompts, answers), by set name."""
+    return {ev.name: accuracy(model, tokenizer, ev.prompts, ev.answers, max_tokens=max_tokens) for ev in eval_sets}
+
+
+def eval_metrics(results: dict[str, AccuracyResult]) -> dict[str, float]:
+    """{NAME_accuracy, NAME_score} per set: the metric names the gates, retention and the summary use."""
+    out: dict[str, float] = {}
+    for name, r in results.items():
+        out[f"{name}_accuracy"], out[f"{name}_score"] = r.accuracy, r.mean_score
+    return out
+
+
+def probe_examples(pairs: Sequence[dict], limit: int = 64) -> list[tuple[str, str]]:
+    """A fixed KL probe from preference rows: the first `limit` prompts with their chosen, then their rejected one."""
+    head = list(pairs)[:limit]
+    return [(r["prompt"], r["chosen"]) for r in head] + [(r["prompt"], r["rejected"]) for r in head]
+
+
+def kl_probe(model, reference, tokenizer, examples: Sequence[tuple[str, str]]) -> float:
+    """Mean per-token KL(model || reference) over the completion tokens of `examples` (NaN when there are none)."""
+    if not examples:
+        return math.nan
+    batch = collate([encode(tokenizer, p, c) for p, c in examples], pad_id=_pad_id(tokenizer))
+    inputs = batch.tokens[:, :-1]
+    return mean_kl(model(inputs), reference(inputs), batch.mask)

@@ -1,1 +1,2 @@
-"""Models: loading and saving (load.py), the tiny kit (tiny.py), batched generation (generate.py), log-probs (logprobs.py)."""
+"""Models: loading and saving (load.py), the tiny kit (tiny.py), batched generation (generate.py), log-probs
+(logprobs.py)."""

@@ -18,7 +18,9 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1.0 disables it.")
     max_tokens: int = Field(64, ge=1, le=32768, description="Maximum new tokens per completion.")
-    seed: int = Field(0, ge=0, description="Sampling seed: same seed, same prompts, same batch size -> same completions.")
+    seed: int = Field(
+        0, ge=0, description="Sampling seed: same seed, same prompts, same batch size -> same completions."
+    )
     chat: bool = Field(True, description="Apply the tokenizer's chat template to each prompt.")
 
 
@@ -71,8 +73,14 @@ def generate(
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start : start + cfg.batch_size]
         resp = mlx_lm.batch_generate(
-            model, tokenizer, [encoded[i] for i, _ in chunk], max_tokens=cfg.max_tokens, sampler=sampler,
-            return_token_ids=True, completion_batch_size=len(chunk), prefill_batch_size=min(len(chunk), 32),
+            model,
+            tokenizer,
+            [encoded[i] for i, _ in chunk],
+            max_tokens=cfg.max_tokens,
+            sampler=sampler,
+            return_token_ids=True,
+            completion_batch_size=len(chunk),
+            prefill_batch_size=min(len(chunk), 32),
         )
         for (i, s), text, ids in zip(chunk, resp.texts, resp.token_ids):
             ids = [t for t in ids if t not in stop]

@@ -33,7 +33,9 @@ class LoadedModel:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1 or os.sep == "\\" and "\\" in spec
+    return (
+        spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1 or os.sep == "\\" and "\\" in spec
+    )
 
 
 def check_model_dir(path: Path) -> None:
@@ -126,3 +128,11 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike)
         weights = dict(tree_flatten(model.parameters()))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
     return out
+
+
+def weights_finite(model) -> bool:
+    """Every parameter of `model` is finite (no NaN or inf): a reference that loads but holds NaN is not present."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    return all(bool(mx.all(mx.isfinite(v)).item()) for _, v in tree_flatten(model.parameters()))

@@ -132,8 +132,16 @@ def reference_logps(
     return out
 
 
-def mean_completion_loss(model, tokenizer, prompts: Sequence, completions: Sequence[str], *, chat: bool = True,
-                         batch_size: int = 16, max_len: int = 512) -> np.ndarray:
+def mean_completion_loss(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    completions: Sequence[str],
+    *,
+    chat: bool = True,
+    batch_size: int = 16,
+    max_len: int = 512,
+) -> np.ndarray:
     """Mean token cross-entropy (nats) of each completion given its prompt; prompt None means no prompt.
 
     With prompt None the completion is scored on its own, after the model's first
@@ -156,3 +164,9 @@ def mean_completion_loss(model, tokenizer, prompts: Sequence, completions: Seque
         mx.eval(sums, counts)
         losses[start : start + len(encs)] = -np.array(sums) / np.maximum(np.array(counts), 1)
     return losses
+
+
+def finite_fraction(cache: dict[str, np.ndarray]) -> float:
+    """Share of finite values among a reference cache's chosen and rejected log-probs (NaN when empty)."""
+    values = np.concatenate([cache["chosen_logps"], cache["rejected_logps"]])
+    return float(np.isfinite(values).mean()) if len(values) else float("nan")

@@ -109,7 +109,8 @@ def tokenizer_corpus(n_lines: int = 20000, seed: int = 1234) -> Iterator[str]:
             yield f"Question: {' '.join(w)}?\nAnswer: {' '.join(rng.choices(_WORDS, k=4))}."
         else:
             w = rng.choices(_WORDS, k=rng.randint(2, 6))
-            yield f'{{"prompt": "{" ".join(w)}", "score": 0.{rng.randint(0, 99):02d}}} ({rng.randint(1, 31)}/{rng.randint(1, 12)})'
+            score, day, month = rng.randint(0, 99), rng.randint(1, 31), rng.randint(1, 12)
+            yield f'{{"prompt": "{" ".join(w)}", "score": 0.{score:02d}}} ({day}/{month})'
 
 
 def train_tokenizer(vocab_size: int):
@@ -227,7 +228,9 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, *,
         (tmp / "special_tokens_map.json").write_text(
             json.dumps({"eos_token": IM_END, "pad_token": PAD_TOKEN, "additional_special_tokens": [IM_START]}, indent=2)
         )
-        (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id, "pad_token_id": pad_id}, indent=2))
+        (tmp / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": eos_id, "pad_token_id": pad_id}, indent=2)
+        )
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
     return out

@@ -29,8 +29,9 @@ class SFTStageConfig(Recipe):
 
     enabled: bool = Field(True, description="Run SFT; when off, the base model is the stage-1 model.")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None,
-                                            metrics_every=50),
+        default_factory=lambda: TrainConfig(
+            steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None, metrics_every=50
+        ),
         description="SFT optimisation (full fine-tuning by default for the tiny model).",
     )
 
@@ -39,11 +40,16 @@ class IterationConfig(Recipe):
     """Stage 6: on-policy rounds of stages 2-5."""
 
     max_rounds: int = Field(2, ge=1, le=50, description="Total rounds, counting the first (stages 2-5).")
-    epsilon: float = Field(0.01, ge=-1, le=1, description="Continue only while the target metric improves by at least this (negative: keep going even if it drops).")
+    epsilon: float = Field(
+        0.01,
+        ge=-1,
+        le=1,
+        description="Continue only while the target metric improves by at least this (negative: go on if it drops).",
+    )
 
 
 def load_recipe(path: str | Path, cls: type[Recipe]) -> Recipe:
-    """A `cls` recipe from YAML (optionally under a top-level `config:` key); ValueError naming the file and the bad fields."""
+    """A `cls` recipe from YAML (optionally under a top-level `config:` key); ValueError naming file and bad fields."""
     import yaml  # only the CLI and tests load YAML
 
     path = Path(path)

@@ -27,20 +27,33 @@ class RewardModelStageConfig(Recipe):
 class DPOStageConfig(Recipe):
     """Stage 5: preference optimisation."""
 
-    loss: PreferenceLossConfig = Field(default_factory=lambda: PreferenceLossConfig(beta=1.0, rpo_alpha=1.0),
-                                       description="Objective (sigmoid DPO + RPO NLL by default; chosen by measurement on the demo).")
+    loss: PreferenceLossConfig = Field(
+        default_factory=lambda: PreferenceLossConfig(beta=1.0, rpo_alpha=1.0),
+        description="Objective (sigmoid DPO + RPO NLL by default; chosen by measurement on the demo).",
+    )
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(steps=120, batch_size=16, learning_rate=5e-6, warmup_steps=5, lora=None,
-                                            checkpoint_every=40, metrics_every=10),
+        default_factory=lambda: TrainConfig(
+            steps=120,
+            batch_size=16,
+            learning_rate=5e-6,
+            warmup_steps=5,
+            lora=None,
+            checkpoint_every=40,
+            metrics_every=10,
+        ),
         description="Optimisation (full fine-tuning of the tiny model by default; LoRA for large models).",
     )
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of pairs held out for implicit reward accuracy and KL.")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of pairs held out for implicit reward accuracy and KL."
+    )
 
 
 class DPOWorkflowConfig(Recipe):
     """Everything a DPO run needs. Every default is the embedded demo."""
 
-    run_name: str | None = Field(None, description="Run directory name under runs_root; default: the Prefect flow run's name.")
+    run_name: str | None = Field(
+        None, description="Run directory name under runs_root; default: the Prefect flow run's name."
+    )
     runs_root: str = Field("runs", description="Where run directories are created.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Prompts, SFT data and evaluation sets.")
@@ -49,11 +62,17 @@ class DPOWorkflowConfig(Recipe):
     reward_model: RewardModelStageConfig = Field(default_factory=RewardModelStageConfig, description="Stage 4.")
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig, description="Stage 5.")
     iterations: IterationConfig = Field(default_factory=IterationConfig, description="Stage 6.")
-    control: bool = Field(True, description="Stage 7: also train continued SFT on the chosen answers for the same steps, as a control.")
-    eval_max_tokens: int = Field(12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy).")
+    control: bool = Field(
+        True, description="Stage 7: also train continued SFT on the chosen answers for the same steps, as a control."
+    )
+    eval_max_tokens: int = Field(
+        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
+    )
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="Gate thresholds and tiers.")
     approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(None, ge=0, description="Machine price per hour, for cost per example in the summary.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
 
 
 def load_dpo_recipe(path: str | Path) -> DPOWorkflowConfig:

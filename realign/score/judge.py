@@ -45,8 +45,12 @@ class JudgeScorer:
         from realign.model.generate import GenerationConfig, generate
 
         queries = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions, strict=True)]
-        replies = generate(self.model, self.tokenizer, queries,
-                           GenerationConfig(temperature=0.0, max_tokens=self.max_tokens, batch_size=self.batch_size))
+        replies = generate(
+            self.model,
+            self.tokenizer,
+            queries,
+            GenerationConfig(temperature=0.0, max_tokens=self.max_tokens, batch_size=self.batch_size),
+        )
         self.unparsed = []
         scores = []
         for i, r in enumerate(replies):

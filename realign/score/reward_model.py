@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+
 @dataclass
 class RewardFitResult:
     """Bradley-Terry fit of the head: accuracies on the train and held-out pairs, loss per step."""
@@ -35,7 +36,9 @@ class RewardModel:
 
     name = "reward_model"
 
-    def __init__(self, model, tokenizer, pooling: Literal["mean", "last"] = "mean", chat: bool = True, max_len: int = 512):
+    def __init__(
+        self, model, tokenizer, pooling: Literal["mean", "last"] = "mean", chat: bool = True, max_len: int = 512
+    ):
         self.model, self.tokenizer, self.pooling, self.chat, self.max_len = model, tokenizer, pooling, chat, max_len
         self.w: np.ndarray | None = None
         self.b: float = 0.0
@@ -48,8 +51,10 @@ class RewardModel:
 
         out = []
         for s in range(0, len(prompts), batch_size):
-            encs = [encode(self.tokenizer, p, c, chat=self.chat, max_len=self.max_len)
-                    for p, c in zip(prompts[s : s + batch_size], completions[s : s + batch_size])]
+            encs = [
+                encode(self.tokenizer, p, c, chat=self.chat, max_len=self.max_len)
+                for p, c in zip(prompts[s : s + batch_size], completions[s : s + batch_size])
+            ]
             batch = collate(encs, pad_id=_pad_id(self.tokenizer))
             hidden = self.model.model(batch.tokens)  # [B, T, H] after the final norm
             # mask over positions 0..T-1 marking completion tokens themselves
@@ -63,8 +68,16 @@ class RewardModel:
             out.append(np.array(pooled.astype(mx.float32)))
         return np.concatenate(out, axis=0)
 
-    def fit(self, pairs: Sequence[dict], *, val_fraction: float = 0.2, steps: int = 300, learning_rate: float = 0.05,
-            weight_decay: float = 0.01, seed: int = 0) -> RewardFitResult:
+    def fit(
+        self,
+        pairs: Sequence[dict],
+        *,
+        val_fraction: float = 0.2,
+        steps: int = 300,
+        learning_rate: float = 0.05,
+        weight_decay: float = 0.01,
+        seed: int = 0,
+    ) -> RewardFitResult:
         """Fit the head on pairs {prompt, chosen, rejected} with the Bradley-Terry loss.
 
         A seeded `val_fraction` of the pairs is held out and never trained on.

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from realign.score.verifiers import edit_similarity, positional_match
 from realign.model.generate import GenerationConfig
+from realign.score.verifiers import edit_similarity, positional_match
 
 
 class _Config(BaseModel):
@@ -27,14 +27,27 @@ class _Config(BaseModel):
 class ShardingConfig(_Config):
     """Stage 2 across machines: one shard per work pool, sized by measured throughput."""
 
-    pools: list[str] = Field(default_factory=list, max_length=64,
-                             description="Work pools to fan out to (e.g. [m4-max, m3-ultra]); empty: run in this process.")
-    throughput: dict[str, float] = Field(default_factory=dict, description="Measured examples/s per pool (`realign calibrate` "
-                                         "on that machine); a pool not listed takes its hardware profile's scoring rate.")
-    deployment: str = Field("shard/shard-{pool}", min_length=1, description="Deployment each pool's shard runs as ({pool} is filled in).")
-    results_path: str | None = Field(None, description="Folder every machine can reach for shard inputs/outputs (one subfolder "
-                                     "per run and round); default RUN_DIR/02_preference_data/shards.")
-    timeout_s: float = Field(6 * 3600, gt=0, le=7 * 24 * 3600, description="Fail the stage when shards are not all back after this long.")
+    pools: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Work pools to fan out to (e.g. [m4-max, m3-ultra]); empty: run in this process.",
+    )
+    throughput: dict[str, float] = Field(
+        default_factory=dict,
+        description="Measured examples/s per pool (`realign calibrate` "
+        "on that machine); a pool not listed takes its hardware profile's scoring rate.",
+    )
+    deployment: str = Field(
+        "shard/shard-{pool}", min_length=1, description="Deployment each pool's shard runs as ({pool} is filled in)."
+    )
+    results_path: str | None = Field(
+        None,
+        description="Folder every machine can reach for shard inputs/outputs (one subfolder "
+        "per run and round); default RUN_DIR/02_preference_data/shards.",
+    )
+    timeout_s: float = Field(
+        6 * 3600, gt=0, le=7 * 24 * 3600, description="Fail the stage when shards are not all back after this long."
+    )
     poll_s: float = Field(2.0, gt=0, le=600, description="How often the owning stage checks on its shards.")
 
     @model_validator(mode="after")
@@ -54,11 +67,14 @@ class PairsConfig(_Config):
         default_factory=lambda: GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
         description="How candidate answers are sampled (n per prompt).",
     )
-    scorer: Literal["verifier", "judge"] = Field("verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating.")
+    scorer: Literal["verifier", "judge"] = Field(
+        "verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating."
+    )
     judge_model: str | None = Field(None, description="judge: the judge model directory.")
-    use_calibration: bool = Field(True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one.")
+    use_calibration: bool = Field(
+        True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one."
+    )
     sharding: ShardingConfig = Field(default_factory=ShardingConfig, description="Fan the sampling out to work pools.")
-
 
 
 @dataclass
@@ -72,8 +88,15 @@ class ScoredSamples:
     unparsed: int = 0
 
 
-def sample_and_score(lm, prompts: Sequence[str], answers: Sequence[str | None], pairs_cfg: PairsConfig, seed: int,
-                     on_progress: Callable[[int, int], None] | None = None, judge_lm=None) -> ScoredSamples:
+def sample_and_score(
+    lm,
+    prompts: Sequence[str],
+    answers: Sequence[str | None],
+    pairs_cfg: PairsConfig,
+    seed: int,
+    on_progress: Callable[[int, int], None] | None = None,
+    judge_lm=None,
+) -> ScoredSamples:
     """Sample `pairs_cfg.generation.n` answers per prompt with `lm` (a realign.model.load.LoadedModel) at `seed`.
 
     verifier: score = positional match to the known answer, second = edit similarity to it.
@@ -90,7 +113,9 @@ def sample_and_score(lm, prompts: Sequence[str], answers: Sequence[str | None], 
         exact = [[float(t.strip() == a.strip()) for t in ts] for ts, a in zip(texts, answers)]
     if pairs_cfg.scorer == "verifier":
         if exact is None:
-            raise ValueError("scorer 'verifier' needs a known answer for every prompt (data.prompts rows need 'answer')")
+            raise ValueError(
+                "scorer 'verifier' needs a known answer for every prompt (data.prompts rows need 'answer')"
+            )
         scores = [[positional_match(t, a) for t in ts] for ts, a in zip(texts, answers)]
         # A second, independent judgement of the same answers: edit similarity (tolerates shifted digits,
         # which positional match punishes). Agreement = how often both name the same winner.
@@ -145,7 +170,9 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     frame = pd.read_parquet(job.inputs_path)
     missing = {"row_id", "prompt", "answer"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{job.inputs_path}: shard input lacks columns {sorted(missing)} (expected row_id, prompt, answer)")
+        raise ValueError(
+            f"{job.inputs_path}: shard input lacks columns {sorted(missing)} (expected row_id, prompt, answer)"
+        )
     prompts = frame["prompt"].tolist()
     answers = [None if a is None or a != a else a for a in frame["answer"].tolist()]
     lm = load_model(job.model_dir)
@@ -162,17 +189,31 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     t_sample = time.perf_counter()
     scored = sample_and_score(lm, prompts, answers, job.pairs, job.seed, progress, judge_lm)
     sample_s = time.perf_counter() - t_sample
-    out = pd.DataFrame({"row_id": frame["row_id"], "prompt": prompts, "texts": scored.texts, "scores": scored.scores,
-                        "second": scored.second if scored.second is not None else [None] * len(prompts)})
+    out = pd.DataFrame(
+        {
+            "row_id": frame["row_id"],
+            "prompt": prompts,
+            "texts": scored.texts,
+            "scores": scored.scores,
+            "second": scored.second if scored.second is not None else [None] * len(prompts),
+        }
+    )
     out_path = Path(job.output_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     out.to_parquet(tmp)
     tmp.replace(out_path)
     # Rows per second of sampling + scoring (model loading excluded): the figure to calibrate the split with.
-    info = {"shard": job.shard, "rows": len(out), "completions": sum(len(t) for t in scored.texts), "unparsed": scored.unparsed,
-            "seconds": time.perf_counter() - t0, "sampling_seconds": sample_s,
-            "examples_per_s": len(out) / sample_s if sample_s > 0 else None, "slowdown": slowdown}
+    info = {
+        "shard": job.shard,
+        "rows": len(out),
+        "completions": sum(len(t) for t in scored.texts),
+        "unparsed": scored.unparsed,
+        "seconds": time.perf_counter() - t0,
+        "sampling_seconds": sample_s,
+        "examples_per_s": len(out) / sample_s if sample_s > 0 else None,
+        "slowdown": slowdown,
+    }
     from realign.io import atomic_path
 
     with atomic_path(out_path.with_suffix(".json"), "w") as fh:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+
 def positional_match(completion: str, answer: str) -> float:
     """Graded verifier score in [0, 1]: characters equal at the same position / the longer length.
 
@@ -31,7 +32,6 @@ def edit_similarity(completion: str, answer: str) -> float:
     return 1 - prev[-1] / max(len(c), len(a))
 
 
-
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -49,15 +49,23 @@ class Verifier:
     the expected number within `tolerance`; or pass `check(completion, expected) -> bool`.
     """
 
-    def __init__(self, answers: Mapping[str, str] | Callable[[str], str], mode: Literal["exact", "numeric"] = "exact",
-                 check: Callable[[str, str], bool] | None = None, tolerance: float = 1e-6, name: str = "verifier"):
+    def __init__(
+        self,
+        answers: Mapping[str, str] | Callable[[str], str],
+        mode: Literal["exact", "numeric"] = "exact",
+        check: Callable[[str, str], bool] | None = None,
+        tolerance: float = 1e-6,
+        name: str = "verifier",
+    ):
         self.answers, self.mode, self.check, self.tolerance, self.name = answers, mode, check, tolerance, name
 
     def expected(self, prompt: str) -> str:
         if callable(self.answers):
             return self.answers(prompt)
         if prompt not in self.answers:
-            raise KeyError(f"no known answer for prompt {prompt[:80]!r}: the verifier can only score prompts it has answers for")
+            raise KeyError(
+                f"no known answer for prompt {prompt[:80]!r}: the verifier can only score prompts it has answers for"
+            )
         return self.answers[prompt]
 
     def is_correct(self, prompt: str, completion: str) -> bool:

@@ -48,8 +48,9 @@ def sft_batches(tokenizer, examples: list[tuple], cfg: TrainConfig, *, chat: boo
     return at
 
 
-def preference_batches(tokenizer, pairs: list[dict], cfg: TrainConfig, *, ref: dict | None = None,
-                       chat: bool = True) -> Callable[[int], Batch]:
+def preference_batches(
+    tokenizer, pairs: list[dict], cfg: TrainConfig, *, ref: dict | None = None, chat: bool = True
+) -> Callable[[int], Batch]:
     """Micro-batch source over preference pairs: chosen rows then rejected rows, plus cached reference log-probs.
 
     ref: arrays "chosen_logps" and "rejected_logps" aligned with `pairs` (from

@@ -33,7 +33,6 @@ from realign.eval.metrics import token_entropy, token_kl
 from realign.train.batches import Batch
 
 
-
 class LoRAConfig(BaseModel):
     """Low-rank adapters (mlx-lm's LoRA layers) on the attention and MLP projections."""
 
@@ -64,7 +63,9 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps; 0 only at the end.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     metrics_every: int = Field(1, ge=1, description="Compute KL and entropy every N steps (two extra forward passes).")
-    kl_limit: float | None = Field(None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this.")
+    kl_limit: float | None = Field(
+        None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this."
+    )
     compile: bool = Field(True, description="Compile the gradient step with mx.compile.")
 
 
@@ -155,17 +156,27 @@ def _latest(ckpt_root: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig,
-                    history: list[dict], resume_key: str | None = None) -> Path:
-    """Write step_NNNNNN/ (trainable weights, optimizer state incl. its step, state.json) atomically; update `latest`."""
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    cfg: TrainConfig,
+    history: list[dict],
+    resume_key: str | None = None,
+) -> Path:
+    """Write step_NNNNNN/ (trainable weights, optimizer state with its step, state.json) atomically; update `latest`."""
     from realign.io import atomic_dir, atomic_path
 
     final = ckpt_root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
         mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.model_dump(mode="json"), "resume_key": resume_key,
-                                                    "history": history}))
+        (tmp / "state.json").write_text(
+            json.dumps(
+                {"step": step, "config": cfg.model_dump(mode="json"), "resume_key": resume_key, "history": history}
+            )
+        )
     with atomic_path(ckpt_root / "latest", "w") as fh:
         fh.write(final.name)
     old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[: -cfg.keep_checkpoints]
@@ -191,8 +202,9 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     decay_steps = max(1, cfg.steps - cfg.warmup_steps)
     cosine = optim.cosine_decay(cfg.learning_rate, decay_steps, cfg.learning_rate * cfg.min_lr_ratio)
     if cfg.warmup_steps:
-        schedule = optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), cosine],
-                                        [cfg.warmup_steps])
+        schedule = optim.join_schedules(
+            [optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), cosine], [cfg.warmup_steps]
+        )
     else:
         schedule = cosine
     return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
@@ -229,7 +241,9 @@ def train(
             resumed = start
         else:
             # Checkpoints of another config or other data: keep them, but never continue from them.
-            stale = tempfile.mkdtemp(prefix=f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}-", dir=ckpt_root.parent)
+            stale = tempfile.mkdtemp(
+                prefix=f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}-", dir=ckpt_root.parent
+            )
             os.replace(ckpt_root, stale)
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
@@ -263,7 +277,11 @@ def train(
         grad_norm = None
         if cfg.max_grad_norm is not None:
             acc_grads, grad_norm = optim.clip_grad_norm(acc_grads, cfg.max_grad_norm)
-        lr = optimizer.learning_rate.item() if isinstance(optimizer.learning_rate, mx.array) else float(optimizer.learning_rate)
+        lr = (
+            optimizer.learning_rate.item()
+            if isinstance(optimizer.learning_rate, mx.array)
+            else float(optimizer.learning_rate)
+        )
         optimizer.update(model, acc_grads)
         mx.eval(model.parameters(), optimizer.state)
         row = {"step": step + 1, "lr": lr}
@@ -280,8 +298,9 @@ def train(
             callback(row)
         kl = row.get("kl", float("nan"))
         stop = cfg.kl_limit is not None and not math.isnan(kl) and kl > cfg.kl_limit
-        if ckpt_root is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
-                                      or step + 1 == cfg.steps or stop):
+        if ckpt_root is not None and (
+            (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps or stop
+        ):
             result.checkpoint = save_checkpoint(ckpt_root, step + 1, model, optimizer, cfg, history, resume_key)
         if stop:
             result.stopped = "kl_limit"

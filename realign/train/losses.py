@@ -29,9 +29,9 @@ def _preference_losses(logits: mx.array, beta: float, loss_type: str, label_smoo
     if loss_type == "robust":
         if not 0 <= label_smoothing < 0.5:
             raise ValueError(f"robust loss needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
-        return (-nn.log_sigmoid(beta * logits) * (1 - label_smoothing) + nn.log_sigmoid(-beta * logits) * label_smoothing) / (
-            1 - 2 * label_smoothing
-        )
+        return (
+            -nn.log_sigmoid(beta * logits) * (1 - label_smoothing) + nn.log_sigmoid(-beta * logits) * label_smoothing
+        ) / (1 - 2 * label_smoothing)
     if loss_type == "hinge":
         return mx.maximum(1 - beta * logits, 0.0)
     if loss_type == "ipo":
@@ -89,7 +89,12 @@ def orpo_loss(
     r = mx.minimum(policy_rejected_logps, -1e-6)
     log_odds = (c - r) - (mx.log1p(-mx.exp(c)) - mx.log1p(-mx.exp(r)))
     losses = -beta * nn.log_sigmoid(log_odds)
-    return losses, mx.stop_gradient(beta * policy_chosen_logps), mx.stop_gradient(beta * policy_rejected_logps), mx.stop_gradient(log_odds)
+    return (
+        losses,
+        mx.stop_gradient(beta * policy_chosen_logps),
+        mx.stop_gradient(beta * policy_rejected_logps),
+        mx.stop_gradient(log_odds),
+    )
 
 
 def cpo_loss(

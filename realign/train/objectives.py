@@ -29,11 +29,21 @@ class PreferenceLossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["dpo", "orpo", "cpo"] = Field("dpo", description="dpo (with a reference), orpo or cpo (reference-free).")
+    method: Literal["dpo", "orpo", "cpo"] = Field(
+        "dpo", description="dpo (with a reference), orpo or cpo (reference-free)."
+    )
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "simpo"] = Field(
-        "sigmoid", description="dpo: sigmoid|hinge|ipo|robust; cpo: sigmoid|simpo.")
-    beta: float = Field(0.1, gt=0, le=100, description="Inverse temperature of the implicit reward (ORPO: weight of the odds-ratio term).")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Probability a preference label is flipped (cDPO / robust).")
+        "sigmoid", description="dpo: sigmoid|hinge|ipo|robust; cpo: sigmoid|simpo."
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="Inverse temperature of the implicit reward (ORPO: weight of the odds-ratio term).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Probability a preference label is flipped (cDPO / robust)."
+    )
     rpo_alpha: float | None = Field(None, ge=0.0, description="RPO: add this times the chosen NLL to the DPO loss.")
     cpo_alpha: float = Field(1.0, ge=0.0, description="CPO: weight of the chosen NLL (0 for pure SimPO).")
     simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin.")
@@ -67,15 +77,28 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
             rc, rr = batch["ref_chosen"], batch["ref_rejected"]
             if cfg.averaged():
                 rc, rr = rc / nc, rr / nr
-            losses, cr, rjr = dpo_loss(pc_in, pr_in, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
-                                       label_smoothing=cfg.label_smoothing)
+            losses, cr, rjr = dpo_loss(
+                pc_in,
+                pr_in,
+                rc,
+                rr,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,  # type: ignore[arg-type]
+                label_smoothing=cfg.label_smoothing,
+            )
             loss = losses.mean() + (cfg.rpo_alpha * chosen_nll if cfg.rpo_alpha else 0.0)
         elif cfg.method == "orpo":
             losses, cr, rjr, _ = orpo_loss(pc_in, pr_in, beta=cfg.beta)
             loss = chosen_nll + losses.mean()
         else:
-            losses, cr, rjr = cpo_loss(pc_in, pr_in, beta=cfg.beta, loss_type=cfg.loss_type,  # type: ignore[arg-type]
-                                       label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
+            losses, cr, rjr = cpo_loss(
+                pc_in,
+                pr_in,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,  # type: ignore[arg-type]
+                label_smoothing=cfg.label_smoothing,
+                simpo_gamma=cfg.simpo_gamma,
+            )
             loss = losses.mean() + cfg.cpo_alpha * chosen_nll
         metrics = {
             "loss": loss,

@@ -7,11 +7,10 @@ Prints `step N` after each step; sleeps 2 s per step after SLOW_AFTER so a test 
 import sys
 import time
 
-import realign  # noqa: F401
-
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+import realign  # noqa: F401
 from realign.data.demo import splits
 from realign.model.load import load_model
 from realign.train.batches import sft_batches
@@ -20,8 +19,15 @@ from realign.train.objectives import sft_loss
 
 model_dir, out_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 slow_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
-cfg = TrainConfig(steps=steps, batch_size=8, learning_rate=1e-3, warmup_steps=2, checkpoint_every=3, seed=5,
-                  lora={"rank": 4, "scale": 10.0})
+cfg = TrainConfig(
+    steps=steps,
+    batch_size=8,
+    learning_rate=1e-3,
+    warmup_steps=2,
+    checkpoint_every=3,
+    seed=5,
+    lora={"rank": 4, "scale": 10.0},
+)
 lm = load_model(model_dir)
 prepare_model(lm.model, cfg)
 train_rows, _ = splits("reverse", 64, 1, seed=1)

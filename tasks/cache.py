@@ -1,10 +1,8 @@
-"""What every stage task shares: its directory in the run, its cache policy, logging."""
+"""Stage cache policies: a stage re-runs only when its inputs, its code, or the files it reads change."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.utilities.hashing import hash_objects
 
 from realign.data.datasets import DataConfig
+
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes ('missing:PATH' when absent, so the stage runs and reports it)."""
@@ -37,7 +36,9 @@ class DataFileContents(CachePolicy):
 
     fields: tuple[str, ...] = ("prompts", "sft", "eval_sets")
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         digests = []
         for value in inputs.values():
             if not isinstance(value, DataConfig) or value.source != "files":
@@ -66,7 +67,9 @@ class EarlierOutputs(CachePolicy):
     Run directories themselves (no config.json) are not signed: every stage writes into them.
     """
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         sig = []
         for name, value in sorted(inputs.items()):
             for v in value if isinstance(value, list) else [value]:
@@ -86,43 +89,3 @@ STAGE_CACHE = INPUTS + TASK_SOURCE + EarlierOutputs()
 def stage_cache(*reads: str):
     """STAGE_CACHE plus the contents of the data files the stage reads (see DataFileContents)."""
     return STAGE_CACHE + DataFileContents(fields=tuple(reads))
-
-STAGES = {
-    1: "sft_preparation",
-    2: "preference_data",
-    3: "model_initialization",
-    4: "preference_modeling",
-    5: "dpo_optimization",
-    6: "iterative_training",
-    7: "evaluation",
-}
-
-
-def stage_name(n: int) -> str:
-    """UI name of stage n, e.g. '1-sft-preparation'."""
-    return f"{n}-{STAGES[n].replace('_', '-')}"
-
-
-def stage_dir(run_dir: str | Path, n: int, suffix: str = "") -> Path:
-    """RUN_DIR/NN_stage[suffix], created."""
-    d = Path(run_dir) / f"{n:02d}_{STAGES[n]}{suffix}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """Atomic JSON write; NaN becomes null (JSON has no NaN), so 'not computed' stays visible."""
-    from realign.io import atomic_path
-
-    def clean(v):
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    with atomic_path(path, "w") as fh:
-        fh.write(json.dumps(clean(data), indent=2, default=str))
-    return path

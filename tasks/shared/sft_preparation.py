@@ -2,39 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 
+import pandas as pd
 from prefect import get_run_logger, task
-from pydantic import BaseModel
 
-from realign.data.datasets import load_data
-from realign.eval.probes import accuracy, perplexity
+from realign.data.datasets import DataConfig, load_data
+from realign.eval.probes import eval_metrics, perplexity, score_eval_sets
+from realign.io import write_json
 from realign.model.load import load_model, save_model
-from realign.data.datasets import DataConfig
-from realign.recipes.common import ModelSpec, SFTStageConfig
 from realign.model.tiny import build_tiny_model
+from realign.recipes.common import ModelSpec, SFTStageConfig
 from realign.train.batches import sft_batches
 from realign.train.loop import prepare_model, train
 from realign.train.objectives import sft_loss
-from tasks.common import stage_cache, stage_dir, write_json
+from tasks.cache import stage_cache
+from tasks.stages import SHARED_STAGES, StageResult, one_row
 
 
-class SFTPrepResult(BaseModel):
+class SFTPrepResult(StageResult):
     """model_dir: the stage-1 model (the reference of later stages); baseline: metric -> value."""
 
     model_dir: str
     baseline: dict[str, float]
     sft_steps: int
     sft_examples: int
-    seconds: float
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"sft_baseline": one_row(**self.baseline)}
+
+    def suite_kwargs(self) -> dict[str, dict]:
+        return {"sft_baseline": {"benchmarks": [k for k in self.baseline if k.endswith("_accuracy")]}}
 
 
 @task(name="1-sft-preparation", cache_policy=stage_cache("sft", "eval_sets"), persist_result=True)
-def prepare_sft(model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12) -> SFTPrepResult:
-    import time
-
+def prepare_sft(
+    model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12
+) -> SFTPrepResult:
     log = get_run_logger()
     t0 = time.perf_counter()
-    out = stage_dir(run_dir, 1)
+    out = SHARED_STAGES.dir(run_dir, 1)
     if model.path == "tiny":
         base = build_tiny_model(out / "base_model", model.tiny, force=True)
         log.info(f"built tiny model {base} ({model.tiny.hidden} hidden, {model.tiny.layers} layers)")
@@ -52,21 +60,24 @@ def prepare_sft(model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
-        import hashlib
-
-        key = hashlib.sha256(repr((str(base), bundle.sft)).encode()).hexdigest()  # same base model and data, or start over
-        result = train(lm.model, sft_loss, sft_batches(lm.tokenizer, bundle.sft, cfg), cfg, out_dir=out / "sft", callback=progress,
-                       resume_key=key)
+        key = hashlib.sha256(
+            repr((str(base), bundle.sft)).encode()
+        ).hexdigest()  # same base model and data, or start over
+        batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
+        result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
         steps = result.steps_done
     model_dir = save_model(lm.model, lm.path, out / "model")
 
-    baseline: dict[str, float] = {}
-    for ev in bundle.eval_sets:
-        acc = accuracy(lm.model, lm.tokenizer, ev.prompts, ev.answers, max_tokens=eval_max_tokens)
-        baseline[f"{ev.name}_accuracy"] = acc.accuracy
-        baseline[f"{ev.name}_score"] = acc.mean_score
+    baseline = eval_metrics(score_eval_sets(lm.model, lm.tokenizer, bundle.eval_sets, max_tokens=eval_max_tokens))
     baseline["perplexity"] = perplexity(lm.model, lm.tokenizer, bundle.heldout_text)
     write_json(out / "baseline_metrics.json", baseline)
     log.info("baseline: " + ", ".join(f"{k}={v:.4g}" for k, v in baseline.items()))
-    return SFTPrepResult(model_dir=str(model_dir), baseline=baseline, sft_steps=steps, sft_examples=len(bundle.sft),
-                         seconds=time.perf_counter() - t0)
+    return SFTPrepResult(
+        stage=SHARED_STAGES.name(1),
+        out_dir=str(out),
+        seconds=time.perf_counter() - t0,
+        model_dir=str(model_dir),
+        baseline=baseline,
+        sft_steps=steps,
+        sft_examples=len(bundle.sft),
+    )

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from tasks.common import write_json
+from realign.io import write_json
 
 
 def machine_description() -> str:
@@ -26,11 +26,14 @@ def write_summary(run_dir: str, summary: dict) -> dict:
         rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
         nums = summary.get("results", {})
         res = "\n".join(f"| {k} | {v} |" for k, v in nums.items())
+        compared = "\n".join(f"- {c['text']}" for c in summary.get("comparisons", []))
         create_markdown_artifact(
             key="run-summary",
-            markdown=f"# {summary['workflow']} run `{Path(run_dir).name}`: **{summary['tier']}**\n\n{summary.get('verdict', '')}\n\n"
-                     f"| field | value |\n|---|---|\n{rows}\n\n## results\n\n| metric | value |\n|---|---|\n{res}\n\n"
-                     f"Plots: " + ", ".join(f"`{p}`" for p in summary.get("plots", [])),
+            markdown=f"# {summary['workflow']} run `{Path(run_dir).name}`: **{summary['tier']}**\n\n"
+            f"{summary.get('verdict', '')}\n\n"
+            f"## comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
+            f"| field | value |\n|---|---|\n{rows}\n\n## results\n\n| metric | value |\n|---|---|\n{res}\n\n"
+            f"Plots: " + ", ".join(f"`{p}`" for p in summary.get("plots", [])),
             description=f"{summary['workflow']} summary",
         )
     return {**summary, "summary_path": str(path)}

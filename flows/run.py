@@ -1,0 +1,128 @@
+"""The Run helper every workflow's flow uses: where the run lives, its gates and tiers, what it cost, its summary.
+
+A flow calls `run.gate(result, *suites)` after each stage and `run.finish(evaluation, ...)` at the end; the
+stage results say their stage name, output directory, compute time, the tables their gates check and what
+they add to the summary, so the flow itself only lists the stages in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect.runtime import flow_run
+
+from gates.gate import GateFailed, gate
+from realign.thresholds import TIER_ORDER, ThresholdsConfig
+from tasks.shared.evaluation import EvaluationResult
+from tasks.shared.summary import machine_description, write_summary
+from tasks.stages import StageResult
+
+R = TypeVar("R", bound=StageResult)
+
+
+def suite_dataset(suite: Callable) -> str:
+    """The dataset a suite checks, from its name: `preference_pairs_suite` checks the `preference_pairs` table."""
+    return suite.__name__.removesuffix("_suite")
+
+
+class Run:
+    """One workflow run: RUNS_ROOT/RUN_NAME, its thresholds and approval setting, the tier of every gate so far,
+    every stage's compute time, and the totals its stages add to the summary."""
+
+    def __init__(
+        self,
+        workflow: str,
+        data_type: str,
+        run_name: str | None,
+        runs_root: str,
+        thresholds: ThresholdsConfig,
+        approve_medium: bool,
+        price_per_hour: float | None,
+    ) -> None:
+        # A retried flow run keeps its name, so it finds its earlier stage outputs.
+        name = run_name or flow_run.get_name() or time.strftime(f"{workflow}-%Y%m%d-%H%M%S")
+        self.dir = str((Path(runs_root) / name).resolve())
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        self.workflow, self.data_type = workflow, data_type
+        self.thresholds, self.approve_medium, self.price_per_hour = thresholds, approve_medium, price_per_hour
+        self.tiers: dict[str, str] = {}
+        self.stage_seconds: dict[str, float] = {}
+        self.totals: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+
+    def gate(self, result: R, *suites: Callable) -> R:
+        """Check `result`'s tables with `suites` (REJECT raises GateFailed; MEDIUM may pause for approval), record
+        the tier, the stage's compute time and its summary contributions; return the result for the next stage."""
+        tables = result.tables()
+        missing = [suite_dataset(s) for s in suites if suite_dataset(s) not in tables]
+        if missing:
+            raise ValueError(f"stage {result.stage} has no table for {missing}; it gives {sorted(tables)}")
+        self.stage_seconds[result.stage] = result.seconds
+        report = gate(
+            result.stage,
+            {s: tables[suite_dataset(s)] for s in suites},
+            self.thresholds,
+            out_dir=Path(result.out_dir),
+            approve_medium=self.approve_medium,
+            suite_kwargs=result.suite_kwargs(),
+        )
+        self.tiers[result.stage] = report.tier
+        for key, value in result.summary().items():
+            if isinstance(value, list):
+                self.totals[key] = self.totals.get(key, []) + value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key in self.totals:
+                self.totals[key] += value
+            else:
+                self.totals[key] = value
+        return result
+
+    def finish(self, evaluation: EvaluationResult, *suites: Callable, **details: Any) -> dict:
+        """Gate stage 7 and write summary.json (+ the `run-summary` artifact), also when that last gate rejects:
+        the run fails, but what it measured is still reported. `details`: workflow facts for the summary."""
+        try:
+            self.gate(evaluation, *suites)
+        except GateFailed as exc:
+            self.tiers[evaluation.stage] = "REJECT"
+            write_summary(self.dir, self.summary(evaluation, details, failure=str(exc)))
+            raise
+        return write_summary(self.dir, self.summary(evaluation, details))
+
+    def summary(self, evaluation: EvaluationResult, details: dict, failure: str | None = None) -> dict:
+        # Compute time of every stage, cached stages at what they cost when they ran, so a retried run reports
+        # throughput and cost for all the work, not just the part it redid.
+        self.stage_seconds[evaluation.stage] = evaluation.seconds
+        compute = sum(self.stage_seconds.values())
+        examples = self.totals.get("examples_processed", 0)
+        cost = self.price_per_hour * compute / 3600 / examples if self.price_per_hour is not None and examples else None
+        e = evaluation
+        return {
+            "data_type": self.data_type,
+            "workflow": self.workflow,
+            "tier": max(self.tiers.values(), key=TIER_ORDER.__getitem__),
+            "failure": failure,
+            **self.totals,
+            **details,
+            "machine": machine_description(),
+            "wall_time_s": round(time.perf_counter() - self.t0, 1),
+            "compute_time_s": round(compute, 1),
+            "throughput_examples_per_s": round(examples / compute, 3) if compute else None,
+            "cost_per_example": cost,
+            "cost_note": None if cost is not None else "price_per_hour not configured: cost not computed",
+            "verdict": e.verdict,
+            "comparisons": [
+                {**c.model_dump(), "within_noise": c.within_noise, "text": c.describe()} for c in e.comparisons
+            ],
+            "results": {
+                **{f"before/{k}": v for k, v in e.before.items()},
+                **{f"after/{k}": v for k, v in e.after.items()},
+                **({f"control/{k}": v for k, v in e.control.items()} if e.control else {}),
+                **e.metrics,
+            },
+            "gate_tiers": self.tiers,
+            "run_dir": self.dir,
+            "final_model": e.final_model_dir,
+            "plots": e.plots,
+        }

@@ -1,0 +1,83 @@
+"""Stage 3 (DPO): model initialization. Freeze the reference, cache its log-probs, check KL at init is 0."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from realign.eval.probes import kl_probe, probe_examples
+from realign.io import write_json, write_parquet
+from realign.model.load import load_model, weights_finite
+from realign.model.logprobs import finite_fraction, reference_logps
+from realign.train.loop import TrainConfig, prepare_model
+from tasks.cache import STAGE_CACHE
+from tasks.dpo import DPO_STAGES
+from tasks.stages import StageResult, one_row
+
+
+class ReferenceResult(StageResult):
+    """ref_logps_path: Parquet aligned with the pairs (chosen/rejected sums and token counts)."""
+
+    reference_dir: str
+    ref_logps_path: str
+    reference_present: bool
+    ref_logps_finite_fraction: float
+    init_kl: float
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {
+            "reference": one_row(
+                reference_present=self.reference_present,
+                ref_logps_finite_fraction=self.ref_logps_finite_fraction,
+                init_kl=self.init_kl,
+            )
+        }
+
+
+@task(name="3-model-initialization", cache_policy=STAGE_CACHE, persist_result=True)
+def initialize_reference(
+    reference_dir: str, pairs_path: str, train_cfg: TrainConfig, run_dir: str, round: int = 1
+) -> ReferenceResult:
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = DPO_STAGES.dir(run_dir, 3, round)
+    pairs = pd.read_parquet(pairs_path).to_dict("records")
+    ref = load_model(reference_dir)
+    cache = reference_logps(
+        ref.model,
+        ref.tokenizer,
+        pairs,
+        batch_size=32,
+        on_progress=lambda d, n: log.info(f"reference log-probs {d}/{n}") if d == n else None,
+    )
+    write_parquet(out / "reference_logps.parquet", pd.DataFrame(cache))
+    finite = finite_fraction(cache)
+
+    # The policy starts as the reference plus freshly initialised adapters (LoRA B = 0), or a copy:
+    # measure KL(policy || reference) for real on a probe batch instead of assuming it is 0.
+    policy = load_model(reference_dir)
+    prepare_model(policy.model, train_cfg)
+    init_kl = kl_probe(policy.model, ref.model, ref.tokenizer, probe_examples(pairs, limit=32))
+    # Present = a loadable model directory whose weights are all finite (not merely a path that exists).
+    present = (Path(reference_dir) / "config.json").is_file() and weights_finite(ref.model)
+    metrics = {
+        "reference_present": present,
+        "ref_logps_finite_fraction": finite,
+        "init_kl": init_kl,
+        "pairs": len(pairs),
+    }
+    write_json(out / "reference.json", {**metrics, "reference_dir": reference_dir})
+    log.info(f"reference {reference_dir}: {len(pairs)} pairs cached, finite {finite:.3f}, KL at init {init_kl:.2e}")
+    return ReferenceResult(
+        stage=DPO_STAGES.name(3, round),
+        out_dir=str(out),
+        seconds=time.perf_counter() - t0,
+        reference_dir=reference_dir,
+        ref_logps_path=str(out / "reference_logps.parquet"),
+        reference_present=present,
+        ref_logps_finite_fraction=finite,
+        init_kl=init_kl,
+    )

@@ -1,0 +1,124 @@
+"""Stage 2 (DPO): preference data generation. Sample N answers per prompt, score, pair best vs worst."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from hardware.profiles import load_calibration
+from realign.data.datasets import DataConfig, TrainingFile, load_data
+from realign.data.formats import write_rows
+from realign.data.pairs import PAIR_COLUMNS, build_pairs, graded_rows, unparsed_ratings
+from realign.eval.probes import probe_examples
+from realign.io import write_json, write_parquet
+from realign.score.sampling import PairsConfig
+from tasks.cache import stage_cache
+from tasks.dpo import DPO_STAGES
+from tasks.shards import run_shards
+from tasks.stages import StageResult, one_row
+
+
+class PairsResult(StageResult):
+    """Where the pairs are and what building them found (see realign.data.pairs.PairStats)."""
+
+    round: int
+    pairs_path: str
+    train_file: TrainingFile
+    stats: dict
+    completions: int
+    probe: list[tuple[str, str]]  # fixed texts for KL from the stage-1 model (the first pairs' answers)
+    shards: list[dict] = []
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        st = self.stats
+        return {
+            "preference_pairs": pd.read_parquet(self.pairs_path),
+            "preference_metrics": one_row(agreement_rate=st["agreement_rate"], decontamination=st["decontamination"]),
+        }
+
+    def summary(self) -> dict:
+        return {
+            "examples_processed": self.completions,
+            "pairs": self.stats["pairs"],
+            "shards": self.shards,
+            "train_jsonl": [self.train_file.path],
+        }
+
+
+def calibrated(pairs: PairsConfig) -> tuple[PairsConfig, str]:
+    """The pairs config with this machine's calibrated generation batch size (`realign calibrate`) when there is one,
+    and where the batch size came from. Called by the flow, so the chosen batch is part of stage 2's cache key."""
+    calibration = load_calibration() if pairs.use_calibration else None
+    if not calibration:
+        return pairs, "recipe"
+    gen = pairs.generation.model_copy(update={"batch_size": int(calibration["chosen_batch"])})
+    return pairs.model_copy(
+        update={"generation": gen}
+    ), f"calibrated on this machine ({calibration.get('profile', 'generic')} profile)"
+
+
+@task(name="2-preference-data", cache_policy=stage_cache("prompts", "eval_sets"), persist_result=True)
+def generate_pairs(
+    pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngram: int, model_dir: str, run_dir: str, round: int = 1
+) -> PairsResult:
+    """Only the thresholds this stage uses are inputs, so changing another threshold keeps its cache."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = DPO_STAGES.dir(run_dir, 2, round)
+    bundle = load_data(data)
+    gen_cfg = pairs_cfg.generation.model_copy(update={"seed": pairs_cfg.generation.seed + 1000 * round})
+    total = len(bundle.prompts) * gen_cfg.n
+    log.info(
+        f"round {round}: sampling {gen_cfg.n} answers for {len(bundle.prompts)} prompts with {model_dir} "
+        f"(batch {gen_cfg.batch_size})"
+    )
+
+    def progress(done, all_):
+        if done == all_ or done % (gen_cfg.batch_size * 10) == 0:
+            log.info(f"generated {done}/{all_} answers")
+
+    answers = [bundle.answers.get(p) for p in bundle.prompts]
+    scored, shards = run_shards(
+        bundle.prompts,
+        answers,
+        model_dir,
+        pairs_cfg.model_copy(update={"generation": gen_cfg}),
+        gen_cfg.seed,
+        out / "shards",
+        on_progress=progress,
+    )
+    if pairs_cfg.scorer == "judge" and (unparsed := unparsed_ratings(scored.texts, scored.scores)):
+        log.warning(f"judge gave no parseable rating for {unparsed} answers; they are excluded, not guessed")
+    eval_texts = [f"{p} {a}" for ev in bundle.eval_sets for p, a in zip(ev.prompts, ev.answers)]
+    pairs, stats = build_pairs(
+        bundle.prompts, scored.texts, scored.scores, scored.second, min_gap=min_gap, eval_texts=eval_texts, ngram=ngram
+    )
+    write_parquet(out / "pairs.parquet", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
+    write_rows(out / "train.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs], "dpo")
+    write_rows(out / "completions.jsonl", graded_rows(bundle.prompts, scored.texts, scored.scores), "grpo")
+    write_json(out / "stats.json", stats.as_dict())
+    if stats.prompts and stats.no_gap >= 0.9 * stats.prompts:
+        # Nearly every prompt's answers scored alike: usually the reference answers or the scorer, not the model.
+        log.warning(
+            f"{stats.no_gap} of {stats.prompts} prompts had no score gap between their best and worst answer: "
+            f"check the reference answers in the prompts data (placeholders like 'TBD'?) and the scorer"
+        )
+    log.info(
+        f"round {round}: {stats.pairs} pairs from {stats.prompts} prompts (no gap {stats.no_gap}, identical "
+        f"{stats.identical}, duplicates {stats.duplicates}, contaminated {stats.contaminated}); gap "
+        f"{stats.preference_gap:.3f}, agreement {stats.agreement_rate:.3f}"
+    )
+    return PairsResult(
+        stage=DPO_STAGES.name(2, round),
+        out_dir=str(out),
+        seconds=time.perf_counter() - t0,
+        round=round,
+        pairs_path=str(out / "pairs.parquet"),
+        train_file=TrainingFile(path=str(out / "train.jsonl"), format="dpo"),
+        stats=stats.as_dict(),
+        completions=total,
+        probe=probe_examples(pairs),
+        shards=shards,
+    )

@@ -1,0 +1,169 @@
+"""Stage 7: evaluation and monitoring of the chosen model. Retention, target before/after with intervals, win rate,
+KL from the stage-1 model, decontamination, an optional control arm, the final model and plots."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from realign.data.datasets import DataConfig, TrainingFile, load_data
+from realign.eval.control import ControlArm, train_control
+from realign.eval.metrics import capability_retention, decontamination
+from realign.eval.plots import before_after, training_curves
+from realign.eval.probes import eval_metrics, kl_probe, score_eval_sets, win_rate
+from realign.eval.verdict import Comparison, compare, verdict
+from realign.io import write_json
+from realign.model.load import load_model, save_model
+from tasks.cache import stage_cache
+from tasks.stages import SHARED_STAGES, StageResult, one_row
+
+
+class EvaluationResult(StageResult):
+    metrics: dict  # one row for the evaluation gate
+    before: dict[str, float]
+    after: dict[str, float]
+    control: dict[str, float] | None
+    comparisons: list[Comparison]  # after - before and after - control on the target, with intervals
+    verdict: str  # plain words: what changed, and did the method beat the control?
+    final_model_dir: str
+    plots: list[str]
+    not_computed: dict[str, str]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        m = self.metrics
+        return {
+            "evaluation": one_row(
+                capability_retention=m["capability_retention"], decontamination=m["decontamination"], kl=m["kl"]
+            )
+        }
+
+
+@task(name="7-evaluation", cache_policy=stage_cache("eval_sets"), persist_result=True)
+def evaluate_run(
+    data: DataConfig,
+    reference_dir: str,
+    final_model_dir: str,
+    baseline: dict[str, float],
+    probe: list[tuple[str, str]],
+    trained_on: list[str],
+    training_metrics: list[str],
+    run_dir: str,
+    control: ControlArm | None = None,
+    method: str = "the workflow",
+    max_tokens: int = 12,
+    ngram: int = 13,
+) -> EvaluationResult:
+    """Evaluate `final_model_dir` against the stage-1 model `reference_dir` (whose metrics are `baseline`).
+
+    probe: fixed (prompt, completion) texts for the final KL; trained_on: every training file of the run, any row
+    format (stage 1's SFT data comes from `data`), for decontamination; training_metrics: per-step metric tables, for
+    the curves.
+    """
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = SHARED_STAGES.dir(run_dir, 7)
+    bundle = load_data(data)
+    tgt = bundle.target
+    final, ref = load_model(final_model_dir), load_model(reference_dir)
+
+    scored = score_eval_sets(final.model, final.tokenizer, bundle.eval_sets, max_tokens=max_tokens)
+    after = eval_metrics(scored)
+    before = {k: v for k, v in baseline.items() if k in after}
+    # The stage-1 model answers the target again, item by item, for the paired comparison and the win rate.
+    start = score_eval_sets(ref.model, ref.tokenizer, [tgt], max_tokens=max_tokens)[tgt.name]
+    wr = win_rate(scored[tgt.name].scores, start.scores)
+    retention = capability_retention(
+        {f"{b.name}_accuracy": baseline.get(f"{b.name}_accuracy", float("nan")) for b in bundle.benchmarks}, after
+    )
+    kl = kl_probe(final.model, ref.model, final.tokenizer, probe)
+    train_texts = [f"{p} {c}" for p, c in bundle.sft] + [
+        t for path in trained_on for t in TrainingFile(path=path).texts()
+    ]
+    eval_texts = [f"{p} {a}" for ev in bundle.eval_sets for p, a in zip(ev.prompts, ev.answers)]
+    decon = decontamination(train_texts, eval_texts, n=ngram)
+
+    key = f"{tgt.name}_accuracy"
+    comparisons = [compare(key, "after", scored[tgt.name].exact, "before", start.exact)]
+    control_metrics = None
+    if control is not None:
+        ctl = train_control(reference_dir, control)
+        ctl_scored = score_eval_sets(ctl.model, ctl.tokenizer, bundle.eval_sets, max_tokens=max_tokens)
+        control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
+        comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
+        log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))
+    said = verdict(
+        method,
+        tgt.name,
+        comparisons[0],
+        comparisons[1] if control_metrics else None,
+        control.description if control else "",
+    )
+
+    final_dir = out / "final_model"
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    save_model(final.model, final_model_dir, final_dir)
+    history = (
+        pd.concat([pd.read_parquet(p) for p in training_metrics], ignore_index=True)
+        if training_metrics
+        else pd.DataFrame()
+    )
+    accuracies = {
+        k: {
+            "baseline": before.get(k, float("nan")),
+            "final": after[k],
+            **({"control": control_metrics[k]} if control_metrics and k in control_metrics else {}),
+        }
+        for k in after
+        if k.endswith("_accuracy")
+    }
+    plots = [
+        str(training_curves(history, out / "training_curves.png", title=f"{method} training")),
+        str(before_after(accuracies, out / "before_after.png", title="held-out exact-match accuracy")),
+    ]
+    metrics = {
+        "capability_retention": retention.retention,
+        "decontamination": decon.score,
+        "kl": kl,
+        "target_before": before.get(key, float("nan")),
+        "target_after": after[key],
+        "win_rate": wr,
+    }
+    report = {
+        **metrics,
+        "after": after,
+        "before": before,
+        "control": control_metrics,
+        "comparisons": [c.model_dump() | {"within_noise": c.within_noise} for c in comparisons],
+    }
+    write_json(final_dir / "metrics.json", report)
+    write_json(
+        out / "evaluation.json",
+        {
+            **report,
+            "retention_per_benchmark": retention.per_benchmark,
+            "not_computed": retention.not_computed,
+            "contaminated_eval_items": decon.contaminated,
+            "verdict": said,
+        },
+    )
+    for c in comparisons:
+        log.info(c.describe())
+    log.info(said)
+    return EvaluationResult(
+        stage=SHARED_STAGES.name(7),
+        out_dir=str(out),
+        seconds=time.perf_counter() - t0,
+        metrics=metrics,
+        before=before,
+        after=after,
+        control=control_metrics,
+        comparisons=comparisons,
+        verdict=said,
+        final_model_dir=str(final_dir),
+        plots=plots,
+        not_computed=retention.not_computed,
+    )

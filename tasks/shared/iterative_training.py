@@ -1,0 +1,117 @@
+"""Stage 6: iterative training. Measure each round's model, decide whether to go on, record the rounds."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from realign.data.datasets import DataConfig, load_data
+from realign.eval.probes import accuracy, kl_probe
+from realign.eval.rounds import RoundScore, best_round, decide, rounds_table
+from realign.io import write_json
+from realign.model.load import load_model
+from realign.recipes.common import IterationConfig
+from tasks.cache import STAGE_CACHE, stage_cache
+from tasks.stages import SHARED_STAGES, StageResult
+
+
+def _measure(
+    data: DataConfig,
+    model_dir: str,
+    round: int,
+    max_tokens: int,
+    start_dir: str | None,
+    probe: list[tuple[str, str]] | None,
+) -> RoundScore:
+    """Target-skill accuracy (dev split when there is one) and, with a probe, the drift from the stage-1 model."""
+    t0 = time.perf_counter()
+    bundle = load_data(data)
+    items = bundle.dev or bundle.target
+    lm = load_model(model_dir)
+    acc = accuracy(lm.model, lm.tokenizer, items.prompts, items.answers, max_tokens=max_tokens)
+    kl = math.nan
+    if start_dir is not None and probe:
+        kl = kl_probe(lm.model, load_model(start_dir).model, lm.tokenizer, probe)
+    return RoundScore(
+        round=round,
+        model_dir=model_dir,
+        target_metric=acc.accuracy,
+        split=items.name,
+        kl_from_start=kl,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
+def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12) -> RoundScore:
+    """Round 0: the stage-1 model's target metric, the bar round 1 must clear."""
+    score = _measure(data, model_dir, 0, max_tokens, None, None)
+    get_run_logger().info(f"before round 1: {score.split} accuracy {score.target_metric:.3f}")
+    return score
+
+
+@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
+def assess_round(
+    data: DataConfig,
+    model_dir: str,
+    round: int,
+    history: list[RoundScore],
+    baseline: RoundScore,
+    iterations: IterationConfig,
+    start_dir: str,
+    probe: list[tuple[str, str]],
+    max_kl: float,
+    training_stop: str = "",
+    max_tokens: int = 12,
+) -> RoundScore:
+    """Measure round `round`'s model and decide: continue, or stop and why (training_stop: stage 5 stopped on KL)."""
+    score = _measure(data, model_dir, round, max_tokens, start_dir, probe)
+    decision, reason = decide(
+        [*history, score], baseline.target_metric, iterations.epsilon, iterations.max_rounds, max_kl, training_stop
+    )
+    kl = f"{score.kl_from_start:.4f}" if not math.isnan(score.kl_from_start) else "not measured"
+    get_run_logger().info(
+        f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from the stage-1 model "
+        f"{kl}; {decision} ({reason})"
+    )
+    return score.model_copy(update={"decision": decision, "reason": reason})
+
+
+class IterationResult(StageResult):
+    rounds: list[dict]
+    best_round: int
+    best_model_dir: str
+    stop_reason: str
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"iteration": pd.DataFrame(self.rounds)}
+
+    def summary(self) -> dict:
+        return {"rounds": len(self.rounds), "best_round": self.best_round}
+
+
+@task(name="6-iterative-training", cache_policy=STAGE_CACHE, persist_result=True)
+def record_rounds(
+    history: list[RoundScore], baseline: RoundScore, run_dir: str, start_dir: str, max_kl: float = math.inf
+) -> IterationResult:
+    """Write the rounds table; the best round is the most accurate one within the KL budget (else the stage-1 model)."""
+    t0 = time.perf_counter()
+    out = SHARED_STAGES.dir(run_dir, 6)
+    rows = rounds_table(history, baseline.target_metric)
+    best = best_round(history, max_kl)
+    best_no, best_dir = (best.round, best.model_dir) if best else (0, start_dir)  # all drifted too far: keep stage 1
+    write_json(out / "rounds.json", {"baseline": baseline.target_metric, "rounds": rows, "best_round": best_no})
+    # The measurements were stage 6's work too: count them, cached or not, at what they cost when they ran.
+    measured = baseline.seconds + sum(s.seconds for s in history)
+    return IterationResult(
+        stage=SHARED_STAGES.name(6),
+        out_dir=str(out),
+        seconds=time.perf_counter() - t0 + measured,
+        rounds=rows,
+        best_round=best_no,
+        best_model_dir=best_dir,
+        stop_reason=history[-1].reason,
+    )

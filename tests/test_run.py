@@ -1,0 +1,117 @@
+"""flows/run.py: gates from stage results, totals over rounds, summary.json written also when the last gate rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.run import Run
+from gates.gate import GateFailed
+from gates.suites.dpo import reward_model_suite
+from gates.suites.shared import evaluation_suite
+from realign.eval.verdict import compare
+from realign.thresholds import ThresholdsConfig
+from tasks.shared.evaluation import EvaluationResult
+from tasks.stages import StageResult, one_row
+
+
+class Fitted(StageResult):
+    accuracy: float
+    examples: int
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"reward_model": one_row(accuracy=self.accuracy)}
+
+    def summary(self) -> dict:
+        return {"examples_processed": self.examples, "paths": [self.out_dir]}
+
+
+def evaluation(tmp_path, retention: float) -> EvaluationResult:
+    gain = compare("t_accuracy", "after", [1, 1, 0, 1], "before", [0, 1, 0, 0])
+    return EvaluationResult(
+        stage="7-evaluation",
+        out_dir=str(tmp_path),
+        seconds=3.0,
+        before={"t_accuracy": 0.25},
+        after={"t_accuracy": 0.75},
+        metrics={"capability_retention": retention, "decontamination": 1.0, "kl": 0.01},
+        control=None,
+        comparisons=[gain],
+        verdict="t accuracy 0.250 -> 0.750",
+        final_model_dir=str(tmp_path / "final"),
+        plots=[],
+        not_computed={},
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_a_run_gates_stages_sums_rounds_and_writes_the_summary(tmp_path):
+    @flow
+    def workflow(retention: float) -> dict:
+        run = Run(
+            "demo",
+            "DEMO",
+            run_name="r",
+            runs_root=str(tmp_path),
+            thresholds=ThresholdsConfig(),
+            approve_medium=False,
+            price_per_hour=3.6,
+        )
+        for rnd in (1, 2):
+            run.gate(
+                Fitted(
+                    stage=f"4-fit-round{rnd}",
+                    out_dir=str(tmp_path / f"4_{rnd}"),
+                    seconds=10.0,
+                    accuracy=0.9,
+                    examples=50,
+                ),
+                reward_model_suite,
+            )
+        return run.finish(evaluation(tmp_path, retention), evaluation_suite, note="hello")
+
+    summary = workflow(0.99)
+    assert summary["tier"] == "HIGH" and summary["failure"] is None
+    assert summary["examples_processed"] == 100 and summary["paths"] == [str(tmp_path / "4_1"), str(tmp_path / "4_2")]
+    assert summary["compute_time_s"] == 23.0 and summary["throughput_examples_per_s"] == round(100 / 23, 3)
+    assert summary["cost_per_example"] == pytest.approx(3.6 * 23 / 3600 / 100)
+    assert summary["note"] == "hello" and summary["results"]["after/t_accuracy"] == 0.75
+    assert summary["comparisons"][0]["text"].startswith("after - before on t_accuracy: 0.750 vs 0.250")
+    assert set(summary["gate_tiers"]) == {"4-fit-round1", "4-fit-round2", "7-evaluation"}
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["tier"] == "HIGH"
+    for d in ("4_1", "4_2"):
+        assert (tmp_path / d / f"gate_4-fit-round{d[-1]}.json").is_file()
+
+    # The last gate rejects: the run fails, and summary.json still says what was measured and why it failed.
+    with pytest.raises(GateFailed, match="capability_retention"):
+        workflow(0.5)
+    written = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert written["tier"] == "REJECT" and "capability_retention" in written["failure"]
+    assert written["results"]["capability_retention"] == 0.5
+
+
+def test_a_stage_without_the_table_its_suite_checks_is_an_error(tmp_path):
+    @flow
+    def workflow():
+        run = Run(
+            "demo",
+            "DEMO",
+            run_name="x",
+            runs_root=str(tmp_path),
+            thresholds=ThresholdsConfig(),
+            approve_medium=False,
+            price_per_hour=None,
+        )
+        run.gate(Fitted(stage="4-fit", out_dir=str(tmp_path), seconds=1.0, accuracy=0.9, examples=1), evaluation_suite)
+
+    with pytest.raises(ValueError, match=r"no table for \['evaluation'\]"):
+        workflow()
