@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 
 
@@ -58,7 +59,6 @@ def merge_shards(assigned: Mapping[str, list], returned: Mapping[str, list]):
 
     Raises ShardMismatch naming every shard with missing, duplicated or foreign rows.
     """
-    from collections import Counter
 
     problems = []
     for pool, rows in assigned.items():

@@ -1,7 +1,8 @@
 """Layering rules: the core `realign/` (outside its cli/) imports no orchestration, and tasks/ hold no model code.
 
 realign/ outside cli/ never imports prefect, great_expectations, flows, tasks, gates or hardware;
-tasks/ never import mlx (computation lives in realign/, tasks read, call, write and return).
+tasks/ never import mlx (computation lives in realign/, tasks read, call, write and return), and
+flows/ neither run models nor build tables (they list the stages).
 """
 
 import ast
@@ -12,6 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CORE_FORBIDDEN = ("prefect", "great_expectations", "flows", "tasks", "gates", "hardware")
 TASKS_FORBIDDEN = ("mlx", "mlx_lm")
+FLOWS_FORBIDDEN = ("mlx", "mlx_lm", "pandas", "numpy")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -54,6 +56,12 @@ def test_tasks_import_no_mlx():
     files = sorted((REPO / "tasks").rglob("*.py"))
     assert len(files) >= 8
     assert _offenders(files, TASKS_FORBIDDEN) == []
+
+
+def test_flows_build_no_tables_and_run_no_models():
+    files = sorted((REPO / "flows").glob("*.py"))
+    assert _offenders(files, FLOWS_FORBIDDEN) == []
+    assert len((REPO / "flows" / "dpo.py").read_text().splitlines()) <= 90  # the seven stages, readable at a glance
 
 
 def test_importing_every_core_module_loads_none_of_them():

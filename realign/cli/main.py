@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Optional
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -355,7 +360,6 @@ def calibrate(
     ),
 ) -> None:
     """Measure this machine: matmul GFLOPS and examples/s per batch size; save the profile later runs use."""
-    import tempfile
 
     from hardware.calibrate import calibrate as run_calibration
     from hardware.profiles import detect, match_profile, save_calibration
@@ -447,14 +451,12 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
         cfg = load_dpo_recipe(recipe)
     except ValueError as exc:
         _fail(str(exc))
-    import time
 
     updates = {k: v for k, v in (("run_name", run_name), ("runs_root", runs_root)) if v}
     cfg = cfg.model_copy(update=updates)
     if cfg.run_name is None:  # named here so the CLI knows where the run writes, even if it fails
         cfg = cfg.model_copy(update={"run_name": time.strftime("dpo-%Y%m%d-%H%M%S")})
     run_dir = Path(cfg.runs_root) / cfg.run_name
-    import os
 
     # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -492,9 +494,6 @@ def server(
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local `realign` pool worker."),
 ) -> None:
     """Start Prefect on 127.0.0.1 (SQLite), create the pools, deploy prefect.yaml, start a worker; Ctrl-C stops all."""
-    import signal
-    import time
-    from zoneinfo import ZoneInfo
 
     from realign.cli.server import POOLS, LocalPrefect, StackError
 

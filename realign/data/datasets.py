@@ -6,12 +6,14 @@ Either the embedded digit tasks (realign.data.demo) or user files named in the r
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from realign.data.demo import digit_strings, example
 from realign.data.formats import DataFormatError, first_record, guess_format, read_rows
 from realign.io import atomic_path
 
@@ -144,8 +146,6 @@ def load_data(cfg: DataConfig) -> DataBundle:
         # No separate dev set in user files: round decisions use the target set (the report says so).
         return DataBundle(sft, prompts, dict(zip(prompts, answers)), evals, held, None)
 
-    from realign.data.demo import digit_strings, example
-
     # One pool of distinct strings per task, cut into disjoint slices.
     n_t = cfg.n_sft_target + cfg.n_prompts + cfg.n_eval + cfg.n_dev
     n_b = cfg.n_sft_benchmark + cfg.n_eval  # + n_prompts_benchmark, drawn below
@@ -158,7 +158,6 @@ def load_data(cfg: DataConfig) -> DataBundle:
     # Capability data: some preference prompts of the benchmark skill, so aligning the target does not erase it.
     pref += cop[cfg.n_sft_benchmark : cfg.n_sft_benchmark + cfg.n_prompts_benchmark]
     sft = [(e.prompt, e.answer) for e in sft_rev + sft_cop]
-    import random
 
     random.Random(cfg.seed).shuffle(sft)  # interleave skills so every batch sees both
     evals = [

@@ -7,9 +7,12 @@ and a real downloaded model take the same path.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from realign.io import atomic_dir
 
 
 class ModelLoadError(RuntimeError):
@@ -112,12 +115,9 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike)
     Written to a temporary sibling and renamed into place, so a crash leaves no half model.
     Returns out_dir. Adapters in `model` are fused in place.
     """
-    import shutil
 
     import mlx.core as mx
     from mlx.utils import tree_flatten
-
-    from realign.io import atomic_dir
 
     src, out = Path(source_dir), Path(out_dir)
     fuse_adapters(model)

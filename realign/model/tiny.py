@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from realign.io import atomic_dir
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 PAD_TOKEN, IM_START, IM_END = SPECIAL_TOKENS
 
@@ -204,8 +206,6 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, *,
     eos_id, pad_id = tok.token_to_id(IM_END), tok.token_to_id(PAD_TOKEN)
     hf_config = _hf_config(cfg, cfg.vocab, eos_id, pad_id)
     weights = _init_weights(hf_config, cfg.seed, cfg.init_std)
-
-    from realign.io import atomic_dir
 
     with atomic_dir(out) as tmp:
         tok.save(str(tmp / "tokenizer.json"))

@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pydantic import BaseModel, ConfigDict, Field
 
 from realign.eval.metrics import token_entropy, token_kl
+from realign.io import atomic_dir, atomic_path
 from realign.train.batches import Batch
 
 
@@ -166,7 +167,6 @@ def save_checkpoint(
     resume_key: str | None = None,
 ) -> Path:
     """Write step_NNNNNN/ (trainable weights, optimizer state with its step, state.json) atomically; update `latest`."""
-    from realign.io import atomic_dir, atomic_path
 
     final = ckpt_root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
