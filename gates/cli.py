@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gates.report import GateReport
 from gates.suites import antihallucination, dpo, rlvr, shared, srf
@@ -85,9 +86,10 @@ def print_report(report: GateReport, console: Console) -> None:
         table.add_column(col)
     for o in report.outcomes:
         note = "; ".join(x for x in (o.detail if not o.success else "", o.remedy if o.tier != "HIGH" else "") if x)
-        table.add_row(f"[{TIER_STYLE[o.tier]}]{o.tier}[/]", o.metric, _short(o.observed), o.bounds, note)
+        # Styled with Text, not markup: metric names, bounds and remedies are never read as rich markup.
+        table.add_row(Text(o.tier, style=TIER_STYLE[o.tier]), o.metric, _short(o.observed), o.bounds, note)
     console.print(table)
-    console.print(f"tier: [bold {TIER_STYLE[report.tier]}]{report.tier}[/]")
+    console.print(Text("tier: ").append(report.tier, style=f"bold {TIER_STYLE[report.tier]}"))
 
 
 def _short(v) -> str:

@@ -117,4 +117,4 @@ def test_usage_errors_are_clear(tmp_path):
     proc = run_cli("validate", str(f), "--format", "kto")
     assert proc.returncode == 2 and "unknown format 'kto'" in proc.stderr
     proc = run_cli("validate", str(f), "--format", "dpo", "--out", str(f))
-    assert proc.returncode == 2 and "refusing to overwrite the input file" in proc.stderr
+    assert proc.returncode == 2 and "is the input file" in proc.stderr and "refusing to overwrite it" in proc.stderr

@@ -29,12 +29,15 @@ app.add_typer(gate_app, name="gates", help="Alias of `gate`.")
 
 # The checkout this CLI runs from: recipes (deployments/) and prefect.yaml live there.
 REPO = Path(__file__).resolve().parents[2]
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: what we print holds user text (paths, messages, file contents) that must never be read as rich markup;
+# the few styled lines pass markup=True and escape what they interpolate.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    # The message holds user text (paths, file contents): never read it as rich markup.
+    err.print("[bold red]error:[/] " + escape(message), markup=True)
     raise typer.Exit(code)
 
 
@@ -79,24 +82,22 @@ def validate(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
 ) -> None:
-    """Check a data file line by line; exit 0 when clean, 1 when any row was rejected.
+    """Check a data file line by line; exit 0 when clean, 1 when any row was rejected, 2 when the file itself
+    cannot be validated (missing, a directory, empty, compressed, unreadable, unsafe output paths, disk full).
 
     Every bad line is reported as FILE:LINE: what is wrong (expected what).
     With --out and no --rejects, rejects go to OUT's name + .rejects.jsonl so no row is lost.
     """
-    from realign.data.formats import canonical_format, validate_file
+    from realign.data.formats import FileProblem, canonical_format, validate_file
 
     try:
         fmt = canonical_format(fmt)
     except ValueError as exc:
         _fail(str(exc))
-    if not file.is_file():
-        _fail(f"{file}: no such file")
     if out_path is not None and rejects is None:
         rejects = out_path.with_name(out_path.name.split(".")[0] + ".rejects.jsonl")
-    for p in (out_path, rejects):
-        if p is not None and p.resolve() == file.resolve():
-            _fail(f"{p}: refusing to overwrite the input file; choose another path")
+        if os.path.lexists(rejects):
+            _fail(f"{rejects}: exists, and rejects would go there by default; pass --rejects PATH (or move it)")
 
     def show(msg: str) -> None:
         if not quiet:
@@ -114,6 +115,11 @@ def validate(
             on_problem=show,
             on_progress=(lambda n: status.update(f"validating {file}: {n:,} lines")) if status else None,
         )
+    except FileProblem as exc:
+        _fail(str(exc))
+    except OSError as exc:  # disk full, permissions, a vanished folder: nothing was written
+        where = exc.filename or out_path or rejects or file
+        _fail(f"{where}: {exc.strerror or exc}; nothing was written (free space, or choose another --out/--rejects)")
     finally:
         if status:
             status.stop()
@@ -148,7 +154,7 @@ def gate_check(
     else:
         print_report(report, out)
     if report.tier == "MEDIUM":
-        err.print("[yellow]warning:[/] " + report.failure_message().replace("[", "\\["))
+        err.print("[yellow]warning:[/] " + escape(report.failure_message()), markup=True)
     raise typer.Exit(2 if report.tier == "REJECT" else 0)
 
 
@@ -467,7 +473,7 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             print_summary(json.loads(summary_path.read_text()))
-        err.print(f"[bold red]run failed:[/] {state.message}", markup=True, highlight=False)
+        err.print(f"[bold red]run failed:[/] {escape(str(state.message))}", markup=True)
         err.print(
             f"Gate reports (gate_<stage>.json) are next to each stage's outputs in {run_dir}; fix the cause and run "
             f"again with --run-name {cfg.run_name} to reuse the stages that passed."
@@ -519,7 +525,7 @@ def server(
             stack.start_worker("realign")
         for pool in serve:
             stack.start_worker(pool)
-        out.print(f"[bold]Prefect UI:[/] {stack.ui_url}")
+        out.print(f"[bold]Prefect UI:[/] {escape(stack.ui_url)}", markup=True)
         out.print(
             f"deployments: dpo/dpo-demo, curate/nightly-curation (02:00 {stack.timezone}), "
             "shard/shard-m4-max, shard/shard-m3-ultra"
@@ -576,7 +582,7 @@ def print_summary(summary: dict) -> None:
         )
     for key in ("failure", "run_dir", "final_model", "summary_path"):
         if summary.get(key) is not None:
-            table.add_row(key, escape(str(summary[key])))
+            table.add_row(key, str(summary[key]))
     for p in summary.get("plots", []):
         table.add_row("plot", p)
     out.print(table)

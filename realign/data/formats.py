@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -194,6 +196,89 @@ class DataFormatError(ValueError):
         super().__init__("\n".join(f"{self.path}:{line}: {p}" for p in problems))
 
 
+class FileProblem(ValueError):
+    """A failure of a whole file (not of a row): one line naming the path, what is wrong and the fix."""
+
+
+# Content that is not JSONL text, whatever the file is called: (magic bytes at offset 0, what it is, the fix).
+# Text could start with "BZh" or "PAR1", so those are matched on more than their printable prefix.
+_MAGIC = [
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip -k FILE)"),
+    (b"PK\x03\x04", "a zip archive", "extract the JSONL file from it"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz -k FILE)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (unzstd FILE)"),
+]
+
+
+def _sniff(path: Path, head: bytes) -> tuple[str, str] | None:
+    """(what the content is, the fix) when `path` holds a known binary format, else None."""
+    for magic, what, fix in _MAGIC:
+        if head.startswith(magic):
+            return what, fix
+    if len(head) >= 10 and head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY":
+        return "bzip2-compressed", "decompress it first (bunzip2 -k FILE)"
+    if head.startswith(b"PAR1"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            if fh.read(4) == b"PAR1":  # Parquet starts and ends with its magic
+                return "a Parquet file", "give it a .parquet name"
+    return None
+
+
+def check_input_file(path: str | Path) -> None:
+    """Raise FileProblem unless `path` is a readable, non-empty JSONL or Parquet file whose bytes match its name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileProblem(f"{path}: no such file")
+    if path.is_dir():
+        raise FileProblem(f"{path}: is a directory (expected a JSONL or Parquet file)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise FileProblem(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from exc
+    if not head:
+        raise FileProblem(f"{path}: is empty (expected one JSON object per line)")
+    if _is_parquet(path):
+        if not head.startswith(b"PAR1"):
+            raise FileProblem(f"{path}: is not a Parquet file (no PAR1 header); is it JSONL with a .parquet name?")
+        return
+    if (found := _sniff(path, head)) is not None:
+        raise FileProblem(f"{path}: is {found[0]}, not JSONL text: {found[1]}")
+
+
+def check_output_paths(inputs: Iterable[str | Path], outputs: Iterable[str | Path | None]) -> None:
+    """Raise FileProblem when an output would clobber an input or another output (also through `..`, symlinks
+    and hard links), when it exists and is not a regular file (a symlink, a device, a directory), or when its
+    folder is a file."""
+    ins = [Path(p) for p in inputs]
+    outs = [Path(p) for p in outputs if p is not None]
+    for o in outs:
+        if os.path.lexists(o):
+            mode = os.lstat(o).st_mode
+            if not stat.S_ISREG(mode):
+                kind = (
+                    "a symlink" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+                )
+                raise FileProblem(f"{o}: exists and is {kind}; refusing to replace it: choose another path")
+        parent = o.parent if str(o.parent) else Path(".")
+        if parent.exists() and not parent.is_dir():
+            raise FileProblem(f"{parent}: is a file, not a directory; choose another path for {o.name}")
+
+    def same(a: Path, b: Path) -> bool:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+
+    for i, o in enumerate(outs):
+        for src in ins:
+            if same(o, src):
+                raise FileProblem(f"{o}: is the input file {src}; refusing to overwrite it: choose another path")
+        for other in outs[i + 1 :]:
+            if same(o, other):
+                raise FileProblem(f"{o} and {other} are the same file; good rows and rejects need two paths")
+
+
 _FIELD_EXPECT = {
     "score": "a number in [0, 1]",
     "correct": "true or false",
@@ -325,7 +410,7 @@ def check_line(raw: bytes, line: int, fmt: str) -> LineResult | None:
             line, raw, problems=[f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"], kind="utf8"
         )
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         return LineResult(
             line,
@@ -333,8 +418,45 @@ def check_line(raw: bytes, line: int, fmt: str) -> LineResult | None:
             problems=[f"invalid JSON: {exc.msg} at column {exc.colno} (expected one JSON object per line)"],
             kind="json",
         )
-    row, problems, kind = check_object(obj, fmt)
+    except RecursionError:
+        return LineResult(
+            line, raw, problems=["JSON nested too deeply (expected at most a few hundred levels)"], kind="json"
+        )
+    except ValueError as exc:  # NaN/Infinity, an integer too long to convert
+        return LineResult(line, raw, problems=[f"invalid JSON: {exc} (expected standard JSON)"], kind="json")
+    if (bad := _lone_surrogate(obj)) is not None:
+        return LineResult(
+            line, raw, problems=[f"text holds a lone UTF-16 surrogate {bad} (expected valid Unicode)"], kind="utf8"
+        )
+    try:
+        row, problems, kind = check_object(obj, fmt)
+    except RecursionError:
+        return LineResult(
+            line, raw, problems=["JSON nested too deeply (expected at most a few hundred levels)"], kind="json"
+        )
     return LineResult(line, raw, obj=obj if isinstance(obj, dict) else None, row=row, problems=problems, kind=kind)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate (e.g. '\\ud800') in any string of a decoded JSON value, else None."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"\\u{ord(v[exc.start]):04x}"
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
 
 
 def _is_parquet(path: Path) -> bool:
@@ -348,19 +470,47 @@ def iter_checked(path: str | Path, fmt: str, batch_rows: int = 10_000) -> Iterat
     """
     fmt, path = canonical_format(fmt), Path(path)
     if _is_parquet(path):
+        import pyarrow as pa  # heavy; only for Parquet files
         import pyarrow.parquet as pq
 
+        try:
+            source = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise FileProblem(f"{path}: is not a readable Parquet file ({exc}); re-export it") from exc
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        batches = source.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise FileProblem(f"{path}: Parquet data unreadable after row {n} ({exc}); re-export it") from exc
             for rec in batch.to_pylist():
                 n += 1
                 obj = {k: v for k, v in rec.items() if v is not None}  # Parquet nulls mean "absent"
                 row, problems, kind = check_object(obj, fmt)
                 yield LineResult(n, None, obj=obj, row=row, problems=problems, kind=kind)
-        return
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
+        for n, raw in enumerate(_lines(fh), start=1):
             yield check_line(raw, n, fmt)
+
+
+def _lines(fh, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary file: split on LF (CRLF included), or on CR when the file uses CR alone (old Mac files)."""
+    head = fh.read(chunk)
+    fh.seek(0)
+    if b"\n" in head or b"\r" not in head:
+        yield from fh
+        return
+    rest = b""
+    while block := fh.read(chunk):
+        parts = (rest + block).split(b"\r")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\r"
+    if rest:
+        yield rest
 
 
 # --- writing -------------------------------------------------------------------
@@ -538,12 +688,13 @@ def validate_file(
     rejects: bad rows go here as JSONL {file, line, kind, reasons, raw | raw_base64 | row}.
     on_problem: called with each `FILE:LINE: what (expected what)` message.
     on_progress: called with the number of bytes/rows read so far, every 10,000 lines.
-    Both output files are written atomically, and only if the whole file was read.
+    Both output files are written atomically, and only if the whole file was read. A whole-file failure (not
+    a file, empty, compressed, colliding or unsafe output paths) raises FileProblem before anything is written.
     """
     path = Path(path)
     fmt = canonical_format(fmt)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input_file(path)
+    check_output_paths([path], [out, rejects])
     report = ValidationReport(
         str(path), fmt, out_path=str(out) if out else None, rejects_path=str(rejects) if rejects else None
     )
