@@ -7,14 +7,21 @@ they add to the summary, so the flow itself only lists the stages in order.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from gates.gate import GateFailed, gate
+from gates.validate import suite_name
+from realign.recipes.common import RUN_NAME_PATTERN
 from realign.thresholds import TIER_ORDER, ThresholdsConfig
 from tasks.shared.evaluation import EvaluationResult
 from tasks.shared.summary import machine_description, write_summary
@@ -23,9 +30,8 @@ from tasks.stages import StageResult
 R = TypeVar("R", bound=StageResult)
 
 
-def suite_dataset(suite: Callable) -> str:
-    """The dataset a suite checks, from its name: `preference_pairs_suite` checks the `preference_pairs` table."""
-    return suite.__name__.removesuffix("_suite")
+class RunBusy(RuntimeError):
+    """Another process is running in this run directory; the message says which."""
 
 
 class Run:
@@ -44,8 +50,13 @@ class Run:
     ) -> None:
         # A retried flow run keeps its name, so it finds its earlier stage outputs.
         name = run_name or flow_run.get_name() or time.strftime(f"{workflow}-%Y%m%d-%H%M%S")
+        if not re.fullmatch(RUN_NAME_PATTERN, name):
+            raise ValueError(f"run name {name!r} is not a name (letters, digits, . _ -, no path): choose another")
         self.dir = str((Path(runs_root) / name).resolve())
         Path(self.dir).mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire(Path(self.dir) / ".run.lock")
+        if flow_run.get_id():
+            get_run_logger().info(f"run directory: {self.dir}")
         self.workflow, self.data_type = workflow, data_type
         self.thresholds, self.approve_medium, self.price_per_hour = thresholds, approve_medium, price_per_hour
         self.tiers: dict[str, str] = {}
@@ -53,17 +64,46 @@ class Run:
         self.totals: dict[str, Any] = {}
         self.t0 = time.perf_counter()
 
+    @staticmethod
+    def _acquire(path: Path):
+        """Hold an exclusive lock on the run directory: two runs writing the same stages would corrupt each other."""
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunBusy(f"{path.parent} is in use by {holder}; wait for it, or choose another run name") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        return fh
+
+    def close(self) -> None:
+        """Release the run directory (the lock goes with the process too, whatever way it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def gate(self, result: R, *suites: Callable) -> R:
         """Check `result`'s tables with `suites` (REJECT raises GateFailed; MEDIUM may pause for approval), record
         the tier, the stage's compute time and its summary contributions; return the result for the next stage."""
         tables = result.tables()
-        missing = [suite_dataset(s) for s in suites if suite_dataset(s) not in tables]
+        missing = [suite_name(s) for s in suites if suite_name(s) not in tables]
         if missing:
             raise ValueError(f"stage {result.stage} has no table for {missing}; it gives {sorted(tables)}")
         self.stage_seconds[result.stage] = result.seconds
         report = gate(
             result.stage,
-            {s: tables[suite_dataset(s)] for s in suites},
+            {s: tables[suite_name(s)] for s in suites},
             self.thresholds,
             out_dir=Path(result.out_dir),
             approve_medium=self.approve_medium,
@@ -99,6 +139,7 @@ class Run:
         cost = self.price_per_hour * compute / 3600 / examples if self.price_per_hour is not None and examples else None
         e = evaluation
         return {
+            "flow_run_id": str(flow_run.get_id()) if flow_run.get_id() else None,
             "data_type": self.data_type,
             "workflow": self.workflow,
             "tier": max(self.tiers.values(), key=TIER_ORDER.__getitem__),

@@ -1,8 +1,10 @@
 """The gate as Prefect sees it: a task that validates, reports and fails on REJECT,
 and, in the flow, a pause for a person's approval on MEDIUM when the run asks for it.
 
-    report = gate("2-preference-data", {"preference_pairs": pairs, "preference_metrics": m},
+    report = gate("2-preference-data", {preference_pairs_suite: pairs, preference_metrics_suite: m},
                   config.thresholds, out_dir=stage_dir, approve_medium=config.approve_medium)
+
+Flows call it through flows/run.py (`run.gate(stage_result, *suites)`).
 """
 
 from __future__ import annotations

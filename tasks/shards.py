@@ -18,7 +18,7 @@ from prefect import get_run_logger
 
 from hardware.config import HardwareConfig
 from hardware.shards import ShardMismatch, assign_rows, merge_shards, plan_shards
-from realign.io import write_json
+from realign.io import write_json, write_parquet
 from realign.score.sampling import PairsConfig, ScoredSamples, ShardingConfig, ShardJob, measurement_key, run_shard
 
 
@@ -137,8 +137,7 @@ def run_shards(
         frame = pd.DataFrame(
             {"row_id": rows, "prompt": [prompts[r] for r in rows], "answer": [answers[r] for r in rows]}
         )
-        frame.to_parquet(inputs.with_name(f".{inputs.name}.tmp"))
-        inputs.with_name(f".{inputs.name}.tmp").replace(inputs)
+        write_parquet(inputs, frame)
         out = shard_dir / f"output-{pool}.parquet"
         out.with_suffix(".json").unlink(missing_ok=True)
         out.unlink(missing_ok=True)  # a leftover from an earlier attempt must not pass as this one's

@@ -39,6 +39,8 @@ def test_seeded_and_checked():
     assert paired_bootstrap_ci(a, b) == paired_bootstrap_ci(a, b)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_bootstrap_ci([1, 0], [1])
+    with pytest.raises(ValueError, match="equal lengths, got 2 and 3"):
+        paired_bootstrap_ci([1, 0], [1, 0, 1])
     assert all(np.isnan(x) for x in paired_bootstrap_ci([], []))
 
 
@@ -64,3 +66,17 @@ def test_verdict_says_beat_and_did_not_beat_only_outside_noise():
     assert "beat the control" in verdict("DPO", "t", gain, better) and "NOT" not in verdict("DPO", "t", gain, better)
     assert "did NOT beat the control" in verdict("DPO", "t", gain, worse)
     assert verdict("DPO", "t", gain, None).endswith("no control was run")
+
+
+def test_no_items_is_not_measured_never_a_loss():
+    empty = compare("m", "after", [], "control", [])
+    assert not empty.measured and not empty.within_noise and "not measured" in empty.describe()
+    assert verdict("DPO", "t", compare("m", "after", [], "before", []), empty) == (
+        "t accuracy not measured: the target set has no items"
+    )
+
+
+def test_rounds_judged_on_the_target_itself_is_said():
+    gain = compare("m", "after", [1] * 30 + [0] * 70, "before", [0] * 100)
+    assert "optimistic" in verdict("DPO", "t", gain, None, chosen_on_target=True)
+    assert "optimistic" not in verdict("DPO", "t", gain, None)

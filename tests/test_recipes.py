@@ -60,3 +60,10 @@ def test_files_source(tmp_path):
     prompts.write_text('{"prompt": "x"}\n')
     with pytest.raises(ValueError, match=rf"{prompts}:1: missing or empty field 'answer'"):
         load_data(cfg)
+
+
+def test_run_names_are_names_not_paths():
+    assert DPOWorkflowConfig(run_name="dpo-2026_11.v2").run_name == "dpo-2026_11.v2"
+    for bad in ("../../x", "a/b", "..", ".x", "a\\b", "x" * 200):
+        with pytest.raises(ValueError, match="run_name"):
+            DPOWorkflowConfig(run_name=bad)

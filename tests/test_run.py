@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.run import Run
+from flows.run import Run, RunBusy
 from gates.gate import GateFailed
 from gates.suites.dpo import reward_model_suite
 from gates.suites.shared import evaluation_suite
@@ -57,15 +59,10 @@ def harness():
 def test_a_run_gates_stages_sums_rounds_and_writes_the_summary(tmp_path):
     @flow
     def workflow(retention: float) -> dict:
-        run = Run(
-            "demo",
-            "DEMO",
-            run_name="r",
-            runs_root=str(tmp_path),
-            thresholds=ThresholdsConfig(),
-            approve_medium=False,
-            price_per_hour=3.6,
-        )
+        with Run("demo", "DEMO", "r", str(tmp_path), ThresholdsConfig(), False, 3.6) as run:
+            return stages(run, retention)
+
+    def stages(run, retention):
         for rnd in (1, 2):
             run.gate(
                 Fitted(
@@ -102,16 +99,23 @@ def test_a_run_gates_stages_sums_rounds_and_writes_the_summary(tmp_path):
 def test_a_stage_without_the_table_its_suite_checks_is_an_error(tmp_path):
     @flow
     def workflow():
-        run = Run(
-            "demo",
-            "DEMO",
-            run_name="x",
-            runs_root=str(tmp_path),
-            thresholds=ThresholdsConfig(),
-            approve_medium=False,
-            price_per_hour=None,
-        )
-        run.gate(Fitted(stage="4-fit", out_dir=str(tmp_path), seconds=1.0, accuracy=0.9, examples=1), evaluation_suite)
+        with Run("demo", "DEMO", "x", str(tmp_path), ThresholdsConfig(), False, None) as run:
+            run.gate(
+                Fitted(stage="4-fit", out_dir=str(tmp_path), seconds=1.0, accuracy=0.9, examples=1), evaluation_suite
+            )
 
     with pytest.raises(ValueError, match=r"no table for \['evaluation'\]"):
         workflow()
+
+
+def test_one_run_per_directory_and_names_are_names(tmp_path):
+    first = Run("demo", "DEMO", "same", str(tmp_path), ThresholdsConfig(), False, None)
+    with pytest.raises(RunBusy, match=rf"same is in use by pid {os.getpid()} on "):
+        Run("demo", "DEMO", "same", str(tmp_path), ThresholdsConfig(), False, None)
+    first.close()
+    with Run("demo", "DEMO", "same", str(tmp_path), ThresholdsConfig(), False, None) as again:  # released: free again
+        assert Path(again.dir) == tmp_path / "same"
+    for bad in ("../escape", "a/b", ".hidden", "..", ""):
+        with pytest.raises(ValueError, match="is not a name"):
+            Run("demo", "DEMO", bad or "x/", str(tmp_path), ThresholdsConfig(), False, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # nothing written outside runs_root

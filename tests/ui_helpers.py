@@ -111,7 +111,7 @@ def browser(user_data_dir: Path):
 
     exe = shutil.which("chromium")
     if exe is None:
-        raise RuntimeError("chromium not found: `apt-get install -y chromium` (.ci/run does this)")
+        raise RuntimeError("chromium not found: sudo apt-get install -y chromium (make test does this as root)")
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(user_data_dir),

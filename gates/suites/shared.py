@@ -8,9 +8,8 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 
 from gates.suites.expectations import REMEDY, build_suite, metric_check, one_row_check, row_check
+from realign.eval.rounds import DECISIONS
 from realign.thresholds import ThresholdsConfig
-
-ITERATION_DECISIONS = ("continue", "stop_no_improvement", "stop_max_rounds", "stop_kl_limit")
 
 
 def sft_baseline_suite(th: ThresholdsConfig, benchmarks: Sequence[str] = ()) -> gx.ExpectationSuite:
@@ -43,9 +42,9 @@ def iteration_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
                 REMEDY["iteration"],
             ),
             row_check(
-                gxe.ExpectColumnValuesToBeInSet(column="decision", value_set=list(ITERATION_DECISIONS)),
+                gxe.ExpectColumnValuesToBeInSet(column="decision", value_set=list(DECISIONS)),
                 "decision",
-                "one of " + ", ".join(ITERATION_DECISIONS),
+                "one of " + ", ".join(DECISIONS),
                 REMEDY["iteration"],
             ),
             row_check(

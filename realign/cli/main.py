@@ -459,9 +459,12 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
         _fail(str(exc))
 
     updates = {k: v for k, v in (("run_name", run_name), ("runs_root", runs_root)) if v}
-    cfg = cfg.model_copy(update=updates)
-    if cfg.run_name is None:  # named here so the CLI knows where the run writes, even if it fails
-        cfg = cfg.model_copy(update={"run_name": time.strftime("dpo-%Y%m%d-%H%M%S")})
+    # Named here so the CLI knows where the run writes, even if it fails; validated like the recipe's own fields.
+    updates.setdefault("run_name", cfg.run_name or time.strftime("dpo-%Y%m%d-%H%M%S"))
+    try:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
+    except ValueError as exc:
+        _fail(f"--run-name {updates['run_name']!r}: a run name is letters, digits, '.', '_' and '-' (no path): {exc}")
     run_dir = Path(cfg.runs_root) / cfg.run_name
 
     # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
@@ -470,9 +473,11 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
 
     state = dpo(cfg, return_state=True)
     if not state.is_completed():
+        # Only this run's own summary (written when its last gate rejected), never one a previous run left there.
         summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            print_summary(json.loads(summary_path.read_text()))
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if summary.get("flow_run_id") == str(state.state_details.flow_run_id):
+            print_summary(summary)
         err.print(f"[bold red]run failed:[/] {escape(str(state.message))}", markup=True)
         err.print(
             f"Gate reports (gate_<stage>.json) are next to each stage's outputs in {run_dir}; fix the cause and run "

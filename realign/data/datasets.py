@@ -87,9 +87,8 @@ class DataBundle:
     answers: dict[str, str]  # prompt -> known answer (for the verifier)
     eval_sets: list[EvalItems] = field(default_factory=list)
     heldout_text: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion) for perplexity
-    dev: EvalItems | None = (
-        None  # target-skill items for round-to-round decisions (kept apart from the final evaluation)
-    )
+    # target-skill items for round-to-round decisions (kept apart from the final evaluation)
+    dev: EvalItems | None = None
 
     @property
     def target(self) -> EvalItems:
@@ -98,6 +97,10 @@ class DataBundle:
     @property
     def benchmarks(self) -> list[EvalItems]:
         return [e for e in self.eval_sets if e.role == "benchmark"]
+
+    def eval_texts(self) -> list[str]:
+        """'prompt answer' of every evaluation item: what training data must not overlap (decontamination)."""
+        return [f"{p} {a}" for ev in self.eval_sets for p, a in zip(ev.prompts, ev.answers)]
 
 
 def _read_qa(path: str) -> tuple[list[str], list[str]]:

@@ -3,7 +3,8 @@
 Two models answered the same evaluation items; the difference of their mean scores is reported with a 95%
 percentile interval from resampling the items (paired: an item is drawn with both its scores, so what is
 shared between them cancels). When the interval contains 0 the data cannot tell the two apart, and the
-report says "within noise" instead of "beat" or "did not beat".
+report says "within noise" instead of "beat" or "did not beat". The interval covers the sampling of evaluation
+items only, not the variation between training runs with other seeds: "outside noise" is not "reproducible".
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ def paired_bootstrap_ci(
     Items are resampled with replacement `resamples` times (seeded, so a report is reproducible); the interval
     is the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled mean differences.
     """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.ndim != 1 or len(a) != len(b):
+    if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if len(d) == 0:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -52,13 +53,20 @@ class Comparison(BaseModel):
     items: int = Field(description="Evaluation items both models answered.")
 
     @property
+    def measured(self) -> bool:
+        """False when there were no items (every number NaN)."""
+        return self.items > 0 and not np.isnan(self.difference)
+
+    @property
     def within_noise(self) -> bool:
         """The interval contains 0: the items cannot tell the two models apart."""
-        return self.ci_low <= 0 <= self.ci_high
+        return self.measured and self.ci_low <= 0 <= self.ci_high
 
     def describe(self) -> str:
         """e.g. 'after - control on reverse_accuracy: 0.620 vs 0.645, -0.025 (95% CI [-0.061, +0.010], 200 items):
         within noise'."""
+        if not self.measured:
+            return f"{self.first} - {self.second} on {self.metric}: not measured (no evaluation items)"
         verdict = "within noise" if self.within_noise else "higher" if self.difference > 0 else "lower"
         return (
             f"{self.first} - {self.second} on {self.metric}: {self.first_value:.3f} vs {self.second_value:.3f}, "
@@ -85,14 +93,27 @@ def compare(
 
 
 def verdict(
-    method: str, target: str, before_after: Comparison, versus_control: Comparison | None, control: str = ""
+    method: str,
+    target: str,
+    before_after: Comparison,
+    versus_control: Comparison | None,
+    control: str = "",
+    chosen_on_target: bool = False,
 ) -> str:
-    """Plain words on what the method did to the target skill, and whether it beat the control, noise said as noise."""
+    """Plain words on what the method did to the target skill, and whether it beat the control, noise said as noise.
+
+    chosen_on_target: stage 6 judged the rounds on these same target items (no separate dev split), which makes
+    the after-vs-before interval optimistic; the verdict says so.
+    """
     gain = before_after
+    if not gain.measured:
+        return f"{target} accuracy not measured: the target set has no items"
     change = (
         f"{target} accuracy {gain.second_value:.3f} -> {gain.first_value:.3f} ({gain.difference:+.3f}, "
         f"95% CI [{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]" + ("; within noise)" if gain.within_noise else ")")
     )
+    if chosen_on_target:
+        change += " (rounds were judged on these same items, no dev split: this interval is optimistic)"
     if versus_control is None:
         return f"{change}; no control was run"
     c = versus_control

@@ -6,6 +6,7 @@ Recipes are pydantic models the Prefect UI renders as forms, loaded from the YAM
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -15,6 +16,11 @@ from realign.train.loop import TrainConfig
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A run's directory name under runs_root: a name, never a path (no separators, no leading dot, so no "..").
+RUN_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+RunName = Annotated[str, Field(pattern=RUN_NAME_PATTERN)]
 
 
 class ModelSpec(Recipe):

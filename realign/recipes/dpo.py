@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from realign.data.datasets import DataConfig
-from realign.recipes.common import IterationConfig, ModelSpec, Recipe, SFTStageConfig, load_recipe
+from realign.recipes.common import IterationConfig, ModelSpec, Recipe, RunName, SFTStageConfig, load_recipe
 from realign.score.sampling import PairsConfig
 from realign.thresholds import ThresholdsConfig
 from realign.train.loop import TrainConfig
@@ -51,8 +51,9 @@ class DPOStageConfig(Recipe):
 class DPOWorkflowConfig(Recipe):
     """Everything a DPO run needs. Every default is the embedded demo."""
 
-    run_name: str | None = Field(
-        None, description="Run directory name under runs_root; default: the Prefect flow run's name."
+    run_name: RunName | None = Field(
+        None,
+        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
     )
     runs_root: str = Field("runs", description="Where run directories are created.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")

@@ -7,7 +7,6 @@ owning stage merges the shards back (hardware.shards.merge_shards checks exactly
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from realign.io import write_json, write_parquet
 from realign.model.generate import GenerationConfig
 from realign.score.verifiers import edit_similarity, positional_match
 
@@ -198,11 +198,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
             "second": scored.second if scored.second is not None else [None] * len(prompts),
         }
     )
-    out_path = Path(job.output_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    out.to_parquet(tmp)
-    tmp.replace(out_path)
+    write_parquet(job.output_path, out)
     # Rows per second of sampling + scoring (model loading excluded): the figure to calibrate the split with.
     info = {
         "shard": job.shard,
@@ -214,8 +210,5 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
         "examples_per_s": len(out) / sample_s if sample_s > 0 else None,
         "slowdown": slowdown,
     }
-    from realign.io import atomic_path
-
-    with atomic_path(out_path.with_suffix(".json"), "w") as fh:
-        fh.write(json.dumps(info, indent=2))
+    write_json(Path(job.output_path).with_suffix(".json"), info)
     return info

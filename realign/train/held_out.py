@@ -21,6 +21,15 @@ def split_pairs(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.
     return order[n_val:], order[:n_val]
 
 
+def split_with_reference(
+    pairs: list[dict], ref: dict[str, np.ndarray], val_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(train pairs, held-out pairs, their reference log-probs); `ref` holds arrays aligned with `pairs`."""
+    tr, va = split_pairs(len(pairs), val_fraction, seed)
+    keys = ("chosen_logps", "rejected_logps")
+    return [pairs[i] for i in tr], [pairs[i] for i in va], {k: ref[k][tr] for k in keys}, {k: ref[k][va] for k in keys}
+
+
 def held_out(
     model: nn.Module,
     tokenizer,

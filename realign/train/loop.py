@@ -10,6 +10,7 @@ stop when KL passes a limit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -155,6 +156,11 @@ def _latest(ckpt_root: Path) -> Path | None:
         return None
     path = ckpt_root / pointer.read_text().strip()
     return path if (path / "state.json").is_file() else None
+
+
+def resume_key(*parts: bytes | str) -> str:
+    """A digest of what a run trains on (data, start model, objective): checkpoints resume only under the same key."""
+    return hashlib.sha256(b"".join(p.encode() if isinstance(p, str) else p for p in parts)).hexdigest()
 
 
 def save_checkpoint(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from realign.io import write_json, write_parquet
 from realign.model.load import load_model, save_model
 from realign.recipes.dpo import DPOStageConfig
 from realign.train.batches import preference_batches
-from realign.train.held_out import held_out, split_pairs
-from realign.train.loop import prepare_model, train
+from realign.train.held_out import held_out, split_with_reference
+from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
 from tasks.cache import STAGE_CACHE
 from tasks.dpo import DPO_STAGES
@@ -67,11 +66,8 @@ def optimize_dpo(
     t0 = time.perf_counter()
     out = DPO_STAGES.dir(run_dir, 5, round)
     pairs = pd.read_parquet(pairs_path).to_dict("records")
-    ref_all = pd.read_parquet(ref_logps_path)
-    tr_idx, va_idx = split_pairs(len(pairs), cfg.val_fraction, cfg.train.seed)
-    train_pairs, val_pairs = [pairs[i] for i in tr_idx], [pairs[i] for i in va_idx]
-    ref_tr = {k: ref_all[k].to_numpy()[tr_idx] for k in ("chosen_logps", "rejected_logps")}
-    ref_va = {k: ref_all[k].to_numpy()[va_idx] for k in ("chosen_logps", "rejected_logps")}
+    ref_all = {k: v.to_numpy() for k, v in pd.read_parquet(ref_logps_path).items()}
+    train_pairs, val_pairs, ref_tr, ref_va = split_with_reference(pairs, ref_all, cfg.val_fraction, cfg.train.seed)
 
     lm = load_model(start_dir)
     reference = (
@@ -89,16 +85,9 @@ def optimize_dpo(
         f"({len(val_pairs)} held out), {steps} steps"
     )
     # Resume from this stage's checkpoints only if they were made from the same start model, pairs and loss.
-    key = hashlib.sha256(
-        b"".join(
-            [
-                Path(pairs_path).read_bytes(),
-                Path(ref_logps_path).read_bytes(),
-                start_dir.encode(),
-                cfg.loss.model_dump_json().encode(),
-            ]
-        )
-    ).hexdigest()
+    key = resume_key(
+        Path(pairs_path).read_bytes(), Path(ref_logps_path).read_bytes(), start_dir, cfg.loss.model_dump_json()
+    )
     batches = preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr)
     result = train(
         lm.model,

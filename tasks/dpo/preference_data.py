@@ -54,9 +54,9 @@ def calibrated(pairs: PairsConfig) -> tuple[PairsConfig, str]:
     if not calibration:
         return pairs, "recipe"
     gen = pairs.generation.model_copy(update={"batch_size": int(calibration["chosen_batch"])})
-    return pairs.model_copy(
-        update={"generation": gen}
-    ), f"calibrated on this machine ({calibration.get('profile', 'generic')} profile)"
+    source = f"calibrated on this machine ({calibration.get('profile', 'generic')} profile)"
+    get_run_logger().info(f"generation batch size {gen.batch_size}: {source}")
+    return pairs.model_copy(update={"generation": gen}), source
 
 
 @task(name="2-preference-data", cache_policy=stage_cache("prompts", "eval_sets"), persist_result=True)
@@ -91,9 +91,14 @@ def generate_pairs(
     )
     if pairs_cfg.scorer == "judge" and (unparsed := unparsed_ratings(scored.texts, scored.scores)):
         log.warning(f"judge gave no parseable rating for {unparsed} answers; they are excluded, not guessed")
-    eval_texts = [f"{p} {a}" for ev in bundle.eval_sets for p, a in zip(ev.prompts, ev.answers)]
     pairs, stats = build_pairs(
-        bundle.prompts, scored.texts, scored.scores, scored.second, min_gap=min_gap, eval_texts=eval_texts, ngram=ngram
+        bundle.prompts,
+        scored.texts,
+        scored.scores,
+        scored.second,
+        min_gap=min_gap,
+        eval_texts=bundle.eval_texts(),
+        ngram=ngram,
     )
     write_parquet(out / "pairs.parquet", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
     write_rows(out / "train.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs], "dpo")

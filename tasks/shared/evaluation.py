@@ -82,8 +82,7 @@ def evaluate_run(
     train_texts = [f"{p} {c}" for p, c in bundle.sft] + [
         t for path in trained_on for t in TrainingFile(path=path).texts()
     ]
-    eval_texts = [f"{p} {a}" for ev in bundle.eval_sets for p, a in zip(ev.prompts, ev.answers)]
-    decon = decontamination(train_texts, eval_texts, n=ngram)
+    decon = decontamination(train_texts, bundle.eval_texts(), n=ngram)
 
     key = f"{tgt.name}_accuracy"
     comparisons = [compare(key, "after", scored[tgt.name].exact, "before", start.exact)]
@@ -94,12 +93,14 @@ def evaluate_run(
         control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
         comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
         log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))
+    chosen_on_target = bundle.dev is None  # no dev split: stage 6 judged the rounds on the target set itself
     said = verdict(
         method,
         tgt.name,
         comparisons[0],
         comparisons[1] if control_metrics else None,
         control.description if control else "",
+        chosen_on_target,
     )
 
     final_dir = out / "final_model"

@@ -18,15 +18,17 @@ from tasks.cache import STAGE_CACHE, stage_cache
 from tasks.stages import SHARED_STAGES, StageResult
 
 
-def _measure(
+@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
+def measure_round(
     data: DataConfig,
     model_dir: str,
     round: int,
-    max_tokens: int,
-    start_dir: str | None,
-    probe: list[tuple[str, str]] | None,
+    max_tokens: int = 12,
+    start_dir: str | None = None,
+    probe: list[tuple[str, str]] | None = None,
 ) -> RoundScore:
-    """Target-skill accuracy (dev split when there is one) and, with a probe, the drift from the stage-1 model."""
+    """Target-skill accuracy of a round's model (dev split when there is one) and, with a probe, its drift from the
+    stage-1 model. Cached on what it measures only, so changing the stopping rules re-measures nothing."""
     t0 = time.perf_counter()
     bundle = load_data(data)
     items = bundle.dev or bundle.target
@@ -35,7 +37,7 @@ def _measure(
     kl = math.nan
     if start_dir is not None and probe:
         kl = kl_probe(lm.model, load_model(start_dir).model, lm.tokenizer, probe)
-    return RoundScore(
+    score = RoundScore(
         round=round,
         model_dir=model_dir,
         target_metric=acc.accuracy,
@@ -43,17 +45,18 @@ def _measure(
         kl_from_start=kl,
         seconds=time.perf_counter() - t0,
     )
-
-
-@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
-def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12) -> RoundScore:
-    """Round 0: the stage-1 model's target metric, the bar round 1 must clear."""
-    score = _measure(data, model_dir, 0, max_tokens, None, None)
-    get_run_logger().info(f"before round 1: {score.split} accuracy {score.target_metric:.3f}")
+    shown = f"{kl:.4f}" if not math.isnan(kl) else "not measured"
+    get_run_logger().info(
+        f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from the stage-1 model {shown}"
+    )
     return score
 
 
-@task(name="6-iterative-training-score", cache_policy=stage_cache("eval_sets"), persist_result=True)
+def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12) -> RoundScore:
+    """Round 0: the stage-1 model's target metric, the bar round 1 must clear."""
+    return measure_round(data, model_dir, 0, max_tokens)
+
+
 def assess_round(
     data: DataConfig,
     model_dir: str,
@@ -67,16 +70,13 @@ def assess_round(
     training_stop: str = "",
     max_tokens: int = 12,
 ) -> RoundScore:
-    """Measure round `round`'s model and decide: continue, or stop and why (training_stop: stage 5 stopped on KL)."""
-    score = _measure(data, model_dir, round, max_tokens, start_dir, probe)
+    """Measure round `round`'s model (a cached task) and decide: continue, or stop and why (training_stop: stage 5
+    stopped on its KL limit). Called from a flow; the decision itself is realign.eval.rounds.decide."""
+    score = measure_round(data, model_dir, round, max_tokens, start_dir, probe)
     decision, reason = decide(
         [*history, score], baseline.target_metric, iterations.epsilon, iterations.max_rounds, max_kl, training_stop
     )
-    kl = f"{score.kl_from_start:.4f}" if not math.isnan(score.kl_from_start) else "not measured"
-    get_run_logger().info(
-        f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from the stage-1 model "
-        f"{kl}; {decision} ({reason})"
-    )
+    get_run_logger().info(f"round {round}: {decision} ({reason})")
     return score.model_copy(update={"decision": decision, "reason": reason})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import pandas as pd
@@ -15,7 +14,7 @@ from realign.model.load import load_model, save_model
 from realign.model.tiny import build_tiny_model
 from realign.recipes.common import ModelSpec, SFTStageConfig
 from realign.train.batches import sft_batches
-from realign.train.loop import prepare_model, train
+from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
 from tasks.cache import stage_cache
 from tasks.stages import SHARED_STAGES, StageResult, one_row
@@ -60,9 +59,7 @@ def prepare_sft(
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
-        key = hashlib.sha256(
-            repr((str(base), bundle.sft)).encode()
-        ).hexdigest()  # same base model and data, or start over
+        key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
         batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
         result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
         steps = result.steps_done

@@ -1,0 +1,40 @@
+"""`realign run dpo` as a user runs it: names checked before anything starts, and only this run's summary printed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+
+def test_a_run_name_that_is_a_path_is_refused_before_anything_starts(tmp_path):
+    proc = run_cli("run", "dpo", "--run-name", "../../escape", "--runs-root", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "a run name is letters, digits" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_run_never_prints_a_previous_runs_summary(tmp_path):
+    # A quick run that fails at gate 1 (no SFT, a perplexity bound nothing meets), in a directory where an
+    # earlier run left a HIGH summary.
+    recipe = tmp_path / "fail.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "sft": {"enabled": False},
+                "data": {"n_eval": 10, "n_dev": 10, "n_prompts": 10, "n_prompts_benchmark": 0},
+                "thresholds": {"sft": {"max_perplexity": 1.0001}},
+            }
+        )
+    )
+    old = {"workflow": "dpo", "tier": "HIGH", "flow_run_id": "an-earlier-run", "results": {}, "verdict": "old"}
+    (tmp_path / "runs" / "again").mkdir(parents=True)
+    (tmp_path / "runs" / "again" / "summary.json").write_text(json.dumps(old))
+    proc = run_cli("run", "dpo", "--config", str(recipe), "--run-name", "again", "--runs-root", str(tmp_path / "runs"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "run failed" in proc.stderr and "perplexity" in proc.stderr
+    assert "dpo run: HIGH" not in proc.stdout and "old" not in proc.stdout.split()
+    assert json.loads((tmp_path / "runs" / "again" / "summary.json").read_text()) == old  # not clobbered either
