@@ -49,3 +49,27 @@ def test_unknown_rows_name_the_file(tmp_path):
     f = TrainingFile(path=write(tmp_path / "x.jsonl", [{"foo": 1}]))
     with pytest.raises(DataFormatError, match="x.jsonl"):
         f.texts()
+
+
+def test_a_prompt_with_two_different_answers_is_reported_not_graded_against_the_last(tmp_path):
+    from realign.data.datasets import DataConfig, EvalSet, load_data
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": "2+2", "answer": "4"},
+        {"prompt": "3+3", "answer": "6"},
+        {"prompt": "2+2", "answer": "5"},
+        {"prompt": "3+3", "answer": "6"},
+        {"prompt": "3+3", "answer": "7"},
+    ]
+    write(prompts, rows)
+    ev = tmp_path / "eval.jsonl"
+    write(ev, [{"prompt": "1+1", "answer": "2"}])
+    cfg = DataConfig(source="files", prompts=str(prompts), eval_sets=[EvalSet(name="t", path=str(ev), role="target")])
+    with pytest.raises(DataFormatError) as info:
+        load_data(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{prompts}:3: same prompt as line 1 with a different answer ('5' here, '4' there)")
+    assert "1 more such lines" in message
+    write(prompts, [r for r in rows if r["answer"] not in ("5", "7")])  # the same prompt twice, same answer: fine
+    assert load_data(cfg).prompts.count("3+3") == 2

@@ -1,5 +1,8 @@
 """realign.model.load.load_model: local directories, hub ids offline, clear errors."""
 
+import re
+import shutil
+
 import pytest
 
 from realign.model.load import ModelLoadError, load_model
@@ -33,3 +36,11 @@ def test_directory_without_weights(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="config.json is missing"):
         load_model(tmp_path)
+
+
+def test_corrupt_weights_are_named(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match=rf"^{re.escape(str(broken / 'model.safetensors'))}: cannot be read"):
+        load_model(broken)

@@ -104,7 +104,11 @@ class DataBundle:
 
 
 def _read_qa(path: str) -> tuple[list[str], list[str]]:
+    """(prompts, answers) of a prompt/answer JSONL file; DataFormatError at the first bad line, and when a prompt
+    appears twice with different answers (which one would the verifier grade against?)."""
     prompts, answers = [], []
+    first_seen: dict[str, tuple[int, str]] = {}
+    conflicts: list[tuple[int, int, str, str]] = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -131,6 +135,20 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
                 )
             prompts.append(obj["prompt"])
             answers.append(obj["answer"])
+            seen = first_seen.setdefault(obj["prompt"], (n, obj["answer"]))
+            if seen[1].strip() != obj["answer"].strip():
+                conflicts.append((n, seen[0], seen[1], obj["answer"]))
+    if conflicts:
+        n, first, a, b = conflicts[0]
+        more = f"; {len(conflicts) - 1} more such lines" if len(conflicts) > 1 else ""
+        raise DataFormatError(
+            path,
+            n,
+            [
+                f"same prompt as line {first} with a different answer ({b!r} here, {a!r} there)"
+                f"{more} (expected one answer per prompt: keep the right one)"
+            ],
+        )
     if not prompts:
         raise DataFormatError(path, 0, ["no rows (expected JSONL with prompt and answer)"])
     return prompts, answers

@@ -6,6 +6,7 @@ and a real downloaded model take the same path.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -96,7 +97,24 @@ def load_model(path_or_repo: str | os.PathLike, *, adapter_path: str | None = No
         model, tokenizer, config = mlx_lm.load(str(path), adapter_path=adapter_path, return_config=True)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ModelLoadError(f"{path}: could not load the model with mlx-lm: {exc}") from exc
+    except RuntimeError as exc:  # MLX's loader: "[load_safetensors] Invalid json header length file ..."
+        bad = next((f for f in sorted(path.glob("*.safetensors")) if not _safetensors_readable(f)), None)
+        where = bad or path
+        raise ModelLoadError(f"{where}: cannot be read as model weights ({exc}); rebuild or re-download it") from exc
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, config=config)
+
+
+def _safetensors_readable(path: Path) -> bool:
+    """The file has a well-formed safetensors header (8-byte length + JSON within the file)."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if size <= 0 or size > path.stat().st_size - 8:
+                return False
+            json.loads(fh.read(size))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def fuse_adapters(model) -> None:
