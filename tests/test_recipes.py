@@ -67,3 +67,48 @@ def test_run_names_are_names_not_paths():
     for bad in ("../../x", "a/b", "..", ".x", "a\\b", "x" * 200):
         with pytest.raises(ValueError, match="run_name"):
             DPOWorkflowConfig(run_name=bad)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("config:\n  model: {path: tiny\n  data: x\n", r"r.yaml:3:\d+: invalid YAML"),
+        ("config:\n\tmodel: tiny\n", r"r.yaml:2:1: invalid YAML"),
+        ("- model\n- data\n", "is a YAML list, not a mapping"),
+        ("just words\n", "is a YAML string, not a mapping"),
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("null\n", "is empty"),
+        ("config:\n", "field config is empty"),
+        ("config: [1, 2]\n", "field config is a YAML list"),
+    ],
+)
+def test_recipe_shape_and_yaml_errors_name_file_line_and_column(tmp_path, text, message):
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        load_dpo_recipe(f)
+    assert str(info.value).startswith(str(f))
+
+
+def test_missing_local_paths_are_named_by_field(tmp_path):
+    f = tmp_path / "r.yaml"
+    real = tmp_path / "eval.jsonl"
+    real.write_text('{"prompt": "p", "answer": "a"}\n')
+    f.write_text(
+        "config:\n"
+        f"  model: {{path: {tmp_path / 'no-model'}/}}\n"
+        "  data:\n"
+        "    source: files\n"
+        f"    prompts: {tmp_path / 'missing.jsonl'}\n"
+        "    eval_sets:\n"
+        f"      - {{name: t, role: target, path: {real}}}\n"
+        f"      - {{name: b, role: benchmark, path: {tmp_path / 'gone.jsonl'}}}\n"
+    )
+    with pytest.raises(ValueError) as info:
+        load_dpo_recipe(f)
+    msg = str(info.value)
+    assert f"model.path: {tmp_path / 'no-model'} is not a directory" in msg
+    assert f"data.prompts: {tmp_path / 'missing.jsonl'} does not exist" in msg
+    assert f"data.eval_sets.1.path: {tmp_path / 'gone.jsonl'} does not exist" in msg
+    assert "eval_sets.0" not in msg

@@ -36,7 +36,8 @@ class LoadedModel:
     config: dict
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """A local path rather than a hub id ('org/name'): starts with . / ~, ends with /, or has more than one /."""
     return (
         spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1 or os.sep == "\\" and "\\" in spec
     )
@@ -63,7 +64,7 @@ def resolve_model_path(path_or_repo: str | os.PathLike) -> Path:
     if local.exists():
         check_model_dir(local)
         return local
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise ModelLoadError(
             f"{spec}: no such model directory. Build a local tiny model with "
             f"`realign model tiny {spec}` or pass an existing directory holding config.json and *.safetensors"

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from realign.data.datasets import DataConfig
+from realign.model.load import looks_like_path
 from realign.model.tiny import TinyModelConfig
 from realign.train.loop import TrainConfig
 
@@ -54,19 +56,71 @@ class IterationConfig(Recipe):
     )
 
 
+def input_problems(model: ModelSpec, data: DataConfig) -> list[str]:
+    """What is wrong with the local paths a recipe names (model directory, data files), field by field.
+
+    Checked when a recipe is validated, on the machine that runs it, so a typo fails in a second with the field
+    named, not after a server started and a model loaded.
+    """
+    problems = []
+    if model.path != "tiny" and looks_like_path(model.path):
+        m = Path(model.path).expanduser()
+        if not m.is_dir():
+            problems.append(f"model.path: {m} is not a directory (expected a model directory with config.json)")
+        elif not (m / "config.json").is_file():
+            problems.append(f"model.path: {m} has no config.json (expected a Hugging Face/MLX model directory)")
+    if data.source == "files":
+        named = [("data.prompts", data.prompts), ("data.sft", data.sft)]
+        named += [(f"data.eval_sets.{i}.path", e.path) for i, e in enumerate(data.eval_sets)]
+        for field, value in named:
+            if value and not Path(value).expanduser().is_file():
+                problems.append(f"{field}: {value} does not exist or is not a file")
+    return problems
+
+
+def _yaml_kind(value: object) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
+
+
 def load_recipe(path: str | Path, cls: type[Recipe]) -> Recipe:
-    """A `cls` recipe from YAML (optionally under a top-level `config:` key); ValueError naming file and bad fields."""
+    """A `cls` recipe from YAML (optionally under a top-level `config:` key).
+
+    ValueError naming the file and what is wrong: the line and column of a YAML error, a file that is empty or not a
+    mapping, and each bad field (including local paths that do not exist).
+    """
     import yaml  # only the CLI and tests load YAML
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read recipe: {exc}") from exc
     try:
-        return cls.model_validate(data.get("config", data))
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ValueError(
+            f"{where}: invalid YAML: {exc.problem or exc}" + (f" ({exc.context})" if exc.context else "")
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+    example = "expected recipe fields such as `model:` and `data:`, optionally under `config:` (see deployments/)"
+    if data is None:
+        raise ValueError(f"{path}: is empty ({example})")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: is a YAML {_yaml_kind(data)}, not a mapping ({example})")
+    body = data.get("config", data)
+    if not isinstance(body, dict):
+        raise ValueError(
+            f"{path}: field config is {'empty' if body is None else 'a YAML ' + _yaml_kind(body)} ({example})"
+        )
+    try:
+        return cls.model_validate(body)
     except ValidationError as exc:
         lines = [f"{path}: invalid recipe:"]
         for e in exc.errors(include_url=False):
-            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+            field = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {field}: {msg}" if field else f"  {msg}")
         raise ValueError("\n".join(lines)) from exc

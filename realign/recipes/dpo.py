@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from realign.data.datasets import DataConfig
-from realign.recipes.common import IterationConfig, ModelSpec, Recipe, RunName, SFTStageConfig, load_recipe
+from realign.recipes.common import (
+    IterationConfig,
+    ModelSpec,
+    Recipe,
+    RunName,
+    SFTStageConfig,
+    input_problems,
+    load_recipe,
+)
 from realign.score.sampling import PairsConfig
 from realign.thresholds import ThresholdsConfig
 from realign.train.loop import TrainConfig
@@ -74,6 +82,13 @@ class DPOWorkflowConfig(Recipe):
     price_per_hour: float | None = Field(
         None, ge=0, description="Machine price per hour, for cost per example in the summary."
     )
+
+    @model_validator(mode="after")
+    def _inputs_exist(self) -> "DPOWorkflowConfig":
+        problems = input_problems(self.model, self.data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def load_dpo_recipe(path: str | Path) -> DPOWorkflowConfig:
