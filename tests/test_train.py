@@ -253,3 +253,48 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tiny_model_dir,
     # same config and data: the finished run is found; a new lr, then new data: old checkpoints set aside, kept
     assert resumed == [0, 2, 0, 0]
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.stale-")]) == 2
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp_path):
+    rows, _ = splits("copy", 32, 1, seed=2)
+    examples = [(e.prompt, e.answer) for e in rows]
+    cfg = TrainConfig(steps=6, batch_size=4, learning_rate=1e-3, seed=3, checkpoint_every=2, keep_checkpoints=2)
+
+    def run(out_dir, stop_at=None):
+        lm = load_model(tiny_model_dir)
+        prepare_model(lm.model, cfg)
+
+        def interrupt(row):
+            if row["step"] == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            result = train(
+                lm.model,
+                sft_loss,
+                sft_batches(lm.tokenizer, examples, cfg),
+                cfg,
+                out_dir=out_dir,
+                callback=interrupt,
+                resume_key="k",
+            )
+        except KeyboardInterrupt:
+            return None, None
+        return result, dict(tree_flatten(lm.model.trainable_parameters()))
+
+    _, straight = run(tmp_path / "straight")
+    run(tmp_path / "cut", stop_at=5)  # checkpoints at steps 2 and 4, then killed
+    ckpts = tmp_path / "cut" / "checkpoints"
+    weights = ckpts / "step_000004" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, as by a full disk
+    result, resumed = run(tmp_path / "cut")
+    assert result.resumed_from == 2
+    assert "step_000004 (weights.safetensors does not match its checksum" in result.resume_warning
+    assert result.resume_warning.endswith(f"resuming from {ckpts / 'step_000002'}")
+    assert all(mx.array_equal(straight[k], resumed[k]) for k in straight)  # still bit-exact
+
+    for step in ("step_000006", "step_000004"):  # every checkpoint damaged: start over, keep them aside
+        (ckpts / step / "state.json").write_text("{not json")
+    result, _ = run(tmp_path / "cut")
+    assert result.resumed_from == 0 and result.resume_warning.endswith("starting over")
+    assert [p.name.startswith("checkpoints.damaged-") for p in (tmp_path / "cut").iterdir()].count(True) == 1

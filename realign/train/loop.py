@@ -81,6 +81,7 @@ class TrainResult:
     checkpoint: Path | None = None
     resumed_from: int = 0
     reason: str = ""
+    resume_warning: str = ""  # a damaged checkpoint was skipped: which, and what was used instead
 
 
 # --- model preparation --------------------------------------------------------------
@@ -150,12 +151,41 @@ def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> 
 # --- checkpoints ---------------------------------------------------------------------
 
 
-def _latest(ckpt_root: Path) -> Path | None:
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+CHECKPOINT_FILES = ("weights.safetensors", "optimizer.safetensors")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (unreadable state, missing file, checksum mismatch), or None."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"state.json unreadable ({exc})"
+    for name in CHECKPOINT_FILES:
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        expected = state.get("checksums", {}).get(name)
+        if expected is not None and _file_sha256(path / name) != expected:
+            return f"{name} does not match its checksum (truncated or overwritten)"
+    return None
+
+
+def _candidates(ckpt_root: Path) -> list[Path]:
+    """Checkpoints to resume from, best first: the one `latest` names, then the others, newest first."""
+    found = sorted((p for p in ckpt_root.glob("step_*") if p.is_dir()), reverse=True)
     pointer = ckpt_root / "latest"
-    if not pointer.is_file():
-        return None
-    path = ckpt_root / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    latest = ckpt_root / pointer.read_text().strip() if pointer.is_file() else None
+    if latest is not None and latest in found:
+        found.remove(latest)
+        found.insert(0, latest)
+    return found
 
 
 def resume_key(*parts: bytes | str) -> str:
@@ -178,11 +208,16 @@ def save_checkpoint(
     with atomic_dir(final) as tmp:
         mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        (tmp / "state.json").write_text(
-            json.dumps(
-                {"step": step, "config": cfg.model_dump(mode="json"), "resume_key": resume_key, "history": history}
-            )
-        )
+        # Checksums let a resume tell a damaged checkpoint (disk full, a copy cut short) from a good one.
+        checksums = {name: _file_sha256(tmp / name) for name in CHECKPOINT_FILES}
+        state = {
+            "step": step,
+            "config": cfg.model_dump(mode="json"),
+            "resume_key": resume_key,
+            "history": history,
+            "checksums": checksums,
+        }
+        (tmp / "state.json").write_text(json.dumps(state))
     with atomic_path(ckpt_root / "latest", "w") as fh:
         fh.write(final.name)
     old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[: -cfg.keep_checkpoints]
@@ -239,11 +274,25 @@ def train(
     """
     optimizer = make_optimizer(cfg)
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
-    start, history, resumed = 0, [], 0
-    if ckpt_root is not None and (last := _latest(ckpt_root)) is not None:
-        saved = json.loads((last / "state.json").read_text())
+    start, history, resumed, warning = 0, [], 0, ""
+    candidates = _candidates(ckpt_root) if ckpt_root is not None and ckpt_root.is_dir() else []
+    skipped = []
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            break
+        skipped.append(f"{candidate} ({problem})")
+    else:
+        candidate = None
+    if skipped:
+        instead = f"resuming from {candidate}" if candidate is not None else "starting over"
+        warning = f"skipped damaged checkpoint(s) {'; '.join(skipped)}: {instead}"
+        if candidate is None:  # nothing usable: keep the damaged ones for inspection, out of the way
+            os.replace(ckpt_root, tempfile.mkdtemp(prefix="checkpoints.damaged-", dir=ckpt_root.parent))
+    if candidate is not None:
+        saved = json.loads((candidate / "state.json").read_text())
         if saved.get("config") == cfg.model_dump(mode="json") and saved.get("resume_key") == resume_key:
-            start, history = load_checkpoint(last, model, optimizer)
+            start, history = load_checkpoint(candidate, model, optimizer)
             resumed = start
         else:
             # Checkpoints of another config or other data: keep them, but never continue from them.
@@ -262,7 +311,9 @@ def train(
         state = [model.state, mx.random.state]
         grad_step = partial(mx.compile, inputs=state, outputs=state)(grad_step)
 
-    result = TrainResult(steps_done=start, stopped="completed", history=history, resumed_from=resumed)
+    result = TrainResult(
+        steps_done=start, stopped="completed", history=history, resumed_from=resumed, resume_warning=warning
+    )
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         # Randomness (dropout) is seeded per step, so a resumed run draws what the original would have.

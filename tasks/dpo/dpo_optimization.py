@@ -99,6 +99,8 @@ def optimize_dpo(
         callback=progress,
         resume_key=key,
     )
+    if result.resume_warning:
+        log.warning(result.resume_warning)
     if result.resumed_from:
         log.info(f"resumed from the checkpoint at step {result.resumed_from}")
     history = pd.DataFrame(result.history)

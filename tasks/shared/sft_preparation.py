@@ -62,6 +62,8 @@ def prepare_sft(
         key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
         batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
         result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
+        if result.resume_warning:
+            log.warning(result.resume_warning)
         steps = result.steps_done
     model_dir = save_model(lm.model, lm.path, out / "model")
 
