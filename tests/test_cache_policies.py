@@ -1,11 +1,19 @@
-"""Stage cache keys: user data files by content (only the files a stage reads), earlier outputs by identity."""
+"""Stage cache keys: user data files by content (only the files a stage reads), earlier outputs and a local base model
+by identity, and a stage's own recorded outputs (a cached result is used only while they are intact)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
+
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
 
 from realign.data.datasets import DataConfig
-from tasks.cache import DataFileContents, EarlierOutputs
+from realign.recipes.common import ModelSpec
+from tasks.cache import DataFileContents, EarlierOutputs, LocalModel, stage_task
+from tasks.stages import StageResult
 
 
 def files_config(tmp_path) -> DataConfig:
@@ -61,3 +69,47 @@ def test_a_rewritten_earlier_output_changes_the_key_a_run_directory_does_not(tmp
     (model / "model.safetensors").write_bytes(b"w2-longer")
     assert key(policy, pairs_path=str(pairs), model_dir=str(model), run_dir=str(run_dir), steps=3) != k2
     assert key(policy, steps=3) is None
+
+
+def test_a_local_base_model_is_part_of_stage_1s_key(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    spec = ModelSpec(path=str(model) + "/")
+    k = key(LocalModel(), model=spec)
+    (model / "model.safetensors").write_bytes(b"weights-two")  # replaced in place
+    assert key(LocalModel(), model=spec) != k
+    assert key(LocalModel(), model=ModelSpec()) is None  # the tiny kit is built by the stage itself
+
+
+CALLS: list[int] = []
+
+
+@stage_task("5-dummy")
+def dummy_stage(run_dir: str, value: int, round: int = 1) -> StageResult:
+    out = Path(run_dir) / "05_dummy"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "out.txt").write_text(str(value))
+    CALLS.append(value)
+    return StageResult(stage="5-dummy", out_dir=str(out), seconds=0.0)
+
+
+def test_a_cached_stage_is_reused_only_while_its_outputs_are_intact(tmp_path):
+    run_dir = tmp_path / "run"
+
+    @flow
+    def once() -> str:
+        return dummy_stage(str(run_dir), 7, return_state=True).name
+
+    with prefect_test_harness(server_startup_timeout=120):
+        assert [once(), once()] == ["Completed", "Cached"] and len(CALLS) == 1
+        (run_dir / "05_dummy" / "gate_5-dummy.json").write_text("{}")  # written by the gate after the stage
+        assert once() == "Cached"
+        (run_dir / "05_dummy" / "out.txt").unlink()  # an output deleted: the stage runs again
+        assert [once(), once()] == ["Completed", "Cached"] and len(CALLS) == 2
+        (run_dir / "05_dummy" / "out.txt").write_text("edited by hand")  # altered
+        assert [once(), once()] == ["Completed", "Cached"] and len(CALLS) == 3
+        shutil.rmtree(run_dir)  # the whole run directory deleted: a new run, nothing stale reused
+        assert [once(), once()] == ["Completed", "Cached"] and len(CALLS) == 4
+        assert (run_dir / "05_dummy" / "out.txt").read_text() == "7"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from realign.io import write_json, write_parquet
 from realign.model.load import load_model, save_model
@@ -16,7 +16,7 @@ from realign.train.batches import preference_batches
 from realign.train.held_out import held_out, split_with_reference
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
-from tasks.cache import STAGE_CACHE
+from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -58,7 +58,7 @@ def step_line(row: dict, steps: int) -> str:
     )
 
 
-@task(name="5-dpo-optimization", cache_policy=STAGE_CACHE, persist_result=True)
+@stage_task("5-dpo-optimization")
 def optimize_dpo(
     cfg: DPOStageConfig, start_dir: str, pairs_path: str, ref_logps_path: str, run_dir: str, round: int = 1
 ) -> DPOResult:

@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from realign.eval.probes import kl_probe, probe_examples
 from realign.io import write_json, write_parquet
 from realign.model.load import load_model, weights_finite
 from realign.model.logprobs import finite_fraction, reference_logps
 from realign.train.loop import TrainConfig, prepare_model
-from tasks.cache import STAGE_CACHE
+from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -37,7 +37,7 @@ class ReferenceResult(StageResult):
         }
 
 
-@task(name="3-model-initialization", cache_policy=STAGE_CACHE, persist_result=True)
+@stage_task("3-model-initialization")
 def initialize_reference(
     reference_dir: str, pairs_path: str, train_cfg: TrainConfig, run_dir: str, round: int = 1
 ) -> ReferenceResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from hardware.profiles import load_calibration
 from realign.data.datasets import DataConfig, TrainingFile, load_data
@@ -14,7 +14,7 @@ from realign.data.pairs import PAIR_COLUMNS, build_pairs, graded_rows, unparsed_
 from realign.eval.probes import probe_examples
 from realign.io import write_json, write_parquet
 from realign.score.sampling import PairsConfig
-from tasks.cache import stage_cache
+from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.shards import run_shards
 from tasks.stages import StageResult, one_row
@@ -59,7 +59,7 @@ def calibrated(pairs: PairsConfig) -> tuple[PairsConfig, str]:
     return pairs.model_copy(update={"generation": gen}), source
 
 
-@task(name="2-preference-data", cache_policy=stage_cache("prompts", "eval_sets"), persist_result=True)
+@stage_task("2-preference-data", reads=("prompts", "eval_sets"))
 def generate_pairs(
     pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngram: int, model_dir: str, run_dir: str, round: int = 1
 ) -> PairsResult:

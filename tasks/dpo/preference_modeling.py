@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from realign.io import write_json
 from realign.model.load import load_model
 from realign.recipes.dpo import RewardModelStageConfig
 from realign.score.reward_model import RewardModel
-from tasks.cache import STAGE_CACHE
+from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -28,7 +28,7 @@ class RewardModelResult(StageResult):
         return {"reward_model": one_row(accuracy=self.accuracy)}
 
 
-@task(name="4-preference-modeling", cache_policy=STAGE_CACHE, persist_result=True)
+@stage_task("4-preference-modeling")
 def model_preferences(
     cfg: RewardModelStageConfig, model_dir: str, pairs_path: str, run_dir: str, seed: int = 0, round: int = 1
 ) -> RewardModelResult:

@@ -7,7 +7,7 @@ import shutil
 import time
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, TrainingFile, load_data
 from realign.eval.control import ControlArm, train_control
@@ -17,7 +17,7 @@ from realign.eval.probes import eval_metrics, kl_probe, score_eval_sets, win_rat
 from realign.eval.verdict import Comparison, compare, verdict
 from realign.io import write_json
 from realign.model.load import load_model, save_model
-from tasks.cache import stage_cache
+from tasks.cache import stage_task
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
 
@@ -41,7 +41,7 @@ class EvaluationResult(StageResult):
         }
 
 
-@task(name="7-evaluation", cache_policy=stage_cache("eval_sets"), persist_result=True)
+@stage_task("7-evaluation", reads=("eval_sets",))
 def evaluate_run(
     data: DataConfig,
     reference_dir: str,

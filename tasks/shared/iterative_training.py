@@ -14,7 +14,7 @@ from realign.eval.rounds import RoundScore, best_round, decide, rounds_table
 from realign.io import write_json
 from realign.model.load import load_model
 from realign.recipes.common import IterationConfig
-from tasks.cache import STAGE_CACHE, stage_cache
+from tasks.cache import stage_cache, stage_task
 from tasks.stages import SHARED_STAGES, StageResult
 
 
@@ -93,7 +93,7 @@ class IterationResult(StageResult):
         return {"rounds": len(self.rounds), "best_round": self.best_round}
 
 
-@task(name="6-iterative-training", cache_policy=STAGE_CACHE, persist_result=True)
+@stage_task("6-iterative-training")
 def record_rounds(
     history: list[RoundScore], baseline: RoundScore, run_dir: str, start_dir: str, max_kl: float = math.inf
 ) -> IterationResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, load_data
 from realign.eval.probes import eval_metrics, perplexity, score_eval_sets
@@ -16,7 +16,7 @@ from realign.recipes.common import ModelSpec, SFTStageConfig
 from realign.train.batches import sft_batches
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
-from tasks.cache import stage_cache
+from tasks.cache import stage_task
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
 
@@ -35,7 +35,7 @@ class SFTPrepResult(StageResult):
         return {"sft_baseline": {"benchmarks": [k for k in self.baseline if k.endswith("_accuracy")]}}
 
 
-@task(name="1-sft-preparation", cache_policy=stage_cache("sft", "eval_sets"), persist_result=True)
+@stage_task("1-sft-preparation", reads=("sft", "eval_sets"))
 def prepare_sft(
     model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12
 ) -> SFTPrepResult:
