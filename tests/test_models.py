@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from conftest import run_cli
 from realign.model.load import ModelLoadError, load_model
 
 
@@ -44,3 +45,14 @@ def test_corrupt_weights_are_named(tiny_model_dir, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b"\x00" * 64)
     with pytest.raises(ModelLoadError, match=rf"^{re.escape(str(broken / 'model.safetensors'))}: cannot be read"):
         load_model(broken)
+
+
+def test_a_loader_message_in_brackets_reaches_the_user_intact(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage" * 10)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Reverse: 123\n")
+    done = run_cli("generate", "--model", str(broken), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"))
+    assert done.returncode == 2 and "[load_safetensors]" in done.stderr  # not swallowed as rich markup
+    assert f"{broken / 'model.safetensors'}: cannot be read" in done.stderr

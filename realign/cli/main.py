@@ -470,7 +470,9 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
     # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.dpo import dpo
+    from realign.cli.watchdog import start_watchdog
 
+    start_watchdog()  # killed by any means, this command leaves no temporary Prefect server behind
     state = dpo(cfg, return_state=True)
     if not state.is_completed():
         # Only this run's own summary (written when its last gate rejected), never one a previous run left there.
@@ -503,6 +505,12 @@ def server(
         [], "--serve", help="Also run a worker here for this pool (e.g. --serve m4-max on the M4 Max)."
     ),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local `realign` pool worker."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to serve on; beyond loopback (e.g. 0.0.0.0) an auth string is required."
+    ),
+    auth_string: Optional[str] = typer.Option(
+        None, "--auth-string", envvar="PREFECT_SERVER_API_AUTH_STRING", help="USER:PASSWORD the API asks for."
+    ),
 ) -> None:
     """Start Prefect on 127.0.0.1 (SQLite), create the pools, deploy prefect.yaml, start a worker; Ctrl-C stops all."""
 
@@ -516,8 +524,16 @@ def server(
     unknown = [p for p in serve if p not in POOLS]
     if unknown:
         _fail(f"--serve {unknown}: pools are {', '.join(POOLS)}")
+    from realign.cli.watchdog import start_watchdog
+
     repo = REPO
-    stack = LocalPrefect(home, repo, port=port, storage=storage, timezone=timezone)
+    try:
+        stack = LocalPrefect(
+            home, repo, port=port, storage=storage, timezone=timezone, host=host, auth_string=auth_string
+        )
+    except StackError as exc:
+        _fail(str(exc))
+    start_watchdog()  # killed by any means, this command leaves no server or worker behind
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:

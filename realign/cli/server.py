@@ -1,5 +1,8 @@
 """A local Prefect stack for realign: server on 127.0.0.1 (SQLite), work pools, deployments, workers.
 
+The API accepts browser calls only from the UI's own origin and asks for Prefect's CSRF token on changes; bound
+beyond loopback (`host`), it requires an auth string.
+
 Used by `realign server` / `make server` and by the integration and browser tests. It drives the
 `prefect` CLI in subprocesses (so realign itself still never imports prefect), keeps every process
 it started, and stops them all on `stop()` or when used as a context manager.
@@ -17,11 +20,32 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 # Every pool a deployment in prefect.yaml names: workflows run on `realign`, shards on the machine pools.
 POOLS = ("realign", "m4-max", "m3-ultra")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def who_listens(port: int, host: str = "127.0.0.1") -> str | None:
+    """What answers on host:port ('a Prefect server', 'an HTTP server (Server: ...)', ...), or None when the port
+    is free. Starting a second server there would send this stack's deployments to the other one."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            pass
+    except OSError:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/api/health", timeout=2) as r:
+            if r.status == 200:
+                return "a Prefect server (its /api/health answers)"
+    except urllib.error.HTTPError as exc:
+        return f"an HTTP server ({exc.headers.get('Server') or 'no Server header'}, /api/health: {exc.code})"
+    except (OSError, ValueError):
+        return "a program that does not speak HTTP"
+    return "an HTTP server"
 
 
 def free_port() -> int:
@@ -62,7 +86,15 @@ class LocalPrefect:
         storage: str | Path | None = None,
         timezone: str | None = None,
         poll_s: float = 2.0,
+        host: str = "127.0.0.1",
+        auth_string: str | None = None,
     ):
+        if host not in LOOPBACK and not auth_string:
+            raise StackError(
+                f"--host {host} exposes the API beyond this machine: give an auth string (--auth-string USER:PASSWORD "
+                "or PREFECT_SERVER_API_AUTH_STRING); workers on other machines then set PREFECT_API_AUTH_STRING to it"
+            )
+        self.host, self.auth_string = host, auth_string
         self.home = Path(home).resolve()
         self.repo = Path(repo).resolve()
         self.port = port or free_port()
@@ -78,6 +110,14 @@ class LocalPrefect:
         return f"http://127.0.0.1:{self.port}/api"
 
     @property
+    def origins(self) -> list[str]:
+        """Browser origins allowed to call the API: the UI's own (and the name it is reached by beyond loopback)."""
+        names = ["127.0.0.1", "localhost"]
+        if self.host not in LOOPBACK:
+            names += [socket.gethostname()] if self.host in ("0.0.0.0", "::") else [self.host]
+        return [f"http://{n}:{self.port}" for n in names]
+
+    @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -89,8 +129,12 @@ class LocalPrefect:
                 "PREFECT_HOME": str(self.home),
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_UI_URL": self.ui_url,
-                "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                "PREFECT_SERVER_API_HOST": self.host,
                 "PREFECT_SERVER_API_PORT": str(self.port),
+                # Only the UI's own pages may call the API from a browser (Prefect's default is any page, so any
+                # web page open on this machine could start runs); state changes need Prefect's CSRF token.
+                "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(self.origins),
+                "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
                 "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
@@ -106,6 +150,9 @@ class LocalPrefect:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.auth_string:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string  # the server asks for it
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string  # and this stack's clients and workers give it
         env.update(extra)
         return env
 
@@ -139,8 +186,13 @@ class LocalPrefect:
         return proc
 
     def start_server(self, timeout: float = 180) -> None:
-        """Start `prefect server start` on 127.0.0.1:port and wait until /api/health answers."""
-        proc = self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        """Start `prefect server start` on host:port and wait until /api/health answers."""
+        taken = who_listens(self.port)
+        if taken is not None:
+            raise StackError(
+                f"port {self.port} on 127.0.0.1 is taken by {taken}: stop it, or choose another port (--port N)"
+            )
+        proc = self._spawn("server", ["server", "start", "--host", self.host, "--port", str(self.port)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
