@@ -30,6 +30,13 @@ from tasks.stages import StageResult
 R = TypeVar("R", bound=StageResult)
 
 
+def _as_name(flow_run_name: str | None) -> str | None:
+    """A flow run's name as a directory name: 'my run #2' -> 'my-run-2' (names typed in the UI may hold anything)."""
+    if not flow_run_name:
+        return None
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", flow_run_name).strip(".-")[:128] or None
+
+
 class RunBusy(RuntimeError):
     """Another process is running in this run directory; the message says which."""
 
@@ -49,7 +56,7 @@ class Run:
         price_per_hour: float | None,
     ) -> None:
         # A retried flow run keeps its name, so it finds its earlier stage outputs.
-        name = run_name or flow_run.get_name() or time.strftime(f"{workflow}-%Y%m%d-%H%M%S")
+        name = run_name or _as_name(flow_run.get_name()) or time.strftime(f"{workflow}-%Y%m%d-%H%M%S")
         if not re.fullmatch(RUN_NAME_PATTERN, name):
             raise ValueError(f"run name {name!r} is not a name (letters, digits, . _ -, no path): choose another")
         self.dir = str((Path(runs_root) / name).resolve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -65,19 +66,24 @@ class LocalModel(CachePolicy):
     ) -> str | None:
         sig = []
         for value in inputs.values():
-            if isinstance(value, ModelSpec) and value.path != "tiny" and looks_like_path(value.path):
-                p = Path(value.path).expanduser()
-                sig.append(_signature(p) if p.exists() else f"missing:{p}")
+            if not isinstance(value, ModelSpec) or value.path == "tiny":
+                continue
+            p = Path(value.path).expanduser()
+            if p.exists():  # what load_model would load locally, however it is spelled ("models/qwen", "qwen")
+                sig.append(_signature(p))
+            elif looks_like_path(value.path):
+                sig.append(f"missing:{p}")
         return hash_objects(*sig) if sig else None
 
 
 def _signature(path: Path) -> list:
-    """(name, size, mtime_ns) of a file, or of every file in a model directory."""
+    """(name, size, mtime_ns, inode) of a file, or of every file in a model directory: a file written again, or
+    replaced by another one (even with the same size and time), changes it."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     out = []
     for f in files:
         st = f.stat()
-        out.append((str(f), st.st_size, st.st_mtime_ns))
+        out.append((str(f), st.st_size, st.st_mtime_ns, st.st_ino))
     return out
 
 
@@ -167,9 +173,9 @@ def _generation(run_dir: Path, stage: str) -> int:
     return generation
 
 
-def record_outputs(task: Any, task_run: Any, state: Any) -> None:
-    """on_completion hook of every stage task: record what its output directory holds now (see StageOutputs)."""
-    result = state.result(raise_on_failure=False)
+def record_outputs(result: Any) -> None:
+    """Record what a stage's output directory holds now (see StageOutputs): called by every stage task as it
+    returns, before its result is stored, so a stored result always has its record."""
     out_dir, stage = getattr(result, "out_dir", None), getattr(result, "stage", None)
     if not out_dir or not stage:
         return
@@ -192,10 +198,15 @@ def stage_cache(*reads: str):
 
 def stage_task(name: str, reads: tuple[str, ...] = ()):
     """The @task of a stage: cached by STAGE_CACHE (+ the data files it `reads`), result persisted so a retry
-    reuses it, its outputs recorded on completion so a cached result is only used while they are intact."""
-    return task(
-        name=name,
-        cache_policy=stage_cache(*reads) if reads else STAGE_CACHE,
-        persist_result=True,
-        on_completion=[record_outputs],
-    )
+    reuses it, its outputs recorded as it returns so a cached result is only used while they are intact."""
+
+    def decorate(fn):
+        @functools.wraps(fn)  # Prefect reads the signature, and TASK_SOURCE the source, through __wrapped__
+        def stage(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            record_outputs(result)
+            return result
+
+        return task(name=name, cache_policy=stage_cache(*reads) if reads else STAGE_CACHE, persist_result=True)(stage)
+
+    return decorate

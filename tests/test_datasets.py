@@ -1,6 +1,7 @@
 """Training files a run wrote: their format (given or guessed), texts for decontamination, examples for SFT."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -73,3 +74,23 @@ def test_a_prompt_with_two_different_answers_is_reported_not_graded_against_the_
     assert "1 more such lines" in message
     write(prompts, [r for r in rows if r["answer"] not in ("5", "7")])  # the same prompt twice, same answer: fine
     assert load_data(cfg).prompts.count("3+3") == 2
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b'{"prompt": "caf\xe9", "answer": "1"}', "invalid UTF-8 at byte 16"),
+        (b'{"prompt": "p", "answer": "1", "n": ' + b"9" * 5000 + b"}", "invalid JSON"),
+        (b'{"prompt": "p", "answer": "1", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid JSON"),
+    ],
+)
+def test_hostile_prompt_lines_are_file_line_errors(tmp_path, line, reason):
+    from realign.data.datasets import DataConfig, EvalSet, load_data
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"prompt": "ok", "answer": "1"}\n' + line + b"\n")
+    ev = tmp_path / "eval.jsonl"
+    write(ev, [{"prompt": "1+1", "answer": "2"}])
+    cfg = DataConfig(source="files", prompts=str(prompts), eval_sets=[EvalSet(name="t", path=str(ev), role="target")])
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(prompts))}:2: {reason}"):
+        load_data(cfg)

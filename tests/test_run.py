@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.run import Run, RunBusy
+from flows.run import Run, RunBusy, _as_name
 from gates.gate import GateFailed
 from gates.suites.dpo import reward_model_suite
 from gates.suites.shared import evaluation_suite
@@ -119,3 +119,9 @@ def test_one_run_per_directory_and_names_are_names(tmp_path):
         with pytest.raises(ValueError, match="is not a name"):
             Run("demo", "DEMO", bad or "x/", str(tmp_path), ThresholdsConfig(), False, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # nothing written outside runs_root
+
+
+def test_a_flow_run_name_typed_in_the_ui_becomes_a_directory_name():
+    assert _as_name("lavender-woodpecker") == "lavender-woodpecker"
+    assert _as_name("my run #2 / retry") == "my-run-2-retry"
+    assert _as_name("../..") is None and _as_name(None) is None

@@ -120,9 +120,10 @@ def test_a_killed_server_command_leaves_nothing_behind(tmp_path):
         assert session_pids(session), "the server does not carry the session id"
     finally:
         proc.kill()  # SIGKILL: no handler, no finally, no atexit in the command
-        proc.wait()
+    # not reaped yet: the dead command is a zombie, which must not look alive to the watchdog
     assert _wait(lambda: not session_pids(session), 60), f"left behind: {session_pids(session)}"
     assert _wait(lambda: who_listens(port) is None, 30)
+    proc.wait()
 
 
 @pytest.mark.slow

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import errno
 import gzip
+import io
 import json
 import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -124,6 +127,8 @@ def _file_level(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "taken.jsonl").write_text("precious\n")
     (tmp_path / "taken.rejects.jsonl").write_text("precious\n")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")  # a link to itself
+    os.mkfifo(tmp_path / "fifo")
     g, d = str(good), "--format=dpo"
     return {
         "missing": ([str(tmp_path / "nope.jsonl"), d], "no such file"),
@@ -156,20 +161,28 @@ def _file_level(tmp_path):
         "out_folder_is_a_file": ([g, d, "--out", str(tmp_path / "afile" / "o.jsonl")], "is a file, not a directory"),
         "default_rejects_exists": ([g, d, "--out", str(tmp_path / "taken.jsonl")], "pass --rejects PATH"),
         "unknown_format": ([g, "--format=xml"], "xml"),
+        "out_is_dot": ([g, d, "--out", str(tmp_path / ".")], "is a directory"),
+        "out_in_a_symlink_loop": ([g, d, "--out", str(tmp_path / "loop" / "o.jsonl")], "cannot be resolved"),
+        "input_is_a_pipe": ([str(tmp_path / "fifo"), d], "is not a regular file"),
+        "input_is_a_device": (["/dev/zero", d], "is not a regular file"),
     }
 
 
 def test_file_level_failures_exit_2_with_one_line_and_write_nothing(tmp_path):
     cases = _file_level(tmp_path)
-    assert len(cases) + len(HOSTILE_ROWS) + 3 >= 30  # the corpus: row kinds, file kinds, valid oddities, CR, disk full
-    before = {p: p.read_bytes() if p.is_file() and not p.is_symlink() else None for p in tmp_path.rglob("*")}
+    assert len(HOSTILE_ROWS) >= 30 and len(cases) >= 20  # the corpus: 30 kinds of bad lines, 20 of bad files
+    snapshot = lambda: {  # noqa: E731
+        p: p.read_bytes() if p.is_file() and not p.is_symlink() else None
+        for p in tmp_path.iterdir()
+        if p.name != "fifo"
+    }
+    before = snapshot()
     for kind, (args, phrase) in cases.items():
         result = run("validate", *args)
         assert result.exit_code == 2, (kind, result.output)
         lines = [x for x in result.output.splitlines() if x.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and phrase in lines[0], (kind, result.output)
-    after = {p: p.read_bytes() if p.is_file() and not p.is_symlink() else None for p in tmp_path.rglob("*")}
-    assert after == before  # nothing created, nothing replaced
+    assert snapshot() == before  # nothing created, nothing replaced
     assert os.path.islink(tmp_path / "link-to-input.jsonl") and os.path.exists("/dev/null")
 
 
@@ -185,6 +198,24 @@ def test_disk_full_is_one_line_and_leaves_no_partial_output(tmp_path, monkeypatc
     result = run("validate", str(data), "--format", "dpo", "--out", str(out), "--rejects", str(tmp_path / "r.jsonl"))
     assert result.exit_code == 2 and "No space left on device; nothing was written" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_rejects_that_cannot_be_saved_keep_the_clean_rows_from_being_published(tmp_path, monkeypatch):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(GOOD1 + b"\n" + b"{oops\n" + GOOD2 + b"\n")
+    out, rej = tmp_path / "o.jsonl", tmp_path / "r.jsonl"
+    real_replace = os.replace
+
+    def full_at_rejects(src, dst):
+        if Path(dst) == rej:
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_at_rejects)
+    result = run("validate", str(data), "--format", "dpo", "--out", str(out), "--rejects", str(rej))
+    assert result.exit_code == 2, result.output
+    assert f"writing {rej} and {out}: No space left on device; nothing was written" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # no clean file without its rejects
 
 
 def test_markup_in_paths_is_printed_as_text(tmp_path):
@@ -237,3 +268,24 @@ def test_any_lines_are_each_accounted_for_exactly_once(tmp_path, lines):
     assert len(blank) == report.blank and not blank & set(rejected) and all(1 <= n <= len(lines) for n in rejected)
     # the kept rows are the other lines, byte for byte and in order
     assert kept == [x for i, x in enumerate(good, start=1) if i not in blank and i not in set(rejected)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")), max_size=10),
+    endings=st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=10, max_size=10),
+    chunk=st.integers(1, 9),
+    last_ended=st.booleans(),
+)
+def test_line_endings_split_the_same_at_any_chunk_size(lines, endings, chunk, last_ended):
+    # LF, CRLF and lone CR, mixed, with chunk boundaries anywhere (a CRLF cut in two included)
+    parts = [line + end for line, end in zip(lines, endings)]
+    if parts and not last_ended:
+        parts[-1] = lines[-1]
+    data = b"".join(parts)
+    got = list(formats._lines(io.BytesIO(data), chunk=chunk))
+    # the whole file at once, by a plain regex: a CR then an LF is one CRLF ending wherever the chunks were cut
+    assert got == re.findall(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z", data)
+    assert b"".join(got) == data
+    if not any(a.endswith(b"\r") and b == b"\n" for a, b in zip(parts, parts[1:])):  # no CR + empty-LF ambiguity
+        assert got == [p for p in parts if p]

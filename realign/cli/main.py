@@ -94,6 +94,8 @@ def validate(
         fmt = canonical_format(fmt)
     except ValueError as exc:
         _fail(str(exc))
+    if out_path is not None and (out_path.name in ("", ".", "..") or out_path.is_dir()):
+        _fail(f"{out_path}: is a directory; --out names the file to write, e.g. {out_path / 'clean.jsonl'}")
     if out_path is not None and rejects is None:
         rejects = out_path.with_name(out_path.name.split(".")[0] + ".rejects.jsonl")
         if os.path.lexists(rejects):
@@ -103,6 +105,10 @@ def validate(
         if not quiet:
             out.print(msg, markup=False)
 
+    def stamp(p: Path | None):
+        return p.stat().st_mtime_ns if p is not None and p.is_file() else None
+
+    before = {p: stamp(p) for p in (rejects, out_path) if p is not None}
     status = err.status(f"validating {file}") if err.is_terminal else None
     if status:
         status.start()
@@ -117,9 +123,14 @@ def validate(
         )
     except FileProblem as exc:
         _fail(str(exc))
-    except OSError as exc:  # disk full, permissions, a vanished folder: nothing was written
-        where = exc.filename or out_path or rejects or file
-        _fail(f"{where}: {exc.strerror or exc}; nothing was written (free space, or choose another --out/--rejects)")
+    except OSError as exc:  # disk full, permissions, a vanished folder
+        targets = " and ".join(str(p) for p in (rejects, out_path) if p is not None) or str(file)
+        kept = [str(p) for p, was in before.items() if stamp(p) != was]
+        saved = f"only {', '.join(kept)} was saved" if kept else "nothing was written"
+        _fail(
+            f"writing {targets}: {exc.strerror or exc}; {saved}, the input is untouched "
+            f"(free space, or choose another --out/--rejects)"
+        )
     finally:
         if status:
             status.stop()

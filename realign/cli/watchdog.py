@@ -1,11 +1,13 @@
 """Nothing left behind: when a realign command dies (even by SIGKILL), stop every process it started.
 
 The command puts a session id in its environment (REALIGN_SESSION) before it starts a Prefect server, workers or
-Prefect's temporary API server; every process they start inherits it. A watchdog process watches the command's
-PID; when it is gone, it sends SIGTERM to every process that carries the id, then SIGKILL to what remains.
+Prefect's temporary API server; every process they start inherits it. A watchdog process holds the read end of a
+pipe whose only write end the command keeps: when the command dies, however it dies, the kernel closes that end
+and the watchdog reads end-of-file (no PID polling, so a dead command not yet reaped, or a PID reused, cannot fool
+it). It then sends SIGTERM to every process that carries the id, and SIGKILL to what remains.
 Linux reads /proc/PID/environ; macOS reads `ps -E` (environment after the command).
 
-    python -m realign.cli.watchdog PARENT_PID SESSION_ID
+    python -m realign.cli.watchdog PIPE_FD SESSION_ID
 """
 
 from __future__ import annotations
@@ -64,19 +66,7 @@ def stop_session(session: str, grace_s: float = 10.0) -> list[int]:
     return pids
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a dead command its parent has not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+_KEEP: list[int] = []
 
 
 def start_watchdog() -> str:
@@ -85,23 +75,31 @@ def start_watchdog() -> str:
     watchdog never stops the outer session; tests choose the id with REALIGN_NEW_SESSION.)"""
     session = os.environ.pop("REALIGN_NEW_SESSION", "") or uuid.uuid4().hex
     os.environ[ENV] = session
+    read_end, write_end = os.pipe()
     # Its own session: a Ctrl-C to the terminal stops the command, which stops its children itself; the watchdog
     # is for the deaths that skip that (SIGKILL, a closed terminal, out of memory).
     subprocess.Popen(
-        [sys.executable, "-m", "realign.cli.watchdog", str(os.getpid()), session],
+        [sys.executable, "-m", "realign.cli.watchdog", str(read_end), session],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        pass_fds=(read_end,),
         env={k: v for k, v in os.environ.items() if k != ENV},  # not a member of the session it guards
     )
+    os.close(read_end)
+    _KEEP.append(write_end)  # open until this process ends; children do not inherit it (PEP 446)
     return session
 
 
 def main(argv: list[str]) -> int:
-    parent, session = int(argv[0]), argv[1]
-    while alive(parent):
-        time.sleep(0.5)
+    pipe, session = int(argv[0]), argv[1]
+    while True:
+        try:
+            if not os.read(pipe, 1):  # end-of-file: the command is gone
+                break
+        except InterruptedError:
+            continue
     stop_session(session)
     return 0
 

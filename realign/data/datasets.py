@@ -109,15 +109,23 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
     prompts, answers = [], []
     first_seen: dict[str, tuple[int, str]] = {}
     conflicts: list[tuple[int, int, str, str]] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    path, n, [f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"]
+                ) from exc
             except json.JSONDecodeError as exc:
                 raise DataFormatError(
                     path, n, [f"invalid JSON: {exc.msg} (expected an object with prompt and answer)"]
+                ) from exc
+            except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
+                raise DataFormatError(
+                    path, n, [f"invalid JSON: {exc or 'nested too deeply'} (expected standard JSON)"]
                 ) from exc
             missing = [
                 k

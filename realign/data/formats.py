@@ -15,7 +15,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
+import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -232,6 +235,8 @@ def check_input_file(path: str | Path) -> None:
         raise FileProblem(f"{path}: no such file")
     if path.is_dir():
         raise FileProblem(f"{path}: is a directory (expected a JSONL or Parquet file)")
+    if not path.is_file():
+        raise FileProblem(f"{path}: is not a regular file (a pipe or a device?); save it to a file first")
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -254,6 +259,8 @@ def check_output_paths(inputs: Iterable[str | Path], outputs: Iterable[str | Pat
     ins = [Path(p) for p in inputs]
     outs = [Path(p) for p in outputs if p is not None]
     for o in outs:
+        if o.name in ("", ".", ".."):
+            raise FileProblem(f"{o}: is a directory, not a file name; name the file to write")
         if os.path.lexists(o):
             mode = os.lstat(o).st_mode
             if not stat.S_ISREG(mode):
@@ -265,8 +272,16 @@ def check_output_paths(inputs: Iterable[str | Path], outputs: Iterable[str | Pat
         if parent.exists() and not parent.is_dir():
             raise FileProblem(f"{parent}: is a file, not a directory; choose another path for {o.name}")
 
+    def key(p: Path) -> str:
+        try:
+            r = str(p.resolve())
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise FileProblem(f"{p}: cannot be resolved ({exc}); choose another path") from exc
+        # macOS volumes are case-insensitive and normalise Unicode: Clean.jsonl and clean.jsonl are one file there
+        return unicodedata.normalize("NFC", r).casefold() if sys.platform == "darwin" else r
+
     def same(a: Path, b: Path) -> bool:
-        if a.resolve() == b.resolve():
+        if key(a) == key(b):
             return True
         return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
 
@@ -496,19 +511,30 @@ def iter_checked(path: str | Path, fmt: str, batch_rows: int = 10_000) -> Iterat
             yield check_line(raw, n, fmt)
 
 
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
 def _lines(fh, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a binary file: split on LF (CRLF included), or on CR when the file uses CR alone (old Mac files)."""
-    head = fh.read(chunk)
-    fh.seek(0)
-    if b"\n" in head or b"\r" not in head:
-        yield from fh
-        return
+    """Lines of a binary file, each with its ending: LF, CRLF or a lone CR (old Mac files), mixed as they come.
+
+    Streams in chunks (memory is bounded by the longest line); a CR at the end of a chunk waits for the next byte,
+    so a CRLF split across chunks stays one ending.
+    """
     rest = b""
     while block := fh.read(chunk):
-        parts = (rest + block).split(b"\r")
-        rest = parts.pop()
-        for part in parts:
-            yield part + b"\r"
+        buf = rest + block
+        if b"\r" not in buf:  # the common case, at C speed
+            *lines, rest = buf.split(b"\n")
+            for line in lines:
+                yield line + b"\n"
+            continue
+        start = 0
+        for m in _EOL.finditer(buf):
+            if m.group() == b"\r" and m.end() == len(buf):
+                break  # maybe the first half of a CRLF: decide with the next chunk
+            yield buf[start : m.end()]
+            start = m.end()
+        rest = buf[start:]
     if rest:
         yield rest
 
@@ -727,8 +753,15 @@ def validate_file(
         error = exc
         raise
     finally:
+        # Rejects are saved before the clean rows: if saving them fails, the clean rows are not published either,
+        # so a bad row is never lost while the summary counts it.
+        if rej_ctx:
+            try:
+                rej_ctx.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
+            except BaseException as exc:
+                if out_w:
+                    out_w.close(exc)
+                raise
         if out_w:
             out_w.close(error)
-        if rej_ctx:
-            rej_ctx.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
     return report
