@@ -5,7 +5,16 @@ import math
 import mlx.core as mx
 import pytest
 
-from realign.train.losses import bradley_terry_loss, cpo_loss, dpo_loss, nll_loss, orpo_loss, rpo_loss
+from realign.train.losses import (
+    ORPO_MAX_LOGP,
+    bradley_terry_loss,
+    cpo_loss,
+    dpo_loss,
+    log1mexp,
+    nll_loss,
+    orpo_loss,
+    rpo_loss,
+)
 
 # Two pairs. Pair 0: policy prefers chosen more than the reference does (logits = 1.5).
 # Pair 1: the policy has moved the wrong way (logits = -1.0).
@@ -113,6 +122,76 @@ def test_cpo_and_simpo():
 
 def test_bradley_terry():
     close(bradley_terry_loss(mx.array([2.0, 0.0]), mx.array([1.0, 0.0])), [softplus(-1.0), math.log(2)])
+
+
+def test_bradley_terry_margin():
+    # -log sigmoid(r_c - r_r - m): 2 - 1 - 0.5 = 0.5 -> 0.474077; 0 - 0 + 1 = 1 -> 0.313262; 3 - 1 - 2.5 -> 0.974077
+    rc, rr = mx.array([2.0, 0.0, 3.0]), mx.array([1.0, 0.0, 1.0])
+    with_margin = bradley_terry_loss(rc, rr, margin=mx.array([0.5, -1.0, 2.5]))
+    close(with_margin, [0.474077, 0.313262, 0.974077])
+    close(with_margin, [softplus(-0.5), softplus(-1.0), softplus(0.5)])
+    close(bradley_terry_loss(rc, rr, mx.array(0.5)), [0.474077, softplus(0.5), softplus(-1.5)])  # a scalar margin
+    close(bradley_terry_loss(rc, rr, None), bradley_terry_loss(rc, rr).tolist())  # None: no margin
+    close(bradley_terry_loss(rc, rr, mx.zeros(3)), [softplus(-1.0), math.log(2), softplus(-2.0)])
+
+
+# log(1 - e^x) in float64, by hand: -log(-expm1(x)) near 0, log1p(-exp(x)) below -ln 2 (where the former loses
+# digits: at -30 it gives -9.35918e-14 in float64).
+LOG1MEXP = {
+    -1e-7: -16.11809570095832,
+    -1e-4: -9.210390371559516,
+    -0.5: -0.9327521295671886,
+    -3.0: -0.05106918094270159,
+    -30.0: -9.357622968840613e-14,
+}
+
+
+def test_log1mexp_matches_float64():
+    xs = list(LOG1MEXP)
+    got = log1mexp(mx.array(xs)).tolist()
+    for x, g in zip(xs, got, strict=True):
+        assert g == pytest.approx(LOG1MEXP[x], rel=2e-6), x
+    # The naive float32 formula this replaces is off by 1% at -1e-7 and 0.06% at -1e-4: the test can tell.
+    naive = mx.log1p(-mx.exp(mx.array([-1e-7, -1e-4]))).tolist()
+    assert abs(naive[0] / LOG1MEXP[-1e-7] - 1) > 1e-3 and abs(naive[1] / LOG1MEXP[-1e-4] - 1) > 1e-5
+    assert log1mexp(mx.array([0.0])).item() == -math.inf
+
+
+def test_log1mexp_gradient():
+    # d/dx log(1 - e^x) = -e^x / (1 - e^x) = -1 / (e^-x - 1); -0.7 is just below the branch point -ln 2
+    xs = [-1e-6, -1e-4, -0.5, -0.7, -3.0, -30.0]
+    g = mx.grad(lambda x: log1mexp(x).sum())(mx.array(xs)).tolist()
+    for x, gx in zip(xs, g, strict=True):
+        assert gx == pytest.approx(-1 / math.expm1(-x), rel=1e-4), x
+
+
+def test_orpo_log_odds_precise_near_zero():
+    # log odds(p) = lp - log(1 - e^lp); chosen -1e-4 vs rejected -2, chosen -1e-6 (the clip) vs rejected -0.5,
+    # in float64 by hand: 11.064876913690657 and 13.382757928397046.
+    _, _, _, log_odds = orpo_loss(mx.array([-1e-4, -1e-6]), mx.array([-2.0, -0.5]), beta=0.1)
+    assert log_odds.tolist() == pytest.approx([11.064876913690657, 13.382757928397046], rel=1e-5)
+
+
+def test_orpo_finite_at_probability_one():
+    near = mx.array([0.0, -1e-9, -1e-7, -1e-6, -1e-5])
+    far = mx.array([-1.0, -1.0, -1.0, -1.0, -1.0])
+    for c, r in ((near, far), (far, near), (near, near)):
+        losses, _, _, log_odds = orpo_loss(c, r, beta=0.1)
+        gc, gr = mx.grad(lambda c, r: orpo_loss(c, r, beta=0.1)[0].sum(), argnums=(0, 1))(c, r)
+        for arr in (losses, log_odds, gc, gr):
+            assert all(math.isfinite(v) for v in arr.tolist())
+    # At and above the clip the log-probs are taken as ORPO_MAX_LOGP: 0 and -1e-9 give the loss of -1e-6.
+    losses, _, _, _ = orpo_loss(near, far, beta=0.1)
+    assert losses[0].item() == losses[1].item() == losses[3].item() and ORPO_MAX_LOGP == -1e-6
+    # chosen at the clip vs rejected -1: log odds = -1e-6 - log(1 - e^-1e-6) + 1 + log(1 - e^-1)
+    # = -1e-6 + 13.815510 + 1 - 0.458675 = 14.356835
+    close(orpo_loss(mx.array([-1e-6]), mx.array([-1.0]))[3], [14.356835], tol=1e-4)
+
+
+def test_orpo_upcasts_to_float32():
+    losses, cr, _, log_odds = orpo_loss(mx.array([-0.5], mx.bfloat16), mx.array([-1.0], mx.bfloat16), beta=0.2)
+    assert losses.dtype == cr.dtype == log_odds.dtype == mx.float32
+    close(log_odds, [0.974077], tol=1e-4)
 
 
 def test_gradient_flows_through_policy_only():

@@ -105,8 +105,10 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
         train(lm.model, sft_loss, src, cfg)
         results.append(dict(tree_flatten(lm.model.parameters())))
     big, small = results
+    # Adam's first step is ~lr * sign(g): float32 summation order moves near-zero gradients' updates by up to ~5e-5
+    # (seen with mlx 0.32.4 + OpenBLAS), far below the 1e-2 a wrongly accumulated gradient moves them.
     for k in big:
-        assert mx.allclose(big[k], small[k], atol=1e-5).item(), k
+        assert mx.allclose(big[k], small[k], atol=2e-4).item(), k
 
 
 def test_same_seed_same_run(tiny_model_dir):
@@ -158,9 +160,14 @@ def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
     lm = load_model(tiny_model_dir)
     pairs = _pairs()
     ref = reference_logps(lm.model, lm.tokenizer, pairs)
-    cfg = TrainConfig(steps=12, batch_size=8, learning_rate=5e-3, seed=0, lora={"rank": 8, "scale": 20.0})
+    # IPO's squared loss (h - 1/(2 beta))^2 overshoots its target gap at 5e-3 and ends above where it started
+    lr = 1e-3 if loss.loss_type == "ipo" else 5e-3
+    cfg = TrainConfig(steps=12, batch_size=8, learning_rate=lr, seed=0, lora={"rank": 8, "scale": 20.0})
     prepare_model(lm.model, cfg)
     gap_before = _logp_gap(lm, pairs)
+    # the loss on one fixed batch of every pair, before and after (the first and last steps' batches differ)
+    fixed = preference_batches(lm.tokenizer, pairs, cfg.model_copy(update={"batch_size": len(pairs)}), ref=ref)(0)
+    loss_before = preference_loss(loss)(lm.model, fixed)[0].item()
     rows = []
     result = train(
         lm.model,
@@ -184,7 +191,7 @@ def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
         "tokens_per_s",
     ):
         assert key in last and not math.isnan(last[key]), key
-    assert result.steps_done == 12 and last["loss"] < first["loss"]
+    assert result.steps_done == 12 and preference_loss(loss)(lm.model, fixed)[0].item() < loss_before
     # learned: on the same pairs (not the first and last batches, which hold different pairs), chosen gained on rejected
     assert _logp_gap(lm, pairs) > gap_before
     if loss.method == "dpo":

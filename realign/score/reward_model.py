@@ -1,9 +1,11 @@
-"""A reward model: a linear head on a frozen model's pooled hidden states, Bradley-Terry loss."""
+"""Reward models: a linear probe on a frozen model's pooled hidden states (the DPO workflow's cheap check), and a
+reward model as a model (a scalar head on a causal LM, trained end to end with the Bradley-Terry loss) that scores."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +142,161 @@ class RewardModel:
         data = json.loads(Path(path).read_text())
         self.w, self.b, self.pooling = np.array(data["w"]), float(data["b"]), data["pooling"]
         return self
+
+
+# --- a reward model as a model ------------------------------------------------------------
+
+REWARD_CONFIG = "reward_config.json"
+HEAD_FILE = "score_head.safetensors"  # not model*.safetensors: mlx_lm.load reads the backbone's weights only
+
+
+def _nn():
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    return mx, nn
+
+
+def sequence_reward_model(lm_model, seed: int = 0):
+    """A scalar head on a causal LM's final hidden state at the last non-padding token (TRL's sequence-
+    classification reward model: `score`, a bias-free Linear(hidden, 1)). Returns an mlx Module whose call
+    (tokens [B, T], last [B]) gives rewards [B]; `.layers` are the backbone's, so LoRA applies to it."""
+    mx, nn = _nn()
+
+    class SequenceRewardModel(nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+            hidden = backbone.model.embed_tokens.weight.shape[1]
+            self.score = nn.Linear(hidden, 1, bias=False)
+            # HF initialises the head N(0, 0.02) (initializer_range); seeded so a run is reproducible
+            self.score.weight = 0.02 * mx.random.normal((1, hidden), key=mx.random.key(seed))
+
+        @property
+        def layers(self):
+            return self.backbone.layers
+
+        def __call__(self, tokens, last):
+            hidden = self.backbone.model(tokens)  # [B, T, H] after the final norm
+            return self.score(hidden[mx.arange(tokens.shape[0]), last]).squeeze(-1)
+
+    return SequenceRewardModel(lm_model)
+
+
+def reward_model_loss(model, batch: dict):
+    """Bradley-Terry loss over a batch of B pairs (rows [0, B) chosen, [B, 2B) rejected), optional margin [B]:
+    -log sigmoid(r_c - r_r - margin), TRL's RewardTrainer. Metrics with TRL's names: loss, accuracy (share of pairs
+    with r_c > r_r, ties wrong), margin (mean r_c - r_r)."""
+    mx, _ = _nn()
+    from realign.train.losses import bradley_terry_loss
+
+    rewards = model(batch["tokens"], batch["last"])
+    B = rewards.shape[0] // 2
+    rc, rr = rewards[:B], rewards[B:]
+    loss = bradley_terry_loss(rc, rr, batch.get("margin")).mean()
+    diff = mx.stop_gradient(rc - rr)
+    return loss, {"loss": loss, "accuracy": (diff > 0).astype(mx.float32).mean(), "margin": diff.mean()}
+
+
+def _encode_rows(tokenizer, prompts, completions, chat: bool, max_len: int):
+    from realign.model.logprobs import encode
+
+    return [encode(tokenizer, p, c, chat=chat, max_len=max_len) for p, c in zip(prompts, completions, strict=True)]
+
+
+def _batch(tokenizer, encs) -> dict:
+    mx, _ = _nn()
+    from realign.model.logprobs import _pad_id, collate
+
+    tb = collate(encs, pad_id=_pad_id(tokenizer))
+    return {"tokens": tb.tokens, "mask": tb.mask, "last": mx.array([len(e.ids) - 1 for e in encs])}
+
+
+def reward_model_batches(tokenizer, pairs: Sequence[dict], cfg, *, chat: bool = True, margin_scale: float = 0.0):
+    """Micro-batch i -> {tokens, mask, last[, margin]} of cfg.batch_size pairs, chosen rows then rejected rows; a pure
+    function of i (seeded order), so a resumed run sees the same data. margin_scale > 0: margin = scale * the pair's
+    score gap (chosen_score - rejected_score), TRL's `margin` column."""
+    mx, _ = _nn()
+    from realign.train.batches import batch_indices
+
+    prompts = [p["prompt"] for p in pairs]
+    chosen = _encode_rows(tokenizer, prompts, [p["chosen"] for p in pairs], chat, cfg.max_seq_len)
+    rejected = _encode_rows(tokenizer, prompts, [p["rejected"] for p in pairs], chat, cfg.max_seq_len)
+    gaps = np.array([float(p.get("chosen_score", 0.0)) - float(p.get("rejected_score", 0.0)) for p in pairs])
+    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed)
+
+    def at(i: int) -> dict:
+        idx = order(i)
+        batch = _batch(tokenizer, [chosen[j] for j in idx] + [rejected[j] for j in idx])
+        if margin_scale:
+            batch["margin"] = mx.array(margin_scale * gaps[idx], dtype=mx.float32)
+        return batch
+
+    return at
+
+
+class RewardModelScorer:
+    """A trained reward model loaded from its directory: `reward` raw values, `score` sigmoid(reward) in (0, 1)."""
+
+    name = "reward_model"
+
+    def __init__(self, model, tokenizer, path: Path, config: dict):
+        self.model, self.tokenizer, self.path, self.config = model, tokenizer, path, config
+        self.chat, self.max_len = bool(config.get("chat", True)), int(config.get("max_len", 512))
+
+    def reward(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        mx, _ = _nn()
+        out = []
+        for s in range(0, len(prompts), batch_size):
+            encs = _encode_rows(
+                self.tokenizer, prompts[s : s + batch_size], completions[s : s + batch_size], self.chat, self.max_len
+            )
+            b = _batch(self.tokenizer, encs)
+            r = self.model(b["tokens"], b["last"])
+            mx.eval(r)
+            out.append(np.array(r.astype(mx.float32), dtype=np.float64))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return [1 / (1 + math.exp(-float(r))) for r in self.reward(prompts, completions)]
+
+
+def save_reward_model(model, source_dir: str | Path, out_dir: str | Path, **config) -> Path:
+    """Write the reward model as a directory: the backbone as a model directory (adapters fused, `source_dir`'s
+    tokenizer and config), the head in score_head.safetensors, and reward_config.json last (its presence marks a
+    complete reward model). `config`: what scoring needs to know (chat, max_len) and provenance."""
+    import mlx.core as mx
+
+    from realign.io import write_json
+    from realign.model.load import save_model
+
+    out = save_model(model.backbone, source_dir, out_dir)
+    tmp = out / f".{HEAD_FILE}"
+    mx.save_safetensors(str(tmp), {"score.weight": model.score.weight})
+    os.replace(tmp, out / HEAD_FILE)
+    write_json(out / REWARD_CONFIG, {"type": "realign-reward-model", "head": HEAD_FILE, **config})
+    return out
+
+
+def load_reward_model(path: str | Path) -> RewardModelScorer:
+    """A reward model directory written by `save_reward_model`, as a scorer. ValueError naming what is missing."""
+    import mlx.core as mx
+
+    from realign.model.load import load_model
+
+    path = Path(path)
+    cfg_path = path / REWARD_CONFIG
+    if not cfg_path.is_file():
+        raise ValueError(
+            f"{path}: not a reward model directory ({REWARD_CONFIG} missing): train one with the SRF workflow's "
+            "stage 3, or name its 03_reward_model_training/reward_model directory"
+        )
+    config = json.loads(cfg_path.read_text())
+    lm = load_model(path)
+    model = sequence_reward_model(lm.model)
+    head = mx.load(str(path / config.get("head", HEAD_FILE)))
+    if "score.weight" not in head:
+        raise ValueError(f"{path / HEAD_FILE}: no 'score.weight' (expected the reward head)")
+    model.score.weight = head["score.weight"]
+    model.eval()
+    return RewardModelScorer(model, lm.tokenizer, path, config)

@@ -236,6 +236,40 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) ->
     return int(state["step"]), list(state.get("history", []))
 
 
+def resume_checkpoint(
+    ckpt_root: Path | None, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig, resume_key: str | None
+) -> tuple[int, list[dict], str]:
+    """Restore the newest trustworthy checkpoint under `ckpt_root` into `model` and `optimizer`.
+
+    Returns (step to continue from, history so far, warning). Damaged checkpoints are skipped (all damaged: moved
+    aside, start over); checkpoints of another config or `resume_key` are moved aside, never continued from.
+    """
+    candidates = _candidates(ckpt_root) if ckpt_root is not None and ckpt_root.is_dir() else []
+    skipped, warning = [], ""
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            break
+        skipped.append(f"{candidate} ({problem})")
+    else:
+        candidate = None
+    if skipped:
+        instead = f"resuming from {candidate}" if candidate is not None else "starting over"
+        warning = f"skipped damaged checkpoint(s) {'; '.join(skipped)}: {instead}"
+        if candidate is None:  # nothing usable: keep the damaged ones for inspection, out of the way
+            os.replace(ckpt_root, tempfile.mkdtemp(prefix="checkpoints.damaged-", dir=ckpt_root.parent))
+    if candidate is None:
+        return 0, [], warning
+    saved = json.loads((candidate / "state.json").read_text())
+    if saved.get("config") == cfg.model_dump(mode="json") and saved.get("resume_key") == resume_key:
+        start, history = load_checkpoint(candidate, model, optimizer)
+        return start, history, warning
+    # Checkpoints of another config or other data: keep them, but never continue from them.
+    stale = tempfile.mkdtemp(prefix=f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}-", dir=ckpt_root.parent)
+    os.replace(ckpt_root, stale)
+    return 0, [], warning
+
+
 # --- the loop ----------------------------------------------------------------------
 
 
@@ -261,6 +295,7 @@ def train(
     reference: nn.Module | None = None,
     callback: Callable[[dict], None] | None = None,
     resume_key: str | None = None,
+    measure: Callable[[nn.Module, Batch, nn.Module | None], dict] | None = token_stats,
 ) -> TrainResult:
     """Train `model` (already prepared with `prepare_model`) for `cfg.steps` optimizer steps.
 
@@ -271,35 +306,13 @@ def train(
     metrics, kl, entropy (every `metrics_every` steps), tokens, seconds, tokens_per_s.
     A checkpoint is resumed only if it was written with the same config and `resume_key`
     (e.g. a hash of the data); otherwise the old checkpoints are moved aside, not reused.
+    measure(model, batch, reference) -> extra metrics every `metrics_every` steps (KL and entropy by default;
+    None for models whose output is not a next-token distribution, such as a reward model).
     """
     optimizer = make_optimizer(cfg)
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
-    start, history, resumed, warning = 0, [], 0, ""
-    candidates = _candidates(ckpt_root) if ckpt_root is not None and ckpt_root.is_dir() else []
-    skipped = []
-    for candidate in candidates:
-        problem = checkpoint_problem(candidate)
-        if problem is None:
-            break
-        skipped.append(f"{candidate} ({problem})")
-    else:
-        candidate = None
-    if skipped:
-        instead = f"resuming from {candidate}" if candidate is not None else "starting over"
-        warning = f"skipped damaged checkpoint(s) {'; '.join(skipped)}: {instead}"
-        if candidate is None:  # nothing usable: keep the damaged ones for inspection, out of the way
-            os.replace(ckpt_root, tempfile.mkdtemp(prefix="checkpoints.damaged-", dir=ckpt_root.parent))
-    if candidate is not None:
-        saved = json.loads((candidate / "state.json").read_text())
-        if saved.get("config") == cfg.model_dump(mode="json") and saved.get("resume_key") == resume_key:
-            start, history = load_checkpoint(candidate, model, optimizer)
-            resumed = start
-        else:
-            # Checkpoints of another config or other data: keep them, but never continue from them.
-            stale = tempfile.mkdtemp(
-                prefix=f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}-", dir=ckpt_root.parent
-            )
-            os.replace(ckpt_root, stale)
+    start, history, warning = resume_checkpoint(ckpt_root, model, optimizer, cfg, resume_key)
+    resumed = start
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
 
@@ -345,8 +358,8 @@ def train(
         row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
-        if (step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps:
-            row.update(token_stats(model, batch, reference))
+        if measure is not None and ((step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps):
+            row.update(measure(model, batch, reference))
         dt = time.perf_counter() - t0
         row.update({"tokens": ntoks, "seconds": dt, "tokens_per_s": ntoks / dt if dt > 0 else float("nan")})
         history.append(row)

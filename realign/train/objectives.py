@@ -59,6 +59,11 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
     DPO needs "ref_chosen" and "ref_rejected" (summed reference log-probs, [B]).
     Metrics use TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies,
     rewards/margins, logps/chosen, logps/rejected (sums), nll.
+    IPO's loss is on length-averaged log-ratios, but its rewards (and so margins and accuracies) are
+    beta * (summed policy - summed reference) log-probs, as TRL 1.16 logs them; ORPO's and CPO's are
+    beta * their (averaged for ORPO/SimPO) policy log-probs, as in TRL.
+    The NLL is over the chosen completion tokens (prompt and padding masked) for RPO, CPO and ORPO alike;
+    TRL's ORPO takes it over prompt + completion (kept: docs/PARITY.md).
     """
 
     def loss_fn(model: nn.Module, batch: Batch):
@@ -75,20 +80,23 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
             pc_in, pr_in = pc, pr
         if cfg.method == "dpo":
             rc, rr = batch["ref_chosen"], batch["ref_rejected"]
-            if cfg.averaged():
-                rc, rr = rc / nc, rr / nr
             losses, cr, rjr = dpo_loss(
                 pc_in,
                 pr_in,
-                rc,
-                rr,
+                rc / nc if cfg.averaged() else rc,
+                rr / nr if cfg.averaged() else rr,
                 beta=cfg.beta,
                 loss_type=cfg.loss_type,  # type: ignore[arg-type]
                 label_smoothing=cfg.label_smoothing,
             )
+            if cfg.averaged():
+                # IPO: loss on averaged log-ratios, rewards on summed ones (TRL's rewards/* for every loss type).
+                cr = mx.stop_gradient(cfg.beta * (pc - rc))
+                rjr = mx.stop_gradient(cfg.beta * (pr - rr))
             loss = losses.mean() + (cfg.rpo_alpha * chosen_nll if cfg.rpo_alpha else 0.0)
         elif cfg.method == "orpo":
             losses, cr, rjr, _ = orpo_loss(pc_in, pr_in, beta=cfg.beta)
+            # Completion-only NLL (TRL's ORPO: prompt + completion); kept, see orpo_loss and docs/PARITY.md.
             loss = chosen_nll + losses.mean()
         else:
             losses, cr, rjr = cpo_loss(
