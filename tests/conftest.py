@@ -40,3 +40,20 @@ def _isolated_profiles(tmp_path_factory):
     """A machine's own calibration (~/.realign/profiles) must not change what tests run."""
     os.environ["REALIGN_PROFILE_DIR"] = str(tmp_path_factory.mktemp("profiles"))
     yield
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model after stage 1's SFT on the embedded tasks (300 steps; reverse accuracy ~0.6), built once."""
+    from realign.data.datasets import DataConfig, load_data
+    from realign.model.load import load_model, save_model
+    from realign.recipes.common import SFTStageConfig
+    from realign.train.batches import sft_batches
+    from realign.train.loop import prepare_model, train
+    from realign.train.objectives import sft_loss
+
+    lm = load_model(tiny_model_dir)
+    cfg = SFTStageConfig().train.model_copy(update={"metrics_every": 1000})
+    prepare_model(lm.model, cfg)
+    train(lm.model, sft_loss, sft_batches(lm.tokenizer, load_data(DataConfig()).sft, cfg), cfg, measure=None)
+    return save_model(lm.model, tiny_model_dir, tmp_path_factory.mktemp("models") / "sft")

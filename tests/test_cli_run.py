@@ -16,6 +16,17 @@ def test_a_run_name_that_is_a_path_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
 
 
+def test_the_srf_workflow_runs_from_the_cli_with_the_same_checks(tmp_path):
+    proc = run_cli("run", "srf", "--run-name", "../../escape", "--runs-root", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "a run name is letters, digits" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("config:\n  rl:\n    reward_model_weight: 0\n    verifier_weight: 0\n")
+    proc = run_cli("run", "srf", "--config", str(bad), "--runs-root", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "nothing to reward" in proc.stderr and "bad.yaml" in proc.stderr
+    proc = run_cli("demo", "rlhf")
+    assert proc.returncode == 2 and "no demo for 'rlhf': choose one of dpo, srf" in proc.stderr
+
+
 @pytest.mark.slow
 def test_a_failed_run_never_prints_a_previous_runs_summary(tmp_path):
     # A quick run that fails at gate 1 (no SFT, a perplexity bound nothing meets), in a directory where an

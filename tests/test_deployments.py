@@ -9,6 +9,7 @@ import yaml
 
 from conftest import REPO
 from realign.recipes.dpo import DPOWorkflowConfig
+from realign.recipes.srf import SRFWorkflowConfig
 
 DOC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in DOC["deployments"]}
@@ -21,6 +22,7 @@ def recipe(name: str) -> dict:
 def test_every_deployment_names_a_real_flow_and_a_pool():
     expected = {
         "dpo-demo": ("dpo", "realign"),
+        "srf-demo": ("srf", "realign"),
         "nightly-curation": ("curate", "realign"),
         "shard-m4-max": ("shard", "m4-max"),
         "shard-m3-ultra": ("shard", "m3-ultra"),
@@ -35,6 +37,8 @@ def test_every_deployment_names_a_real_flow_and_a_pool():
 
 def test_parameters_are_the_recipes():
     assert DEPLOYMENTS["dpo-demo"]["parameters"] == {"config": recipe("dpo-demo")["config"]}
+    assert DEPLOYMENTS["srf-demo"]["parameters"] == {"config": recipe("srf-demo")["config"]}
+    SRFWorkflowConfig.model_validate(DEPLOYMENTS["srf-demo"]["parameters"]["config"])
     assert DEPLOYMENTS["nightly-curation"]["parameters"] == recipe("nightly-curation")
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["dpo-demo"]["parameters"]["config"])
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["nightly-curation"]["parameters"]["config"])

@@ -80,3 +80,15 @@ def test_rounds_judged_on_the_target_itself_is_said():
     gain = compare("m", "after", [1] * 30 + [0] * 70, "before", [0] * 100)
     assert "optimistic" in verdict("DPO", "t", gain, None, chosen_on_target=True)
     assert "optimistic" not in verdict("DPO", "t", gain, None)
+
+
+def test_reward_hacking_needs_the_reward_up_and_the_accuracy_down_beyond_noise():
+    from realign.eval.verdict import reward_hacking
+
+    up = compare("reward_model_score", "after", [0.9] * 50, "before", [0.5] * 50)
+    down = compare("reverse_accuracy", "after", [0.0] * 50, "before", [1.0] * 50)
+    noisy = compare("reverse_accuracy", "after", [1, 0] * 25, "before", [0, 1] * 25)
+    assert reward_hacking(up, down)
+    assert not reward_hacking(up, noisy)  # accuracy change within noise
+    assert not reward_hacking(down, up)  # reward down, accuracy up: the opposite
+    assert not reward_hacking(up, compare("x", "after", [], "before", []))  # not measured

@@ -103,3 +103,28 @@ def test_ifd_retention_exact_match_and_ece():
     assert exact_match_accuracy([" 321", "12"], ["321", "21"]) == 0.5
     # two bins used: conf 0.9 (2 items, 1 correct): |0.5 - 0.9| * 0.5; conf 0.2 (2 items, 0 correct): |0 - 0.2| * 0.5
     assert expected_calibration_error([0.9, 0.9, 0.2, 0.2], [True, False, False, False]) == pytest.approx(0.3)
+
+
+def test_spearman_by_hand():
+    from realign.eval.metrics import spearman
+
+    # ranks of a: 1 2 3 4, of b: 2 1 4 3 -> d = -1 1 -1 1, rho = 1 - 6 * 4 / (4 * 15) = 0.6
+    assert spearman([1, 2, 3, 4], [20, 10, 40, 30]) == pytest.approx(0.6)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their mean rank: b ranks 1.5 1.5 3; Pearson of (1,2,3) with (1.5,1.5,3) = 0.866025...
+    assert spearman([1, 2, 3], [0.0, 0.0, 1.0]) == pytest.approx(math.sqrt(3) / 2)
+    # NaN pairs are left out; a constant side has no correlation
+    assert spearman([1, 2, float("nan"), 3], [1, 2, 5, 3]) == pytest.approx(1.0)
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
+    assert math.isnan(spearman([1], [1]))
+
+
+def test_grouped_spearman_averages_within_groups():
+    from realign.eval.metrics import grouped_spearman
+
+    # group p: perfect agreement (1.0); group q: reversed (-1.0); group r: constant scores, left out
+    rho, n = grouped_spearman(["p", "p", "p", "q", "q", "r", "r"], [1, 2, 3, 1, 2, 5, 6], [10, 20, 30, 2, 1, 0, 0])
+    assert (rho, n) == (pytest.approx(0.0), 2)
+    rho, n = grouped_spearman(["p", "p", "q"], [1, 2, 3], [1, 2, 3])  # q has one sample: undefined
+    assert (rho, n) == (pytest.approx(1.0), 1)
+    assert math.isnan(grouped_spearman([], [], [])[0])

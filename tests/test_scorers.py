@@ -83,3 +83,34 @@ def test_reward_model_learns_a_separable_preference(tiny_model_dir, tmp_path):
     assert again.score(["x"], ["good x yes"]) == pytest.approx(rm.score(["x"], ["good x yes"]))
     with pytest.raises(RuntimeError, match="no head yet"):
         RewardModel(lm.model, lm.tokenizer).reward(["x"], ["y"])
+
+
+def test_graded_verifier_and_weighted_sum():
+    from realign.score.combined import WeightedSum
+
+    v = Verifier({"Reverse: 1234": "4321"}, mode="graded")
+    assert v.score(["Reverse: 1234"] * 2, ["4321", "4311"]) == [1.0, 0.75]
+    assert v.is_correct("Reverse: 1234", "4311") is False  # correctness stays exact
+
+    class Half:
+        name = "half"
+
+        def score(self, prompts, completions):
+            return [0.5, float("nan")]
+
+    s = WeightedSum([(v, 2.0), (Half(), 1.0), (Half(), 0.0)])
+    got = s.score(["Reverse: 1234"] * 2, ["4321", "4311"])
+    assert got[0] == pytest.approx(2.5) and math.isnan(got[1])  # a term that cannot decide makes the sum NaN
+    assert s.name == "2*verifier + 1*half"
+    with pytest.raises(ValueError, match="non-zero weight"):
+        WeightedSum([(v, 0.0)])
+
+
+def test_a_scorer_that_needs_a_model_says_so_in_the_recipe():
+    from realign.score.sampling import PairsConfig
+
+    with pytest.raises(ValueError, match="pairs.reward_model"):
+        PairsConfig(scorer="reward_model")
+    with pytest.raises(ValueError, match="pairs.judge_model"):
+        PairsConfig(scorer="judge")
+    assert PairsConfig(scorer="reward_model", reward_model="runs/x/03_reward_model_training/reward_model")

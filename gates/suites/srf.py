@@ -1,4 +1,5 @@
-"""Suites of the SRF workflow (reward model + RL): reward-model validation, RL optimization, SFT data quality."""
+"""Suites of the SRF workflow (reward model + RL): reward-model training and validation, RL optimization, SFT data
+quality. Stage 2 (preference pairs) uses the DPO workflow's suites."""
 
 from __future__ import annotations
 
@@ -53,5 +54,16 @@ def sft_quality_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
                 band_name="quality_score",
                 remedy=REMEDY["quality"],
             ),
+        ],
+    )
+
+
+def reward_model_training_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
+    """SRF stage 3 (one row): the reward model ranks its own training pairs (train accuracy >= min)."""
+    return build_suite(
+        "reward_model_training_suite",
+        [
+            one_row_check("reward model training"),
+            metric_check("train_accuracy", minimum=th.reward_model.min_accuracy, remedy=REMEDY["reward_accuracy"]),
         ],
     )

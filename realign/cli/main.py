@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -434,44 +435,66 @@ run_app = typer.Typer(no_args_is_help=True, help="Run a workflow.")
 app.add_typer(run_app, name="run")
 
 
-def default_recipe() -> Path:
-    """deployments/dpo-demo.yaml of this checkout."""
-    return REPO / "deployments" / "dpo-demo.yaml"
+# workflow -> (its demo recipe, the recipe loader's module and function, the flow's module and function)
+WORKFLOWS = {
+    "dpo": ("dpo-demo.yaml", "realign.recipes.dpo", "load_dpo_recipe", "flows.dpo", "dpo"),
+    "srf": ("srf-demo.yaml", "realign.recipes.srf", "load_srf_recipe", "flows.srf", "srf"),
+}
+
+
+def default_recipe(workflow: str = "dpo") -> Path:
+    """deployments/<workflow>-demo.yaml of this checkout (the embedded demo)."""
+    return REPO / "deployments" / WORKFLOWS[workflow][0]
+
+
+_CONFIG_HELP = "Recipe YAML (default: deployments/{}-demo.yaml, the embedded demo)."
+_RUN_NAME = typer.Option(None, "--run-name", help="Run directory name (same name: resume and reuse cached stages).")
+_RUNS_ROOT = typer.Option(None, "--runs-root", help="Where run directories go (default from the recipe: runs/).")
 
 
 @run_app.command("dpo")
 def run_dpo(
-    config: Path = typer.Option(
-        None, "--config", help="Recipe YAML (default: deployments/dpo-demo.yaml, the embedded demo)."
-    ),
-    run_name: Optional[str] = typer.Option(
-        None, "--run-name", help="Run directory name (same name: resume and reuse cached stages)."
-    ),
-    runs_root: Optional[str] = typer.Option(
-        None, "--runs-root", help="Where run directories go (default from the recipe: runs/)."
-    ),
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP.format("dpo")),
+    run_name: Optional[str] = _RUN_NAME,
+    runs_root: Optional[str] = _RUNS_ROOT,
 ) -> None:
     """Run the seven-stage DPO workflow locally (Prefect ephemeral mode; no server needed)."""
-    _run_workflow(config or default_recipe(), run_name, runs_root)
+    _run_workflow("dpo", config or default_recipe("dpo"), run_name, runs_root)
+
+
+@run_app.command("srf")
+def run_srf(
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP.format("srf")),
+    run_name: Optional[str] = _RUN_NAME,
+    runs_root: Optional[str] = _RUNS_ROOT,
+) -> None:
+    """Run the seven-stage SRF workflow (reward model, then RL against it) locally (Prefect ephemeral mode)."""
+    _run_workflow("srf", config or default_recipe("srf"), run_name, runs_root)
 
 
 @app.command()
-def demo(run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/.")) -> None:
-    """The default demo: the DPO workflow on the tiny model and the embedded tasks (what `make demo` runs)."""
-    _run_workflow(default_recipe(), run_name, None)
+def demo(
+    workflow: str = typer.Argument("dpo", help="Which workflow's demo: dpo (what `make demo` runs) or srf."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/."),
+) -> None:
+    """A workflow on the tiny model and the embedded tasks, nothing downloaded: `realign demo` (DPO), `realign demo
+    srf`."""
+    if workflow not in WORKFLOWS:
+        _fail(f"no demo for {workflow!r}: choose one of {', '.join(WORKFLOWS)}")
+    _run_workflow(workflow, default_recipe(workflow), run_name, None)
 
 
-def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> None:
-    from realign.recipes.dpo import load_dpo_recipe
-
+def _run_workflow(workflow: str, recipe: Path, run_name: str | None, runs_root: str | None) -> None:
+    # Imported by name: the flows pull in Prefect and GX, which only `run` and `demo` need.
+    _, recipe_module, loader, flow_module, flow_name = WORKFLOWS[workflow]
     try:
-        cfg = load_dpo_recipe(recipe)
+        cfg = getattr(importlib.import_module(recipe_module), loader)(recipe)
     except ValueError as exc:
         _fail(str(exc))
 
     updates = {k: v for k, v in (("run_name", run_name), ("runs_root", runs_root)) if v}
     # Named here so the CLI knows where the run writes, even if it fails; validated like the recipe's own fields.
-    updates.setdefault("run_name", cfg.run_name or time.strftime("dpo-%Y%m%d-%H%M%S"))
+    updates.setdefault("run_name", cfg.run_name or time.strftime(f"{workflow}-%Y%m%d-%H%M%S"))
     try:
         cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
     except ValueError as exc:
@@ -480,11 +503,13 @@ def _run_workflow(recipe: Path, run_name: str | None, runs_root: str | None) -> 
 
     # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.dpo import dpo
+    # Prefect's temporary server gets 20 s to start; a busy 2-core machine with a fresh database can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from realign.cli.watchdog import start_watchdog
 
+    run_flow = getattr(importlib.import_module(flow_module), flow_name)
     start_watchdog()  # killed by any means, this command leaves no temporary Prefect server behind
-    state = dpo(cfg, return_state=True)
+    state = run_flow(cfg, return_state=True)
     if not state.is_completed():
         # Only this run's own summary (written when its last gate rejected), never one a previous run left there.
         summary_path = run_dir / "summary.json"
@@ -559,7 +584,7 @@ def server(
             stack.start_worker(pool)
         out.print(f"[bold]Prefect UI:[/] {escape(stack.ui_url)}", markup=True)
         out.print(
-            f"deployments: dpo/dpo-demo, curate/nightly-curation (02:00 {stack.timezone}), "
+            f"deployments: dpo/dpo-demo, srf/srf-demo, curate/nightly-curation (02:00 {stack.timezone}), "
             "shard/shard-m4-max, shard/shard-m3-ultra"
         )
         out.print(
@@ -597,6 +622,13 @@ def print_summary(summary: dict) -> None:
         "generation_batch_size",
         "batch_size_source",
         "dpo_batch_size",
+        "reward_model_batch_size",
+        "rl_prompts_per_step",
+        "rl_num_generations",
+        "reward_model_val_accuracy",
+        "reward_model_train_val_gap",
+        "reward_verifier_spearman",
+        "reward_verifier_spearman_within_prompt",
         "wall_time_s",
         "compute_time_s",
         "throughput_examples_per_s",
@@ -612,6 +644,8 @@ def print_summary(summary: dict) -> None:
         table.add_row(
             key, "not computed" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
         )
+    for stage, tier in summary.get("gate_tiers", {}).items():
+        table.add_row(f"gate {stage}", tier)
     for key in ("failure", "run_dir", "final_model", "summary_path"):
         if summary.get(key) is not None:
             table.add_row(key, str(summary[key]))

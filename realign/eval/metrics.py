@@ -194,3 +194,44 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
         if sel.any():
             ece += sel.mean() * abs(corr[sel].mean() - conf[sel].mean())
     return float(ece)
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tied = x == v
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson's r of the average ranks, so ties are handled), over the pairs where
+    both are finite; NaN with fewer than two such pairs or when either side is constant."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def grouped_spearman(groups: Sequence, a: Sequence[float], b: Sequence[float]) -> tuple[float, int]:
+    """(mean Spearman over groups, number of groups it is defined for): the rank agreement *within* each group (one
+    prompt's samples), which is what group-normalised RL (GRPO) uses; groups where it is undefined (fewer than two
+    finite pairs, a constant side) are left out. NaN when no group has one."""
+    by: dict = {}
+    for g, x, y in zip(groups, a, b, strict=True):
+        by.setdefault(g, ([], []))
+        by[g][0].append(x)
+        by[g][1].append(y)
+    rhos = [r for xs, ys in by.values() if not math.isnan(r := spearman(xs, ys))]
+    return (float(np.mean(rhos)) if rhos else float("nan")), len(rhos)

@@ -17,21 +17,28 @@ def _plt():
     return plt
 
 
+PREFERENCE_PANELS = [
+    ("loss", "loss"),
+    ("rewards/margins", "reward margin"),
+    ("kl", "KL(policy || reference), nats/token"),
+    ("rewards/accuracies", "reward accuracy"),
+]
+RL_PANELS = [
+    ("reward", "reward (mean over the step's samples)"),
+    ("kl", "KL(policy || reference), nats/token"),
+    ("entropy", "policy entropy, nats/token"),
+    ("clip_ratio/region_mean", "clipped share of tokens"),
+]
+
+
 def training_curves(history: pd.DataFrame, path: str | Path, title: str = "DPO training") -> Path:
-    """loss, rewards/margins, KL and rewards/accuracies per step (rounds concatenated)."""
+    """Four per-step panels (rounds concatenated): RL histories (a `reward` column) show reward, KL, entropy and
+    the clipped share; preference histories loss, reward margin, KL and reward accuracy."""
     plt = _plt()
     h = history.reset_index(drop=True)
     x = range(1, len(h) + 1)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (col, label) in zip(
-        axes.flat,
-        [
-            ("loss", "loss"),
-            ("rewards/margins", "reward margin"),
-            ("kl", "KL(policy || reference), nats/token"),
-            ("rewards/accuracies", "reward accuracy"),
-        ],
-    ):
+    for ax, (col, label) in zip(axes.flat, RL_PANELS if "reward" in h else PREFERENCE_PANELS):
         if col in h:
             series = h[col]
             ax.plot([i for i, v in zip(x, series) if v == v], [v for v in series if v == v], marker=".", linewidth=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realign.eval.metrics import mean_kl
+from realign.eval.metrics import mean_entropy, mean_kl
 from realign.model.generate import GenerationConfig, generate
 from realign.model.logprobs import _pad_id, collate, encode, mean_completion_loss
 from realign.score.verifiers import positional_match
@@ -86,3 +86,27 @@ def kl_probe(model, reference, tokenizer, examples: Sequence[tuple[str, str]]) -
     batch = collate([encode(tokenizer, p, c) for p, c in examples], pad_id=_pad_id(tokenizer))
     inputs = batch.tokens[:, :-1]
     return mean_kl(model(inputs), reference(inputs), batch.mask)
+
+
+def policy_drift(
+    model, reference, tokenizer, prompts: Sequence[str], *, max_tokens: int = 16, seed: int = 0, batch_size: int = 64
+) -> dict[str, float]:
+    """The policy answers `prompts` (one sample each at temperature 1, seeded); on those completion tokens, the mean
+    per-token KL(policy || reference) and policy entropy over the full vocabulary (nats). NaN for no prompts."""
+    if not prompts:
+        return {"kl": math.nan, "entropy": math.nan, "tokens": 0}
+    outs = generate(
+        model,
+        tokenizer,
+        list(prompts),
+        GenerationConfig(temperature=1.0, max_tokens=max_tokens, batch_size=batch_size, seed=seed),
+    )
+    examples = [(p, o[0].text) for p, o in zip(prompts, outs)]
+    batch = collate([encode(tokenizer, p, c) for p, c in examples], pad_id=_pad_id(tokenizer))
+    inputs = batch.tokens[:, :-1]
+    logits = model(inputs)
+    return {
+        "kl": mean_kl(logits, reference(inputs), batch.mask),
+        "entropy": mean_entropy(logits, batch.mask),
+        "tokens": int(batch.mask.sum().item()),
+    }

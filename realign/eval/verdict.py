@@ -128,3 +128,15 @@ def verdict(
     else:
         outcome = f"{method} did NOT beat the control on {target}: {against}"
     return f"{outcome}; {change}"
+
+
+def reward_hacking(reward: Comparison, accuracy: Comparison) -> bool:
+    """The learned reward went up while the verifier's accuracy went down, both beyond their intervals: the policy
+    found what the reward model likes instead of what is right."""
+    return (
+        reward.measured
+        and accuracy.measured
+        and not reward.within_noise
+        and not accuracy.within_noise
+        and reward.difference > 0 > accuracy.difference
+    )

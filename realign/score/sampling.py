@@ -67,14 +67,27 @@ class PairsConfig(_Config):
         default_factory=lambda: GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
         description="How candidate answers are sampled (n per prompt).",
     )
-    scorer: Literal["verifier", "judge"] = Field(
-        "verifier", description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating."
+    scorer: Literal["verifier", "judge", "reward_model"] = Field(
+        "verifier",
+        description="verifier: graded match to the known answer; judge: an MLX model's 0-10 rating; reward_model: "
+        "sigmoid of a trained reward model's reward.",
     )
     judge_model: str | None = Field(None, description="judge: the judge model directory.")
+    reward_model: str | None = Field(
+        None, description="reward_model: a reward model directory (an SRF run's 03_reward_model_training/reward_model)."
+    )
     use_calibration: bool = Field(
         True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one."
     )
     sharding: ShardingConfig = Field(default_factory=ShardingConfig, description="Fan the sampling out to work pools.")
+
+    @model_validator(mode="after")
+    def _scorer_model_named(self) -> "PairsConfig":
+        if self.scorer == "judge" and not self.judge_model:
+            raise ValueError("pairs.scorer 'judge' needs pairs.judge_model (a judge model directory)")
+        if self.scorer == "reward_model" and not self.reward_model:
+            raise ValueError("pairs.scorer 'reward_model' needs pairs.reward_model (a reward model directory)")
+        return self
 
 
 @dataclass
@@ -96,11 +109,13 @@ def sample_and_score(
     seed: int,
     on_progress: Callable[[int, int], None] | None = None,
     judge_lm=None,
+    reward_model=None,
 ) -> ScoredSamples:
     """Sample `pairs_cfg.generation.n` answers per prompt with `lm` (a realign.model.load.LoadedModel) at `seed`.
 
     verifier: score = positional match to the known answer, second = edit similarity to it.
     judge: score = `judge_lm`'s 0-10 rating / 10, second = exact match when every answer is known.
+    reward_model: score = `reward_model`'s (a RewardModelScorer) sigmoid(reward), second = exact match likewise.
     """
     from realign.model.generate import generate
     from realign.score.judge import JudgeScorer
@@ -121,6 +136,12 @@ def sample_and_score(
         # which positional match punishes). Agreement = how often both name the same winner.
         second = [[edit_similarity(t, a) for t in ts] for ts, a in zip(texts, answers)]
         return ScoredSamples(texts, scores, second)
+    if pairs_cfg.scorer == "reward_model":
+        if reward_model is None:
+            raise ValueError("scorer 'reward_model' needs a reward model (pairs.reward_model)")
+        flat = reward_model.score([p for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
+        it = iter(flat)
+        return ScoredSamples(texts, [[next(it) for _ in ts] for ts in texts], exact)
     if judge_lm is None:
         raise ValueError("scorer 'judge' needs a judge model (pairs.judge_model)")
     judge = JudgeScorer(judge_lm.model, judge_lm.tokenizer)
@@ -163,6 +184,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     import pandas as pd
 
     from realign.model.load import load_model
+    from realign.score.reward_model import load_reward_model
 
     if slowdown < 1:
         raise ValueError(f"slowdown must be >= 1 (1 = full speed), got {slowdown}")
@@ -177,6 +199,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     answers = [None if a is None or a != a else a for a in frame["answer"].tolist()]
     lm = load_model(job.model_dir)
     judge_lm = load_model(job.pairs.judge_model) if job.pairs.scorer == "judge" else None
+    rm = load_reward_model(job.pairs.reward_model) if job.pairs.scorer == "reward_model" else None
     last = [time.perf_counter()]
 
     def progress(done: int, total: int) -> None:
@@ -187,7 +210,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
             on_progress(done, total)
 
     t_sample = time.perf_counter()
-    scored = sample_and_score(lm, prompts, answers, job.pairs, job.seed, progress, judge_lm)
+    scored = sample_and_score(lm, prompts, answers, job.pairs, job.seed, progress, judge_lm, rm)
     sample_s = time.perf_counter() - t_sample
     out = pd.DataFrame(
         {

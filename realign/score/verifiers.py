@@ -46,13 +46,14 @@ class Verifier:
 
     answers: prompt -> expected answer (a mapping or a function).
     mode "exact": trimmed string equality; "numeric": the completion's last number equals
-    the expected number within `tolerance`; or pass `check(completion, expected) -> bool`.
+    the expected number within `tolerance`; "graded": score = positional_match in [0, 1] (is_correct
+    stays exact); or pass `check(completion, expected) -> bool`.
     """
 
     def __init__(
         self,
         answers: Mapping[str, str] | Callable[[str], str],
-        mode: Literal["exact", "numeric"] = "exact",
+        mode: Literal["exact", "numeric", "graded"] = "exact",
         check: Callable[[str, str], bool] | None = None,
         tolerance: float = 1e-6,
         name: str = "verifier",
@@ -78,4 +79,6 @@ class Verifier:
         return completion.strip() == expected.strip()
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        if self.mode == "graded":
+            return [positional_match(c, self.expected(p)) for p, c in zip(prompts, completions, strict=True)]
         return [1.0 if self.is_correct(p, c) else 0.0 for p, c in zip(prompts, completions, strict=True)]

@@ -247,7 +247,7 @@ class RLConfig(BaseModel):
     )
     chat: bool = Field(True, description="Apply the tokenizer's chat template to each prompt.")
     train: TrainConfig = Field(
-        TrainConfig(steps=40, batch_size=8, learning_rate=2e-5, lora=None, checkpoint_every=10),
+        TrainConfig(steps=100, batch_size=16, learning_rate=1e-5, lora=None, checkpoint_every=20),
         description="Optimiser: steps = sampling steps, batch_size = prompts per micro-batch (each makes G samples), "
         "kl_limit stops early on the step's KL.",
     )

@@ -14,9 +14,10 @@ from realign.eval.control import ControlArm, train_control
 from realign.eval.metrics import capability_retention, decontamination
 from realign.eval.plots import before_after, training_curves
 from realign.eval.probes import eval_metrics, kl_probe, score_eval_sets, win_rate
-from realign.eval.verdict import Comparison, compare, verdict
+from realign.eval.verdict import Comparison, compare, reward_hacking, verdict
 from realign.io import write_json
 from realign.model.load import load_model, save_model
+from realign.score.reward_model import load_reward_model
 from tasks.cache import stage_task
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
@@ -55,12 +56,14 @@ def evaluate_run(
     method: str = "the workflow",
     max_tokens: int = 12,
     ngram: int = 13,
+    reward_model_dir: str | None = None,
 ) -> EvaluationResult:
     """Evaluate `final_model_dir` against the stage-1 model `reference_dir` (whose metrics are `baseline`).
 
     probe: fixed (prompt, completion) texts for the final KL; trained_on: every training file of the run, any row
     format (stage 1's SFT data comes from `data`), for decontamination; training_metrics: per-step metric tables, for
-    the curves.
+    the curves. reward_model_dir: a learned reward (SRF); its score of the target answers before and after is compared
+    too, and reward hacking flagged when it rose while the verifier's accuracy fell (both outside noise).
     """
     log = get_run_logger()
     t0 = time.perf_counter()
@@ -93,6 +96,16 @@ def evaluate_run(
         control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
         comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
         log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))
+    hacking = None
+    if reward_model_dir is not None:
+        rm = load_reward_model(reward_model_dir)
+        rm_after = rm.score(tgt.prompts, scored[tgt.name].predictions)
+        rm_before = rm.score(tgt.prompts, start.predictions)
+        rm_cmp = compare("reward_model_score", "after", rm_after, "before", rm_before)
+        hacking = reward_hacking(rm_cmp, comparisons[0])
+        comparisons.append(rm_cmp)
+        if hacking:
+            log.warning(f"reward hacking: {rm_cmp.describe()} while {comparisons[0].describe()}")
     chosen_on_target = bundle.dev is None  # no dev split: stage 6 judged the rounds on the target set itself
     said = verdict(
         method,
@@ -102,6 +115,11 @@ def evaluate_run(
         control.description if control else "",
         chosen_on_target,
     )
+    if hacking:
+        said += (
+            " Reward hacking: the learned reward rose while the verifier's accuracy fell (both outside noise); "
+            "do not ship this model: retrain the reward model on the policy's own samples, or add the verifier."
+        )
 
     final_dir = out / "final_model"
     if final_dir.exists():
@@ -132,6 +150,7 @@ def evaluate_run(
         "target_before": before.get(key, float("nan")),
         "target_after": after[key],
         "win_rate": wr,
+        **({"reward_hacking": hacking} if hacking is not None else {}),
     }
     report = {
         **metrics,

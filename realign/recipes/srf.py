@@ -1,0 +1,101 @@
+"""The SRF workflow's recipe (Supervised Reward Fine-tuning): stage 2's pairs, stage 3-4's reward model, stage 5's RL,
+plus the common parts. Every default is the seeds' number or TRL's; the embedded demo sets its own in
+deployments/srf-demo.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from realign.data.datasets import DataConfig
+from realign.recipes.common import (
+    IterationConfig,
+    ModelSpec,
+    Recipe,
+    RunName,
+    SFTStageConfig,
+    input_problems,
+    load_recipe,
+)
+from realign.score.sampling import PairsConfig
+from realign.thresholds import ThresholdsConfig
+from realign.train.reward import RewardTrainingConfig
+from realign.train.rl import RLConfig
+
+
+class RewardModelStageConfig(Recipe):
+    """Stages 3-4: the reward model trained on the pairs, and checked on pairs it never saw."""
+
+    training: RewardTrainingConfig = Field(RewardTrainingConfig(), description="Stage 3: Bradley-Terry training.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of pairs held out for stage 4's validation.")
+    correlation_samples: int = Field(
+        512, ge=0, le=100_000, description="Stage 4: held-out samples scored by both reward model and verifier."
+    )
+
+
+class RLStageConfig(Recipe):
+    """Stage 5: RL fine-tuning against the learned reward (plus, optionally, the verifier)."""
+
+    rl: RLConfig = Field(RLConfig(), description="The RL loop: estimator, group size, KL, clipping, optimiser.")
+    reward_model_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the reward model's score.")
+    verifier_weight: float = Field(
+        0.0, ge=0.0, le=100.0, description="Weight of the verifier's graded score (needs known answers)."
+    )
+    probe_prompts: int = Field(
+        64, ge=1, le=10_000, description="Held-out prompts sampled after training to measure KL and entropy."
+    )
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> "RLStageConfig":
+        if not self.reward_model_weight and not self.verifier_weight:
+            raise ValueError("rl: reward_model_weight and verifier_weight are both 0: nothing to reward")
+        return self
+
+
+class SRFIterationConfig(IterationConfig):
+    """Stage 6: rounds of RL; optionally a fresh reward model each round on the current policy's samples."""
+
+    refresh_reward_model: bool = Field(
+        False, description="Rounds 2+: sample new pairs from the current policy and retrain the reward model."
+    )
+
+
+class SRFWorkflowConfig(Recipe):
+    """Everything an SRF run needs: reward model from preference pairs, then RL against it."""
+
+    run_name: RunName | None = Field(
+        None,
+        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
+    )
+    runs_root: str = Field("runs", description="Where run directories are created.")
+    model: ModelSpec = Field(ModelSpec(), description="Base model.")
+    data: DataConfig = Field(DataConfig(), description="Prompts, SFT data and evaluation sets.")
+    sft: SFTStageConfig = Field(SFTStageConfig(), description="Stage 1.")
+    pairs: PairsConfig = Field(PairsConfig(), description="Stage 2: preference pairs (as the DPO workflow's).")
+    reward_model: RewardModelStageConfig = Field(RewardModelStageConfig(), description="Stages 3-4.")
+    rl: RLStageConfig = Field(RLStageConfig(), description="Stage 5.")
+    iterations: SRFIterationConfig = Field(SRFIterationConfig(max_rounds=1), description="Stage 6.")
+    control: bool = Field(
+        True, description="Stage 7: also train continued SFT on the chosen answers for as many steps, as a control."
+    )
+    eval_max_tokens: int = Field(
+        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
+    )
+    thresholds: ThresholdsConfig = Field(ThresholdsConfig(), description="Gate thresholds and tiers.")
+    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+
+    @model_validator(mode="after")
+    def _inputs_exist(self) -> "SRFWorkflowConfig":
+        problems = input_problems(self.model, self.data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_srf_recipe(path: str | Path) -> SRFWorkflowConfig:
+    """An SRFWorkflowConfig from YAML; ValueError naming the file and the bad fields."""
+    return load_recipe(path, SRFWorkflowConfig)  # type: ignore[return-value]
