@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--groups", type=int, nargs=2, default=[4, 8], help="two group sizes G")
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
+    if args.steps < 3:
+        ap.error("--steps must be >= 3 (the first two steps compile the update and are not timed)")
     rows, _ = splits("reverse", 256, 1, seed=0)
     answers = {e.prompt: e.answer for e in rows}
     with tempfile.TemporaryDirectory() as d:

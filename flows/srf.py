@@ -40,7 +40,7 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
         start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens)
         pairs_cfg, batch_source = calibrated(c.pairs)
 
-        model_dir, rounds, first, reward_model = start, [], None, None
+        model_dir, rounds, first, reward_model, rewarded_by = start, [], None, None, {}
         for rnd in range(1, c.iterations.max_rounds + 1):
             if reward_model is None or c.iterations.refresh_reward_model:
                 # 2. Preference data generation, from the current model (the DPO workflow's stage).
@@ -52,13 +52,14 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
                     train_reward_model(c.reward_model, model_dir, s2.pairs_path, run.dir, rnd),
                     reward_model_training_suite,
                 )
-                # 4. Reward model validation on the held-out pairs (and against stage 2's scorer).
+                # 4. Reward model validation on the held-out pairs, and against the verifier where answers are known.
                 completions = str(Path(s2.out_dir) / "completions.jsonl")
                 s4 = validate_reward_model(
                     s3.reward_model_dir,
                     s2.pairs_path,
                     s3.split_path,
                     completions,
+                    data,
                     run.dir,
                     c.reward_model.correlation_samples,
                     rnd,
@@ -67,6 +68,7 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
                 reward_model = s3.reward_model_dir
             # 5. RL fine-tuning against the learned reward.
             s5 = run.gate(optimize_rl(c.rl, model_dir, reward_model, data, run.dir, rnd), rl_optimization_suite)
+            rewarded_by[rnd] = reward_model
             # 6. Iterative training: measure the round, decide whether to go on.
             score = assess_round(
                 data, s5.model_dir, rnd, rounds, baseline, c.iterations, start, first.probe, max_kl, s5.reason, tokens
@@ -96,7 +98,8 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
             method="reward model + RL",
             max_tokens=tokens,
             ngram=ngram,
-            reward_model_dir=reward_model,
+            # the reward model the chosen round was trained against (the first one when stage 1's model is kept)
+            reward_model_dir=rewarded_by.get(s6.best_round, rewarded_by[1]),
         )
         sizes = {
             "generation_batch_size": pairs_cfg.generation.batch_size,

@@ -95,3 +95,31 @@ def test_a_trained_reward_model_ranks_held_out_pairs_and_scores_from_its_directo
 def test_a_directory_without_the_reward_config_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="not a reward model directory"):
         load_reward_model(tiny_model_dir)
+
+
+def test_batches_point_at_each_rows_last_real_token(tiny_model_dir):
+    from realign.score.reward_model import reward_model_batches
+
+    lm = load_model(tiny_model_dir)
+    pairs = [
+        {"prompt": "Reverse: 12", "chosen": "21", "rejected": "12 twelve"},
+        {"prompt": "Reverse: 123456", "chosen": "654321", "rejected": "1"},
+    ]
+    batch = reward_model_batches(lm.tokenizer, pairs, TrainConfig(batch_size=2, seed=0))(0)
+    tokens, last = np.array(batch["tokens"]), np.array(batch["last"])
+    eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
+    for row, i in zip(tokens, last):
+        assert row[i] == eos  # the appended stop token ends every completion ...
+        assert (row[i + 1 :] == pad).all()  # ... and only padding follows it
+    assert len(set(last.tolist())) > 1  # rows of different lengths: one index per row, not the padded length
+
+
+def test_a_damaged_reward_model_directory_says_what_is_wrong(tiny_model_dir, tmp_path):
+    lm = load_model(tiny_model_dir)
+    out = save_reward_model(sequence_reward_model(lm.model), tiny_model_dir, tmp_path / "rm")
+    (out / "score_head.safetensors").unlink()
+    with pytest.raises(ValueError, match="reward head is missing"):
+        load_reward_model(out)
+    (out / "reward_config.json").write_text('{"type": "something-else"}')
+    with pytest.raises(ValueError, match="expected 'realign-reward-model'"):
+        load_reward_model(out)

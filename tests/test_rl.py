@@ -107,7 +107,7 @@ def test_grpo_loss_reductions(loss_type, expected):
     assert loss == pytest.approx(expected, rel=1e-6)
     # measured even at beta 0 (float32: exp(d) - d - 1 keeps ~1e-7 absolute precision for small d)
     assert metrics["kl"] == pytest.approx((K00 + 0 + K10) / 3, abs=1e-6)
-    # only token (0, 0) is clipped: c = e^0.2 > 1.2 with A > 0; (1, 1) would be but is padding
+    # only token (0, 0) is clipped: c = e^0.2 > 1.2 with A > 0 (token (1, 1) has A < 0, and is padding besides)
     assert metrics["clip_ratio/high_mean"] == pytest.approx(1 / 3)
     assert metrics["clip_ratio/low_mean"] == 0.0
     assert metrics["clip_ratio/region_mean"] == pytest.approx(1 / 3)
@@ -123,10 +123,20 @@ def test_grpo_loss_asymmetric_clipping():
     loss, metrics = _loss(epsilon_high=0.3)
     assert loss == pytest.approx((-math.exp(0.2) + T01 + T10) / 3, rel=1e-6)
     assert metrics["clip_ratio/region_mean"] == 0.0
-    # epsilon_low 0.05: row 1's c = 1 is inside [0.95, 1.3]; a ratio of e^-0.1 = 0.905 with A > 0 is not clipped
-    # (low clipping applies only where A < 0)
+    # epsilon_low 0.05: a ratio of e^-0.1 = 0.905 with A > 0 is not clipped (low clipping applies only where A < 0)
     _, metrics = _loss(epsilon_low=0.05)
     assert metrics["clip_ratio/low_mean"] == 0.0
+
+
+def test_grpo_loss_clips_low_ratios_of_negative_advantages():
+    # one token, c = e^(log 0.6) = 0.6 < 1 - 0.2 with A = -1: -min(0.6 * -1, 0.8 * -1) = 0.8, and it counts as clipped
+    lp, old = mx.array([[math.log(0.6)]]), mx.array([[0.0]])
+    loss, metrics = grpo_loss(lp, old, None, mx.array([-1.0]), mx.array([[1.0]]), epsilon_low=0.2, epsilon_high=0.2)
+    assert loss.item() == pytest.approx(0.8, rel=1e-6)
+    assert metrics["clip_ratio/low_mean"].item() == 1.0 and metrics["clip_ratio/high_mean"].item() == 0.0
+    # asymmetric: epsilon_low 0.5 leaves 0.6 inside [0.5, 1.2]: loss -(0.6 * -1) = 0.6, nothing clipped
+    loss, metrics = grpo_loss(lp, old, None, mx.array([-1.0]), mx.array([[1.0]]), epsilon_low=0.5, epsilon_high=0.2)
+    assert loss.item() == pytest.approx(0.6, rel=1e-6) and metrics["clip_ratio/region_mean"].item() == 0.0
 
 
 def test_grpo_loss_on_fresh_samples_is_the_policy_gradient():
@@ -227,3 +237,59 @@ def test_rl_with_a_verifier_reward_beats_the_sft_model_beyond_its_interval(sft_m
     gain = compare("reverse_accuracy", "after", after.exact, "before", before.exact)
     assert result.steps_done == 60
     assert gain.ci_low > 0, gain.describe()  # the whole 95% interval is above 0: more than noise
+
+
+def _tiny_rl(tiny_model_dir, **train):
+    from realign.model.load import load_model
+    from realign.train.loop import TrainConfig, prepare_model
+    from realign.train.rl import RLConfig
+
+    lm = load_model(tiny_model_dir)
+    cfg = RLConfig(
+        num_generations=2,
+        max_completion_length=4,
+        train=TrainConfig(**{"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "lora": {"rank": 4}, **train}),
+    )
+    prepare_model(lm.model, cfg.train)
+    return lm, cfg
+
+
+def test_every_update_follows_one_schedule_and_metrics_use_trls_definitions(tiny_model_dir):
+    from realign.train.rl import rl_train
+
+    lm, cfg = _tiny_rl(tiny_model_dir, grad_accum=2)
+    cfg = cfg.model_copy(update={"num_iterations": 2})
+    seen = []
+
+    def reward(prompts, completions):
+        r = [float(len(c) % 3) for c in completions]
+        seen.append(r)
+        return r
+
+    rows = []
+    rl_train(lm.model, lm.tokenizer, [f"Copy: {i}{i}" for i in range(8)], reward, cfg, callback=rows.append)
+    # 3 steps x 2 updates: cosine from 1e-3 to 1e-4 over 6 updates; a step logs the lr of its last update
+    lr = [1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in (1, 3, 5)]
+    assert [r["lr"] for r in rows] == pytest.approx(lr, rel=1e-5)
+    # two micro-batches of 2 prompts x 2 samples per step; reward_std is the std of all of the step's rewards
+    for row, (a, b) in zip(rows, zip(seen[::2], seen[1::2])):
+        assert row["samples"] == 8
+        assert row["reward"] == pytest.approx(np.mean(a + b))
+        assert row["reward_std"] == pytest.approx(np.std(a + b, ddof=1))
+
+
+def test_a_run_stopped_by_its_kl_limit_stays_stopped_when_resumed(tiny_model_dir, tmp_path):
+    from realign.train.rl import rl_train
+
+    def reward(prompts, completions):
+        return [float(len(c)) for c in completions]
+
+    lm, cfg = _tiny_rl(tiny_model_dir, kl_limit=1e-12, learning_rate=5e-2)
+    first = rl_train(lm.model, lm.tokenizer, ["Copy: 12", "Copy: 34"], reward, cfg, out_dir=tmp_path)
+    assert first.stopped == "kl_limit" and first.steps_done < 3
+    lm, cfg = _tiny_rl(tiny_model_dir, kl_limit=1e-12, learning_rate=5e-2)
+    again = rl_train(lm.model, lm.tokenizer, ["Copy: 12", "Copy: 34"], reward, cfg, out_dir=tmp_path)
+    assert (again.stopped, again.steps_done, again.resumed_from) == ("kl_limit", first.steps_done, first.steps_done)
+    with pytest.raises(ValueError, match="dropout"):
+        lm, cfg = _tiny_rl(tiny_model_dir, lora={"rank": 4, "dropout": 0.1})
+        rl_train(lm.model, lm.tokenizer, ["Copy: 12"], reward, cfg)

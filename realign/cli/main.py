@@ -607,6 +607,18 @@ def server(
         stack.stop()
 
 
+def _shown(value) -> str:
+    """A summary value as a person reads it: floats to 4 significant digits, per-round lists joined, None as
+    'not computed'."""
+    if value is None:
+        return "not computed"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, (float, int, type(None))) for v in value):
+        return ", ".join(_shown(v) for v in value) or "none"
+    return str(value)
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title=f"{summary['workflow']} run: {summary['tier']}", show_header=False)
     table.add_column("field")
@@ -629,6 +641,8 @@ def print_summary(summary: dict) -> None:
         "reward_model_train_val_gap",
         "reward_verifier_spearman",
         "reward_verifier_spearman_within_prompt",
+        "rl_kl",
+        "rl_entropy",
         "wall_time_s",
         "compute_time_s",
         "throughput_examples_per_s",
@@ -639,11 +653,9 @@ def print_summary(summary: dict) -> None:
         value = summary.get(key)
         if key == "cost_per_example" and value is None:
             value = summary.get("cost_note")
-        table.add_row(key, str(value))
+        table.add_row(key, _shown(value))
     for key, value in summary.get("results", {}).items():
-        table.add_row(
-            key, "not computed" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-        )
+        table.add_row(key, _shown(value))
     for stage, tier in summary.get("gate_tiers", {}).items():
         table.add_row(f"gate {stage}", tier)
     for key in ("failure", "run_dir", "final_model", "summary_path"):

@@ -151,6 +151,8 @@ HEAD_FILE = "score_head.safetensors"  # not model*.safetensors: mlx_lm.load read
 
 
 def _nn():
+    # mlx is imported when a reward model is built or used: importing this module (the linear probe's config, the
+    # constants) must not load MLX.
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -167,7 +169,9 @@ def sequence_reward_model(lm_model, seed: int = 0):
         def __init__(self, backbone):
             super().__init__()
             self.backbone = backbone
-            hidden = backbone.model.embed_tokens.weight.shape[1]
+            # the model's hidden size from its config: a quantised embedding's weight is packed (dims * bits / 32)
+            args = getattr(backbone, "args", None)
+            hidden = getattr(args, "hidden_size", None) or backbone.model.norm.weight.shape[0]
             self.score = nn.Linear(hidden, 1, bias=False)
             # HF initialises the head N(0, 0.02) (initializer_range); seeded so a run is reproducible
             self.score.weight = 0.02 * mx.random.normal((1, hidden), key=mx.random.key(seed))
@@ -271,6 +275,9 @@ def save_reward_model(model, source_dir: str | Path, out_dir: str | Path, **conf
     from realign.model.load import save_model
 
     out = save_model(model.backbone, source_dir, out_dir)
+    # save_model copies the source's other files: a source that is itself a reward model brings its config along,
+    # which must not mark this directory complete before its own head is written.
+    (out / REWARD_CONFIG).unlink(missing_ok=True)
     tmp = out / f".{HEAD_FILE}"
     mx.save_safetensors(str(tmp), {"score.weight": model.score.weight})
     os.replace(tmp, out / HEAD_FILE)
@@ -291,12 +298,20 @@ def load_reward_model(path: str | Path) -> RewardModelScorer:
             f"{path}: not a reward model directory ({REWARD_CONFIG} missing): train one with the SRF workflow's "
             "stage 3, or name its 03_reward_model_training/reward_model directory"
         )
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{cfg_path}: unreadable ({exc}); retrain the reward model (SRF stage 3)") from exc
+    if config.get("type") != "realign-reward-model":
+        raise ValueError(f"{cfg_path}: type {config.get('type')!r}, expected 'realign-reward-model'")
+    head_path = path / config.get("head", HEAD_FILE)
+    if not head_path.is_file():
+        raise ValueError(f"{head_path}: the reward head is missing; retrain the reward model (SRF stage 3)")
     lm = load_model(path)
     model = sequence_reward_model(lm.model)
-    head = mx.load(str(path / config.get("head", HEAD_FILE)))
+    head = mx.load(str(head_path))
     if "score.weight" not in head:
-        raise ValueError(f"{path / HEAD_FILE}: no 'score.weight' (expected the reward head)")
+        raise ValueError(f"{head_path}: no 'score.weight' (expected the reward head)")
     model.score.weight = head["score.weight"]
     model.eval()
     return RewardModelScorer(model, lm.tokenizer, path, config)

@@ -347,13 +347,14 @@ def train(
         grad_norm = None
         if cfg.max_grad_norm is not None:
             acc_grads, grad_norm = optim.clip_grad_norm(acc_grads, cfg.max_grad_norm)
+        optimizer.update(model, acc_grads)
+        mx.eval(model.parameters(), optimizer.state)
+        # read after the update: MLX sets the scheduled rate as it applies it (before, it holds the previous one)
         lr = (
             optimizer.learning_rate.item()
             if isinstance(optimizer.learning_rate, mx.array)
             else float(optimizer.learning_rate)
         )
-        optimizer.update(model, acc_grads)
-        mx.eval(model.parameters(), optimizer.state)
         row = {"step": step + 1, "lr": lr}
         row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})
         if grad_norm is not None:

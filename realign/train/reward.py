@@ -28,7 +28,7 @@ class RewardTrainingConfig(BaseModel):
         le=100.0,
         description="Bradley-Terry margin = this * the pair's score gap (TRL's `margin` column); 0: no margin.",
     )
-    head_seed: int = Field(0, ge=0, description="Seed of the head's N(0, 0.02) initialisation.")
+    head_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the head's N(0, 0.02) initialisation.")
 
 
 def fit_reward_model(

@@ -11,6 +11,7 @@ References: GRPO (Shao et al. 2024), DAPO (Yu et al. 2025), Dr. GRPO (Liu et al.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -63,8 +64,10 @@ def _nanstd(x: np.ndarray, axis=None) -> np.ndarray:
 
 
 def group_std(rewards: Sequence[float], num_generations: int) -> np.ndarray:
-    """Per-group reward std (Bessel's correction) [n_groups]: TRL's `reward_std` is its mean."""
-    return _nanstd(_grouped(rewards, num_generations), axis=1)
+    """Per-group reward std (Bessel's correction) [n_groups]; NaN for a group with fewer than two finite rewards
+    (`frac_reward_zero_std` counts the groups whose std is 0: nothing to learn from them)."""
+    g = _grouped(rewards, num_generations)
+    return np.where(np.isfinite(g).sum(axis=1) > 1, _nanstd(g, axis=1), np.nan)
 
 
 def group_advantages(
@@ -77,8 +80,9 @@ def group_advantages(
     group statistics and gets advantage 0: it teaches nothing. A group whose rewards are all equal gets 0.
     """
     g = _grouped(rewards, num_generations)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(g, axis=1, keepdims=True) if np.isfinite(g).any() else np.zeros((g.shape[0], 1))
+    finite = np.isfinite(g)
+    # mean over the finite rewards of each group (an all-NaN group: 0, and its advantages are 0 below)
+    mean = np.where(finite, g, 0.0).sum(axis=1, keepdims=True) / np.maximum(finite.sum(axis=1, keepdims=True), 1)
     adv = g - mean
     if scale_rewards == "group":
         adv = adv / (_nanstd(g, axis=1)[:, None] + ADV_EPS)
@@ -145,7 +149,8 @@ def grpo_loss(
     beta * k3 where k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman's estimator of KL(policy || ref)).
     old None: the samples came from this very policy (num_iterations = 1), c = 1 with its gradient kept.
     Reduction: "grpo" mean over each sequence's tokens then over sequences; "bnpo" and "dapo" mean over all
-    completion tokens of the batch (identical in one process: TRL's dapo normalises by the global token count);
+    completion tokens of the batch (TRL's dapo divides by the token count of the whole accumulation window; here each
+    micro-batch is normalised by its own, so with grad_accum > 1 "dapo" is TRL's "bnpo");
     "dr_grpo" sum / (B * max_completion_length).
     Metrics (gradient-free): kl (token mean of k3, when ref is given), clip_ratio/low_mean, high_mean, region_mean.
     """
@@ -296,17 +301,19 @@ def _sample(
         chat=cfg.chat,
     )
     samples = generate(model, tokenizer, prompts, gen)
+    # mlx-lm's batch_generate drops the stop token without saying which one it was: the tokenizer's eos_token_id
+    # stands for it (exact when the tokenizer has one stop token, as Qwen's chat models' <|im_end|>).
     eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id: RL needs it to train stopping")
     texts, encoded, lengths = [], [], []
     for prompt, group in zip(prompts, samples):
         p = prompt_tokens(tokenizer, prompt, cfg.chat)
         for c in group:
-            ids = list(c.tokens) + ([eos] if c.finished and eos is not None else [])
-            if not ids:  # a completion must have one token to be scored; an empty one ends at once
-                ids = [eos]
+            ids = list(c.tokens) + ([eos] if c.finished else [])
             texts.append(c.text)
             encoded.append(Encoded(p + ids, len(p)))
-            lengths.append(c.n_tokens)
+            lengths.append(len(ids))  # completion tokens including the stop token, as TRL counts them
     return texts, encoded, lengths
 
 
@@ -320,7 +327,7 @@ def rollout(
     seed: int,
 ) -> Rollout:
     """Sample, score and fix the advantages of one micro-batch. reference None: the policy's own base (LoRA
-    adapters off), or, without adapters, no reference (KL not measured; beta must be 0)."""
+    adapters off); without adapters a reference model is required (ValueError)."""
     texts, encoded, lengths = _sample(policy, tokenizer, prompts, cfg, seed)
     flat_prompts = [p for p in prompts for _ in range(cfg.num_generations)]
     rewards = np.asarray(reward_fn(flat_prompts, texts), dtype=np.float64)
@@ -376,8 +383,9 @@ def rl_loss(cfg: RLConfig) -> Callable[[nn.Module, dict], tuple[mx.array, dict]]
             loss, metrics = rloo_loss(
                 lp, old, batch["advantages"], mask, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high
             )
-            d = batch["ref_logps"] - lp
-            metrics["kl"] = mx.stop_gradient(_masked_mean(mx.exp(d) - d - 1, mask))
+            # TRL's RLOO logs the token mean of (old - ref): the per-token KL estimate its reward is penalised by
+            sampled = mx.stop_gradient(lp) if old is None else old
+            metrics["kl"] = mx.stop_gradient(_masked_mean(sampled - batch["ref_logps"], mask))
         scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
         entropy = _masked_mean(token_entropy(scaled), mask)
         if cfg.entropy_coef:
@@ -413,13 +421,24 @@ def rl_train(
     tc = cfg.train
     if not prompts:
         raise ValueError("no prompts to train on")
+    if tc.lora is not None and tc.lora.dropout:
+        raise ValueError("RL with LoRA dropout: old and new log-probs would differ by noise; set train.lora.dropout 0")
     prompts = list(prompts)
-    optimizer = make_optimizer(tc)
+    # One warmup + cosine schedule over every update: each step makes num_iterations of them (TRL counts each).
+    mu = cfg.num_iterations
+    optimizer = make_optimizer(tc.model_copy(update={"steps": tc.steps * mu, "warmup_steps": tc.warmup_steps * mu}))
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
-    start, history, warning = resume_checkpoint(ckpt_root, policy, optimizer, tc, resume_key)
+    # Checkpoints resume only under the same RL settings too (beta, G, estimator...), not just the optimiser's.
+    key = hashlib.sha256(f"{resume_key or ''}|{cfg.model_dump_json()}".encode()).hexdigest()
+    start, history, warning = resume_checkpoint(ckpt_root, policy, optimizer, tc, key)
     result = TrainResult(
         steps_done=start, stopped="completed", history=history, resumed_from=start, resume_warning=warning
     )
+    last_kl = history[-1].get("kl", math.nan) if history else math.nan
+    if start < tc.steps and tc.kl_limit is not None and last_kl > tc.kl_limit:
+        # the run being resumed had stopped on its KL limit: stopping again is what it did, not training past it
+        result.stopped, result.reason = "kl_limit", f"KL {last_kl:.4f} > limit {tc.kl_limit} at step {start}"
+        return result
     loss_fn = rl_loss(cfg)
     value_and_grad = nn.value_and_grad(policy, lambda b: loss_fn(policy, b))
 
@@ -465,13 +484,15 @@ def rl_train(
                 acc = tree_map(lambda g: g / tc.grad_accum, acc)
             if tc.max_grad_norm is not None:
                 acc, grad_norm = optim.clip_grad_norm(acc, tc.max_grad_norm)
-            lr_now = optimizer.learning_rate
-            lr = lr_now.item() if isinstance(lr_now, mx.array) else float(lr_now)
             optimizer.update(policy, acc)
             mx.eval(policy.parameters(), optimizer.state)
+            # read after the update: MLX sets the scheduled rate as it applies it (before, it holds the previous one)
+            lr_now = optimizer.learning_rate
+            lr = lr_now.item() if isinstance(lr_now, mx.array) else float(lr_now)
             updates += 1
         rewards = np.concatenate([r.rewards for r in rolls])
         stds = np.concatenate([group_std(r.rewards, cfg.num_generations) for r in rolls])
+        finite = rewards[np.isfinite(rewards)]
         lengths = [n for r in rolls for n in r.lengths]
         ntoks = float(sum(r.mask.sum().item() for r in rolls))
         dt = time.perf_counter() - t0
@@ -479,9 +500,10 @@ def rl_train(
         row.update({k: v / (updates * len(rolls)) for k, v in sums.items()})
         row.update(
             {
-                "reward": float(np.nanmean(rewards)) if np.isfinite(rewards).any() else math.nan,
-                "reward_std": float(stds.mean()),
-                "frac_reward_zero_std": float(np.isclose(stds, 0.0).mean()),
+                "reward": float(finite.mean()) if finite.size else math.nan,
+                # TRL 1.x: the std of the whole batch's rewards (the group stds are in frac_reward_zero_std)
+                "reward_std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+                "frac_reward_zero_std": float(np.isclose(stds[np.isfinite(stds)], 0.0).sum() / len(stds)),
                 "reward_unscored": int(np.isnan(rewards).sum()),
                 "completions/mean_length": float(np.mean(lengths)),
                 "tokens": ntoks,
@@ -503,7 +525,7 @@ def rl_train(
         if ckpt_root is not None and (
             (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0) or step + 1 == tc.steps or stop
         ):
-            result.checkpoint = save_checkpoint(ckpt_root, step + 1, policy, optimizer, tc, history, resume_key)
+            result.checkpoint = save_checkpoint(ckpt_root, step + 1, policy, optimizer, tc, history, key)
         if stop:
             result.stopped = "kl_limit"
             result.reason = f"KL {kl:.4f} > limit {tc.kl_limit} at step {step + 1}"

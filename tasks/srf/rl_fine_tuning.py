@@ -43,7 +43,14 @@ class RLResult(StageResult):
         return {"rl_optimization": one_row(kl=self.kl, entropy=self.entropy)}
 
     def summary(self) -> dict:
-        return {"training_steps": self.steps, "training_metrics": [self.metrics_path], "rl_samples": self.samples}
+        # held-out KL and entropy per round (lists: rounds must not add up); steps and samples add up
+        return {
+            "training_steps": self.steps,
+            "training_metrics": [self.metrics_path],
+            "rl_samples": self.samples,
+            "rl_kl": [self.kl],
+            "rl_entropy": [self.entropy],
+        }
 
 
 def step_line(row: dict, steps: int) -> str:
