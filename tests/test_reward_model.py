@@ -123,3 +123,21 @@ def test_a_damaged_reward_model_directory_says_what_is_wrong(tiny_model_dir, tmp
     (out / "reward_config.json").write_text('{"type": "something-else"}')
     with pytest.raises(ValueError, match="expected 'realign-reward-model'"):
         load_reward_model(out)
+
+
+def test_stage_2_can_score_with_a_reward_model(tiny_model_dir, tmp_path):
+    from realign.score.sampling import PairsConfig, sample_and_score
+
+    lm = load_model(tiny_model_dir)
+    out = save_reward_model(sequence_reward_model(lm.model, seed=2), tiny_model_dir, tmp_path / "rm")
+    scorer = load_reward_model(out)
+    cfg = PairsConfig(
+        scorer="reward_model", reward_model=str(out), generation={"n": 2, "max_tokens": 4, "batch_size": 8}
+    )
+    prompts, answers = ["Copy: 12", "Copy: 345"], ["12", "345"]
+    scored = sample_and_score(lm, prompts, answers, cfg, seed=0, reward_model=scorer)
+    for p, texts, scores in zip(prompts, scored.texts, scored.scores):
+        assert scores == pytest.approx(scorer.score([p] * len(texts), texts))
+        assert all(0 < s < 1 for s in scores)
+    # the second, independent judgement is exact match against the known answers
+    assert scored.second == [[float(t.strip() == a) for t in ts] for ts, a in zip(scored.texts, answers)]
