@@ -227,6 +227,7 @@ class RLConfig(BaseModel):
     num_iterations: int = Field(
         1, ge=1, le=64, description="Updates per batch of samples (mu); > 1 reuses them against their old log-probs."
     )
+    # TRL's GRPO now defaults to beta 0; a penalty here pulls the policy toward the reference, as SPEC's KL <= 0.1 asks.
     beta: float = Field(
         0.04, ge=0.0, le=10.0, description="KL coefficient: k3 in the loss (grpo), subtracted from rewards (rloo)."
     )
