@@ -125,3 +125,25 @@ def test_a_flow_run_name_typed_in_the_ui_becomes_a_directory_name():
     assert _as_name("lavender-woodpecker") == "lavender-woodpecker"
     assert _as_name("my run #2 / retry") == "my-run-2-retry"
     assert _as_name("../..") is None and _as_name(None) is None
+
+
+def test_the_run_summary_artifact_shows_per_round_numbers_and_every_gates_tier():
+    from tasks.shared.summary import summary_markdown
+
+    md = summary_markdown(
+        "/runs/srf-1",
+        {
+            "workflow": "srf",
+            "tier": "HIGH",
+            "verdict": "within noise",
+            "rl_kl": [0.0208, 0.031],
+            "reward_verifier_spearman": [None],
+            "shards": [],
+            "train_jsonl": ["a.jsonl"],
+            "gate_tiers": {"1-sft-preparation": "HIGH", "5-rl-fine-tuning": "MEDIUM"},
+            "results": {"kl": 0.02},
+        },
+    )
+    assert "| rl_kl | 0.0208, 0.031 |" in md and "| reward_verifier_spearman | not computed |" in md
+    assert "| 5-rl-fine-tuning | MEDIUM |" in md and "| 1-sft-preparation | HIGH |" in md
+    assert "shards" not in md and "a.jsonl" not in md  # empty lists and lists of paths are not table rows
