@@ -231,3 +231,16 @@ def test_atomic_dir_replaces_whole_or_leaves_the_old(tmp_path):
         (d / "b.txt").write_text("v2")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary siblings left
+
+
+def test_rlvr_rows_may_carry_tests_for_code_tasks():
+    from realign.data.formats import check_object
+
+    row = {"problem": "p", "solution": "def f(): return 1", "responses": [{"text": "x", "correct": False}]}
+    parsed, problems, _ = check_object({**row, "tests": ["assert f() == 1"]}, "rlvr")
+    assert problems == [] and parsed.to_record()["tests"] == ["assert f() == 1"]
+    assert "tests" not in check_object(row, "rlvr")[0].to_record()
+    _, problems, _ = check_object({**row, "tests": "assert f() == 1"}, "rlvr")
+    assert problems and "tests" in problems[0] and "list" in problems[0]
+    _, problems, _ = check_object({**row, "tests": []}, "rlvr")
+    assert problems and "tests" in problems[0]

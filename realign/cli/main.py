@@ -185,6 +185,68 @@ def gate_docs(
     out.print(f"Data Docs: {index}")
 
 
+@app.command("verify")
+def verify_cmd(
+    file: Path = typer.Argument(..., help="RLVR (problem, solution, responses[, tests]) or GRPO JSONL to grade."),
+    verifier: str = typer.Option(
+        "auto", "--verifier", help="auto | exact | numeric | math | regex | python (auto: python with tests, ...)."
+    ),
+    out_path: Path = typer.Option(..., "--out", help="Write the graded rows here (JSONL, input order)."),
+    wall_seconds: float = typer.Option(10.0, "--timeout", help="python: wall-clock seconds per response."),
+    memory_mb: int = typer.Option(1024, "--memory-mb", help="python: address-space limit per response (MiB)."),
+) -> None:
+    """Grade every response with a verifier; write each response's `correct` (or GRPO `score`) and a `verifier`
+    object (status passed / failed / timeout / memory / error, seconds); print false positives and negatives against
+    the labels the file already had. Exit 0 when it ran, 2 when the file or options are unusable."""
+    from realign.data.formats import DataFormatError, FileProblem, check_output_paths
+    from realign.score.grading import grade_file
+    from realign.score.sandbox import SandboxLimits, isolation
+    from realign.score.verify import KINDS
+
+    if verifier not in KINDS:
+        _fail(f"--verifier {verifier!r}: expected one of {', '.join(KINDS)}")
+    try:
+        limits = SandboxLimits(wall_seconds=wall_seconds, cpu_seconds=max(1, int(wall_seconds)), memory_mb=memory_mb)
+        check_output_paths([file], [out_path])
+    except (ValueError, FileProblem) as exc:
+        _fail(str(exc))
+    status = err.status(f"verifying {file}") if err.is_terminal else None
+    if status:
+        status.start()
+    try:
+        report = grade_file(
+            file,
+            out_path,
+            verifier,
+            limits,
+            on_progress=(lambda done, total: status.update(f"verifying {file}: {done}/{total}")) if status else None,
+        )
+    except (FileProblem, DataFormatError, ValueError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"writing {out_path}: {exc.strerror or exc}; nothing was written (choose another --out)")
+    finally:
+        if status:
+            status.stop()
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
+    out.print(f"graded {report.responses} responses of {report.rows} rows in {report.seconds:.1f} s: {statuses}")
+    if "python" in (verifier, "auto"):
+        out.print(f"code ran in a sandbox: {isolation()}")
+    labelled_wrong = report.false_positive + report.true_negative
+    labelled_right = report.false_negative + report.true_positive
+    out.print(
+        f"against the input's labels: false positives {report.false_positive} of {labelled_wrong} labelled wrong"
+        + (f" ({report.false_positive_rate:.1%})" if labelled_wrong else "")
+        + f", false negatives {report.false_negative} of {labelled_right} labelled right"
+        + (f" ({report.false_negative_rate:.1%})" if labelled_right else "")
+    )
+    for line, why in report.ungradable_rows[:10]:
+        err.print(f"{file}:{line}: not graded: {why}")
+    if len(report.ungradable_rows) > 10:
+        err.print(f"... {len(report.ungradable_rows) - 10} more rows not graded")
+    out.print(f"wrote {out_path}")
+
+
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option(..., "--model", help="Model directory (or hub id when online)."),

@@ -4,7 +4,8 @@ Formats (one JSON object per line, or one Parquet row):
   sft   {"instruction", "output"} (or "response" for "output"), or {"messages": [{"role", "content"}, ...]}
   dpo   {"prompt", "chosen", "rejected"}          (also used by ORPO and CPO)
   grpo  {"prompt", "responses": [{"text", "score"}]}, score in [0, 1]
-  rlvr  {"problem", "solution", "responses": [{"text", "correct"}]}, correct a boolean
+  rlvr  {"problem", "solution", "responses": [{"text", "correct"}]}, correct a boolean; optional "tests": a list of
+        Python statements (MBPP-style asserts) for code tasks
 
 Extra keys on a row are allowed and ignored by the models (JSONL output of
 `validate` keeps the original line, so they are not lost).
@@ -139,18 +140,23 @@ class VerifiedResponse(_Row):
 
 
 class RLVRRow(_Row):
-    """A verifiable problem, its reference solution and checked responses."""
+    """A verifiable problem, its reference solution and checked responses; for code tasks, `tests`: Python
+    statements (MBPP-style asserts) a response's code must pass."""
 
     problem: Text
     solution: Text
     responses: list[VerifiedResponse] = Field(min_length=1)
+    tests: list[Text] | None = Field(None, min_length=1)
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "problem": self.problem,
             "solution": self.solution,
             "responses": [r.model_dump() for r in self.responses],
         }
+        if self.tests is not None:
+            record["tests"] = list(self.tests)
+        return record
 
 
 ROW_MODELS: dict[str, type[_Row]] = {"sft": SFTRow, "dpo": DPORow, "grpo": GRPORow, "rlvr": RLVRRow}
@@ -298,6 +304,7 @@ _FIELD_EXPECT = {
     "score": "a number in [0, 1]",
     "correct": "true or false",
     "responses": "a non-empty list of response objects",
+    "tests": "a non-empty list of Python statements (strings)",
     "messages": "a non-empty list of {role, content} objects",
     "role": "one of system, user, assistant, tool",
 }
@@ -555,7 +562,12 @@ def _arrow_schema(fmt: str):
     if fmt == "grpo":
         return pa.schema([("prompt", s), ("responses", pa.list_(pa.struct([("text", s), ("score", pa.float64())])))])
     return pa.schema(
-        [("problem", s), ("solution", s), ("responses", pa.list_(pa.struct([("text", s), ("correct", pa.bool_())])))]
+        [
+            ("problem", s),
+            ("solution", s),
+            ("responses", pa.list_(pa.struct([("text", s), ("correct", pa.bool_())]))),
+            ("tests", pa.list_(s)),
+        ]
     )
 
 

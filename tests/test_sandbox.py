@@ -1,0 +1,167 @@
+"""The code verifier's sandbox: every hand-written response in realign.data.code_tasks graded as it must be, each
+side effect prevented, within bounded time, nothing left running; under the machine's strongest isolation and under
+rlimits + audit hook alone; and the operating-system layer on its own."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from realign.data.code_tasks import CODE_RESPONSES, CODE_TASKS, code_rows
+from realign.score import sandbox
+from realign.score.sandbox import SandboxLimits, extract_code, run_python_tests
+
+LIMITS = SandboxLimits(wall_seconds=6, cpu_seconds=3, memory_mb=512)
+KINDS = sorted({sandbox.isolation(), "rlimits"})
+
+
+def sandbox_processes() -> list[str]:
+    """Command lines of processes still running a sandboxed harness."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "realign-sandbox-" in line and "ps -eo" not in line]
+
+
+@pytest.fixture
+def bait(tmp_path):
+    """A path that must not be created, a listening port that must not be reached, a secret that must not be read."""
+    outside = tmp_path / "pwned"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-7731")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    yield outside, server, secret
+    server.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", range(len(CODE_RESPONSES)), ids=[f"{r.task}-{r.kind}" for r in CODE_RESPONSES])
+def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(case, kind, bait, monkeypatch):
+    monkeypatch.setattr(sandbox, "isolation", lambda: kind)
+    outside, server, secret = bait
+    expected = CODE_RESPONSES[case]
+    text = expected.filled(str(outside), server.getsockname()[1], str(secret))
+
+    t0 = time.perf_counter()
+    v = run_python_tests(text, list(CODE_TASKS[expected.task].tests), LIMITS)
+    took = time.perf_counter() - t0
+
+    assert v.passed is expected.correct, f"{expected.kind}: {v.status} ({v.detail}); output {v.output[:200]!r}"
+    assert v.isolation == kind
+    assert took < LIMITS.wall_seconds + 3, f"{expected.kind} took {took:.1f} s"
+    assert not outside.exists(), f"{expected.kind} wrote outside its directory"
+    with pytest.raises(socket.timeout):
+        server.accept()  # nobody connected
+    assert "TOP-SECRET" not in v.output, f"{expected.kind} read {secret}"
+    assert sandbox_processes() == [], "a sandboxed process outlived its verdict"
+    if expected.kind in ("infinite loop", "sleeps forever"):
+        assert v.status == "timeout"
+    if expected.kind == "allocates 8 GB":
+        assert v.status == "memory"
+    if expected.kind == "floods stdout":
+        assert v.status == "error" and "printed more than" in v.detail
+
+
+def test_the_embedded_reference_solutions_pass_their_own_tests():
+    for task in CODE_TASKS:
+        v = run_python_tests(task.solution, list(task.tests), LIMITS)
+        assert v.status == "passed", (task.problem, v.detail)
+        assert v.tests_passed == v.tests_total == len(task.tests)
+
+
+def test_verdict_details_say_what_failed():
+    v = run_python_tests("def add(a, b):\n    return a * b\n", ["assert add(2, 2) == 4", "assert add(2, 3) == 5"])
+    assert v.status == "failed" and v.tests_passed == 1 and v.tests_total == 2
+    assert "add(2, 3) == 5" in v.detail and "6 vs 5" in v.detail
+    v = run_python_tests("def add(a, b) return", ["assert add(1, 1) == 2"])
+    assert v.status == "error" and "SyntaxError" in v.detail
+    v = run_python_tests("def f():\n    return 1\n", [])  # no tests: nothing proves it right
+    assert v.status == "failed"
+    v = run_python_tests("x = 1\n", ["assert x ==== 1"])
+    assert v.status == "error" and "do not parse" in v.detail
+
+
+def test_a_test_that_raises_is_a_failure_and_truthy_asserts_need_builtin_values():
+    tests = ["assert f(3)", "assert not f(0)"]
+    assert run_python_tests("def f(x):\n    return [1] * x\n", tests).status == "passed"
+    lying = "class T:\n    def __bool__(self):\n        return True\ndef f(x):\n    return T()\n"
+    v = run_python_tests(lying, tests)
+    assert v.status == "failed" and "only built-in values" in v.detail
+    v = run_python_tests("def f(x):\n    raise KeyError('boom')\n", tests)
+    assert v.status == "failed" and "KeyError" in v.detail
+
+
+def test_code_is_taken_from_fenced_blocks():
+    assert extract_code("Sure:\n```python\nx = 1\n```\nand\n```\ny = 2\n```") == "x = 1\n\ny = 2"
+    assert extract_code("x = 3") == "x = 3"
+
+
+@pytest.mark.skipif(sandbox.isolation() != "bwrap", reason="bubblewrap not available: apt-get install -y bubblewrap")
+def test_the_operating_system_layer_alone_blocks_writes_reads_network_and_signals(tmp_path, bait):
+    """No harness, no audit hook: plain Python under bwrap cannot write outside, read the secret, connect or see the
+    parent's processes."""
+    outside, server, secret = bait
+    home = tmp_path / "home"
+    home.mkdir()
+    exe, readable = sandbox.interpreter()
+    script = f"""
+import os, socket
+results = []
+try:
+    open({str(outside)!r}, "w").write("x"); results.append("wrote")
+except OSError:
+    pass
+try:
+    open({str(secret)!r}).read(); results.append("read")
+except OSError:
+    pass
+try:
+    socket.create_connection(("127.0.0.1", {server.getsockname()[1]}), timeout=1); results.append("connected")
+except OSError:
+    pass
+try:
+    os.kill({os.getpid()}, 0); results.append("signalled")
+except OSError:
+    pass
+open("inside.txt", "w").write("ok")
+print("done", results)
+"""
+    cmd = sandbox.wrap("bwrap", str(home), readable, [exe, "-I", "-S", "-c", script])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=home)
+    assert proc.stdout.strip() == "done []", proc.stdout + proc.stderr
+    assert not outside.exists()
+    assert (home / "inside.txt").read_text() == "ok"  # its own directory stays writable
+
+
+def test_rlimits_bound_cpu_and_memory_without_the_harness(tmp_path):
+    exe, _ = sandbox.interpreter()
+    limits = SandboxLimits(cpu_seconds=1, memory_mb=256)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [exe, "-I", "-S", "-c", "while True: pass"], preexec_fn=sandbox.rlimits(limits), capture_output=True
+    )
+    assert proc.returncode != 0 and time.perf_counter() - t0 < 10
+    proc = subprocess.run(
+        [exe, "-I", "-S", "-c", "b = bytearray(2 * 1024 ** 3)"],
+        preexec_fn=sandbox.rlimits(limits),
+        capture_output=True,
+        text=True,
+    )
+    assert "MemoryError" in proc.stderr
+
+
+def test_no_response_can_make_the_verifier_process_exit(bait):
+    """The worst of them in a row, in this process: it is still here and answers."""
+    outside, server, secret = bait
+    rows = code_rows(str(outside), server.getsockname()[1], str(secret))
+    worst = [r for r in rows[0]["responses"] if "kill" in r["text"] or "fork" in r["text"]]
+    for r in worst:
+        assert not run_python_tests(r["text"], rows[0]["tests"], LIMITS).passed
+    assert Path("/proc/self").exists() or os.getpid() > 0
+    assert run_python_tests(rows[0]["solution"], rows[0]["tests"], LIMITS).passed
