@@ -44,7 +44,9 @@ def test_last_and_final_answers():
     assert final_answer("nested \\boxed{\\sqrt{x^{2}}}") == "\\sqrt{x^{2}}"
     assert final_answer("Answer: 12 apples.\nThen more text 99") == "12 apples"
     assert final_answer("work... #### 1,000") == "1,000"
-    assert final_answer("first 3 then 5") == "5"
+    assert final_answer("first 3 then 5") is None  # a hedge states no answer
+    assert final_answer("3 + 4 = 7\n7") == "7"
+    assert final_answer("391 or 321") is None
     assert final_answer("nothing here") is None
 
 
@@ -71,7 +73,8 @@ def test_exact(response, solution, ok):
         ("3/4 of them", "0.75", True),
         ("0.7500000001", "0.75", True),  # within the relative tolerance
         ("0.76", "0.75", False),
-        ("it is 3 or 4", "3", False),  # hedging: the final number decides
+        ("it is 3 or 4", "3", False),  # hedging states no answer
+        ("it is 4 or 3", "3", False),
         ("no number", "3", False),
         ("50%", "0.5", True),
     ],
@@ -97,6 +100,7 @@ def test_numeric_needs_a_number_in_the_solution():
         ("I tried 41 and 42 but the answer is 41", "42", False),
         ("\\boxed{43}", "42", False),
         ("no idea", "42", False),
+        ("41 or 42", "42", False),  # listing candidates earns nothing
         ("\\boxed{x^3+1}", "x^{2}+1", False),
     ],
 )

@@ -10,8 +10,8 @@
 - python: the response's code passes the task's tests (assert statements) in a sandbox (realign.score.sandbox).
 - auto: python when the task has tests, math when the solution is a number or a math answer, exact otherwise.
 
-A verifier must not be foolable: a response that is merely long, hedged ("3 or 4"), or lists several numbers is
-judged by its final answer only, so listing candidates does not earn the reward.
+A verifier must not be foolable: a response is judged by its final answer only, and a hedge that lists candidates
+("3 or 4") states none, so listing guesses does not earn the reward (found by the stage-3 probe's "hedged" answers).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ _ANSWER_MARK = re.compile(r"(?:final answer|the answer is|answer\s*[:=]|####)\s*
 
 def final_answer(text: str) -> str | None:
     """The final answer a response states: \\boxed{}, then the last 'answer: ...' / 'the answer is ...' / '####',
-    then its last number; None when there is none."""
+    then the number its last line states (None when that line holds different numbers: ambiguous)."""
     boxed = _boxed(text)
     if boxed is not None:
         return boxed.strip()
@@ -128,8 +128,12 @@ def final_answer(text: str) -> str | None:
     if marks:
         answer = marks[-1].strip().splitlines()[0].strip()
         return answer.rstrip(".").strip().strip("$").strip() or None
-    found = _NUMBER.findall(text)
-    return found[-1] if found else None
+    # Unmarked: the number on the last line, and only when that line states one value; "391 or 321" (a hedge
+    # listing candidates) is no answer, or listing guesses would earn the reward.
+    lines = [line for line in text.strip().splitlines() if _NUMBER.search(line)]
+    found = _NUMBER.findall(lines[-1]) if lines else []
+    values = {parse_number(f) for f in found}
+    return found[-1] if found and len(values) == 1 else None
 
 
 def normalize_math(text: str) -> str:
@@ -164,9 +168,10 @@ def verify_numeric(response: str, solution: str, rel_tol: float = 1e-6, abs_tol:
         want = last_number(solution)
     if want is None:
         raise ValueError(f"the solution {solution[:60]!r} holds no number: use the exact or regex verifier")
-    got = last_number(response)
+    answer = final_answer(response)  # the stated answer, hedges excluded, as for math
+    got = None if answer is None else (parse_number(answer) or last_number(answer))
     if got is None:
-        return False, "no number in the response"
+        return False, "no single final number in the response"
     ok = _numbers_equal(got, want, rel_tol, abs_tol)
     return ok, "" if ok else f"{float(got):g} is not {float(want):g}"
 
