@@ -147,13 +147,26 @@ class OptimizationThresholds(_Strict):
 
 
 class VerifiableThresholds(_Strict):
-    """RLVR stages 2-3."""
+    """RLVR stages 2-5."""
 
     min_verifiability: float = Field(
         0.80, ge=0.0, le=1.0, description="Minimum fraction of tasks an automatic verifier can check."
     )
     max_false_positive_rate: float = Field(
         0.05, ge=0.0, le=1.0, description="The verifier's false-positive rate must be strictly below this."
+    )
+    min_coverage: float = Field(
+        0.10,
+        ge=0.0,
+        le=1.0,
+        description="Stage 4: minimum share of tasks (in every category) with at least one right and one wrong "
+        "sample (only those groups carry a GRPO signal).",
+    )
+    min_verified_rate_gain: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Stage 5: the held-out verified rate after RL minus before must be at least this.",
     )
 
 
@@ -193,7 +206,7 @@ class ThresholdsConfig(_Strict):
         default_factory=RewardModelThresholds, description="Reward accuracy (DPO 4, SRF 3-4)."
     )
     optimization: OptimizationThresholds = Field(default_factory=OptimizationThresholds, description="Stage 5.")
-    verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-3.")
+    verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-5.")
     factuality: FactualityThresholds = Field(
         default_factory=FactualityThresholds, description="Anti-hallucination stages 2-4."
     )

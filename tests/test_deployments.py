@@ -9,6 +9,7 @@ import yaml
 
 from conftest import REPO
 from realign.recipes.dpo import DPOWorkflowConfig
+from realign.recipes.rlvr import RLVRWorkflowConfig
 from realign.recipes.srf import SRFWorkflowConfig
 
 DOC = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -23,6 +24,7 @@ def test_every_deployment_names_a_real_flow_and_a_pool():
     expected = {
         "dpo-demo": ("dpo", "realign"),
         "srf-demo": ("srf", "realign"),
+        "rlvr-demo": ("rlvr", "realign"),
         "nightly-curation": ("curate", "realign"),
         "shard-m4-max": ("shard", "m4-max"),
         "shard-m3-ultra": ("shard", "m3-ultra"),
@@ -39,6 +41,8 @@ def test_parameters_are_the_recipes():
     assert DEPLOYMENTS["dpo-demo"]["parameters"] == {"config": recipe("dpo-demo")["config"]}
     assert DEPLOYMENTS["srf-demo"]["parameters"] == {"config": recipe("srf-demo")["config"]}
     SRFWorkflowConfig.model_validate(DEPLOYMENTS["srf-demo"]["parameters"]["config"])
+    assert DEPLOYMENTS["rlvr-demo"]["parameters"] == {"config": recipe("rlvr-demo")["config"]}
+    RLVRWorkflowConfig.model_validate(DEPLOYMENTS["rlvr-demo"]["parameters"]["config"])
     assert DEPLOYMENTS["nightly-curation"]["parameters"] == recipe("nightly-curation")
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["dpo-demo"]["parameters"]["config"])
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["nightly-curation"]["parameters"]["config"])

@@ -42,6 +42,14 @@ REMEDY = {
     "scores": "Scores must be on a 0-1 scale with chosen >= rejected: check the scorer's output parsing",
     "verifiability": "Low verifiability: redesign tasks so answers are objectively checkable (exact/numeric answers)",
     "false_positive": "Verifier accepts wrong answers: make the check stricter (exact match, normalisation, tests)",
+    "coverage": (
+        "Little GRPO signal: tasks are all solved or all failed; sample more per task (generation.n), raise the "
+        "temperature, or choose tasks nearer the model's level"
+    ),
+    "verified_rate": (
+        "Verified rate not improving: check the verifier's reward, lower the learning rate or raise the steps, "
+        "and check coverage (stage 4)"
+    ),
     "citation": "Low citation accuracy: filter sources, require quoted evidence, drop unverifiable claims",
     "factuality": "Low factuality: add more cited, verified training data or train longer on it",
     "hallucination": "Hallucination rate too high: add abstention ('I don't know') examples and factuality data",

@@ -1,6 +1,8 @@
-"""Suites of the RLVR workflow: verifiable task design, verifier false positives."""
+"""Suites of the RLVR workflow: verifiable task design, verifier false positives, coverage, GRPO optimisation."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import great_expectations as gx
 
@@ -32,6 +34,32 @@ def verifier_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
                 maximum=th.verifiable.max_false_positive_rate,
                 strict_max=True,
                 remedy=REMEDY["false_positive"],
+            ),
+        ],
+    )
+
+
+def verifiable_data_suite(th: ThresholdsConfig, categories: Sequence[str] = ("all",)) -> gx.ExpectationSuite:
+    """RLVR stage 4 (one row): coverage (tasks with a right and a wrong sample) >= min, overall and per category."""
+    return build_suite(
+        "verifiable_data_suite",
+        [one_row_check("verifiable data")]
+        + [
+            metric_check(f"coverage_{c}", minimum=th.verifiable.min_coverage, remedy=REMEDY["coverage"])
+            for c in categories
+        ],
+    )
+
+
+def rlvr_optimization_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
+    """RLVR stage 5 (one row): KL <= max; held-out verified rate after - before >= min gain."""
+    return build_suite(
+        "rlvr_optimization_suite",
+        [
+            one_row_check("RLVR optimization"),
+            metric_check("kl", maximum=th.optimization.max_kl, remedy=REMEDY["kl"]),
+            metric_check(
+                "verified_rate_gain", minimum=th.verifiable.min_verified_rate_gain, remedy=REMEDY["verified_rate"]
             ),
         ],
     )

@@ -501,6 +501,7 @@ app.add_typer(run_app, name="run")
 WORKFLOWS = {
     "dpo": ("dpo-demo.yaml", "realign.recipes.dpo", "load_dpo_recipe", "flows.dpo", "dpo"),
     "srf": ("srf-demo.yaml", "realign.recipes.srf", "load_srf_recipe", "flows.srf", "srf"),
+    "rlvr": ("rlvr-demo.yaml", "realign.recipes.rlvr", "load_rlvr_recipe", "flows.rlvr", "rlvr"),
 }
 
 
@@ -534,13 +535,23 @@ def run_srf(
     _run_workflow("srf", config or default_recipe("srf"), run_name, runs_root)
 
 
+@run_app.command("rlvr")
+def run_rlvr(
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP.format("rlvr")),
+    run_name: Optional[str] = _RUN_NAME,
+    runs_root: Optional[str] = _RUNS_ROOT,
+) -> None:
+    """Run the seven-stage RLVR workflow (verifier, graded samples, GRPO on verifier rewards) locally."""
+    _run_workflow("rlvr", config or default_recipe("rlvr"), run_name, runs_root)
+
+
 @app.command()
 def demo(
-    workflow: str = typer.Argument("dpo", help="Which workflow's demo: dpo (what `make demo` runs) or srf."),
+    workflow: str = typer.Argument("dpo", help="Which workflow's demo: dpo (what `make demo` runs), srf or rlvr."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/."),
 ) -> None:
     """A workflow on the tiny model and the embedded tasks, nothing downloaded: `realign demo` (DPO), `realign demo
-    srf`."""
+    srf`, `realign demo rlvr`."""
     if workflow not in WORKFLOWS:
         _fail(f"no demo for {workflow!r}: choose one of {', '.join(WORKFLOWS)}")
     _run_workflow(workflow, default_recipe(workflow), run_name, None)
@@ -646,8 +657,8 @@ def server(
             stack.start_worker(pool)
         out.print(f"[bold]Prefect UI:[/] {escape(stack.ui_url)}", markup=True)
         out.print(
-            f"deployments: dpo/dpo-demo, srf/srf-demo, curate/nightly-curation (02:00 {stack.timezone}), "
-            "shard/shard-m4-max, shard/shard-m3-ultra"
+            "deployments: dpo/dpo-demo, srf/srf-demo, rlvr/rlvr-demo, "
+            f"curate/nightly-curation (02:00 {stack.timezone}), shard/shard-m4-max, shard/shard-m3-ultra"
         )
         out.print(
             f"workers: {', '.join((['realign'] if not no_worker else []) + serve) or 'none'}; "
@@ -703,6 +714,15 @@ def print_summary(summary: dict) -> None:
         "reward_model_train_val_gap",
         "reward_verifier_spearman",
         "reward_verifier_spearman_within_prompt",
+        "verifier",
+        "tasks",
+        "verifiability",
+        "false_positive_rate",
+        "false_negative_rate",
+        "coverage",
+        "sampled_verified_rate",
+        "heldout_verified_before",
+        "heldout_verified_after",
         "rl_kl",
         "rl_entropy",
         "wall_time_s",

@@ -214,3 +214,48 @@ def error_rates(rows: Sequence[ProbeRow]) -> dict[str, float]:
         "known_wrong": len(wrong),
         "equivalent": len(right),
     }
+
+
+def tasks_from_data(prompts: Sequence[str], answers: dict[str, str]) -> list[VerifiableTask]:
+    """Tasks from prompts with reference answers; the category is the prompt's lead-in before ':' ('Reverse',
+    'Copy' for the embedded digit tasks), else 'all'."""
+    out = []
+    for p in prompts:
+        head, sep, _ = p.partition(":")
+        out.append(VerifiableTask(p, answers[p], head.strip() if sep and len(head) <= 40 else "all"))
+    return out
+
+
+def coverage(tasks: Sequence[VerifiableTask], correct: Sequence[Sequence[bool]]) -> dict[str, float]:
+    """Share of tasks with at least one right and one wrong sample, overall ('all') and per category."""
+    by: dict[str, list[bool]] = {}
+    for t, c in zip(tasks, correct, strict=True):
+        mixed = any(c) and not all(c)
+        by.setdefault(t.category, []).append(mixed)
+        if t.category != "all":
+            by.setdefault("all", []).append(mixed)
+    return {k: sum(v) / len(v) for k, v in sorted(by.items())}
+
+
+def verified_rate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    solutions: Sequence[str],
+    kind: str = "auto",
+    *,
+    max_tokens: int = 16,
+    batch_size: int = 64,
+    limits: SandboxLimits | None = None,
+) -> tuple[float, list[bool]]:
+    """Greedy answers to `prompts`, judged by the verifier: (share accepted, per-prompt verdicts)."""
+    from realign.model.generate import GenerationConfig, generate
+
+    if not prompts:
+        return float("nan"), []
+    outs = generate(
+        model, tokenizer, list(prompts), GenerationConfig(temperature=0.0, max_tokens=max_tokens, batch_size=batch_size)
+    )
+    verdicts = check_many(kind, [(o[0].text, s, None) for o, s in zip(outs, solutions, strict=True)], limits)
+    ok = [not isinstance(v, ValueError) and v.correct for v in verdicts]
+    return sum(ok) / len(ok), ok

@@ -1,0 +1,114 @@
+"""The RLVR workflow's recipe (reinforcement learning with verifiable rewards): the verifier (stages 2-3), the
+sampled and graded data (4), GRPO on the verifier's reward (5), plus the common parts. The embedded demo sets its
+own values in deployments/rlvr-demo.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from realign.data.datasets import DataConfig
+from realign.model.generate import GenerationConfig
+from realign.recipes.common import (
+    IterationConfig,
+    ModelSpec,
+    Recipe,
+    RunName,
+    SFTStageConfig,
+    input_problems,
+    load_recipe,
+)
+from realign.score.sandbox import SandboxLimits
+from realign.score.verify import KINDS
+from realign.thresholds import ThresholdsConfig
+from realign.train.loop import TrainConfig
+from realign.train.rl import RLConfig
+
+
+class VerifierConfig(Recipe):
+    """Stages 2-3: which verifier judges answers, and the limits of code runs."""
+
+    kind: str = Field(
+        "auto",
+        description="auto (python with tests, math for numbers, else exact) | exact | numeric | math | regex | python.",
+    )
+    limits: SandboxLimits = Field(SandboxLimits(), description="python: per-response sandbox limits.")
+    seed: int = Field(0, ge=0, description="Seed of the known-wrong answers made for each task.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "VerifierConfig":
+        if self.kind not in KINDS:
+            raise ValueError(f"verifier.kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        return self
+
+
+class SamplesConfig(Recipe):
+    """Stage 4: samples per task from the current model, graded by the verifier."""
+
+    generation: GenerationConfig = Field(
+        GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=16),
+        description="Sampling: n samples per task.",
+    )
+    max_tasks: int = Field(
+        2000, ge=1, le=10_000_000, description="At most this many tasks are sampled (the first ones, in order)."
+    )
+
+
+class RLVRStageConfig(Recipe):
+    """Stage 5: GRPO on the verifier's reward, KL and verified rate measured on held-out tasks."""
+
+    rl: RLConfig = Field(
+        RLConfig(
+            num_generations=8,
+            max_completion_length=16,
+            beta=0.04,
+            train=TrainConfig(steps=100, batch_size=8, learning_rate=1e-5, lora=None, checkpoint_every=20),
+        ),
+        description="The RL loop: estimator, group size, KL, clipping, optimiser.",
+    )
+    probe_prompts: int = Field(
+        64, ge=1, le=10_000, description="Held-out prompts sampled after training to measure KL and entropy."
+    )
+
+
+class RLVRWorkflowConfig(Recipe):
+    """Everything an RLVR run needs: a trusted verifier, graded samples, then GRPO on the verifier's reward."""
+
+    run_name: RunName | None = Field(
+        None,
+        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
+    )
+    runs_root: str = Field("runs", description="Where run directories are created.")
+    model: ModelSpec = Field(ModelSpec(), description="Base model.")
+    data: DataConfig = Field(DataConfig(), description="Tasks (prompts with reference answers), SFT data, eval sets.")
+    sft: SFTStageConfig = Field(SFTStageConfig(), description="Stage 1.")
+    verifier: VerifierConfig = Field(VerifierConfig(), description="Stages 2-3: the verifier.")
+    samples: SamplesConfig = Field(SamplesConfig(), description="Stage 4: graded samples.")
+    rl: RLVRStageConfig = Field(RLVRStageConfig(), description="Stage 5: GRPO.")
+    iterations: IterationConfig = Field(IterationConfig(max_rounds=1), description="Stage 6.")
+    control: bool = Field(
+        True,
+        description="Stage 7: also train continued SFT on the verified-correct samples for as many steps, as a "
+        "control (rejection-sampling fine-tuning).",
+    )
+    eval_max_tokens: int = Field(
+        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
+    )
+    thresholds: ThresholdsConfig = Field(ThresholdsConfig(), description="Gate thresholds and tiers.")
+    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+
+    @model_validator(mode="after")
+    def _inputs_exist(self) -> "RLVRWorkflowConfig":
+        problems = input_problems(self.model, self.data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_rlvr_recipe(path: str | Path) -> RLVRWorkflowConfig:
+    """An RLVRWorkflowConfig from YAML; ValueError naming the file and the bad fields."""
+    return load_recipe(path, RLVRWorkflowConfig)  # type: ignore[return-value]
