@@ -53,9 +53,14 @@ sysdeps:
 	  fi; \
 	fi
 
+# bubblewrap isolates code the RLVR verifier runs (without it: rlimits + the harness's audit hook, + unshare -n).
 # The browser tests drive Debian's chromium (never `playwright install`): installed here when we are root with apt;
 # otherwise the command is printed and those tests are skipped with the same message.
 testdeps:
+	@if [ "$$(uname)" = Linux ] && ! command -v bwrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing bubblewrap (the code verifier's sandbox)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null || true; \
+	fi
 	@if [ "$$(uname)" = Linux ] && ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing chromium (browser tests)"; \

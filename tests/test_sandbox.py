@@ -17,7 +17,10 @@ from realign.score import sandbox
 from realign.score.sandbox import SandboxLimits, extract_code, run_python_tests
 
 LIMITS = SandboxLimits(wall_seconds=6, cpu_seconds=3, memory_mb=512)
-KINDS = sorted({sandbox.isolation(), "rlimits"})
+# the strongest isolation here, unshare (network only) where it works, and rlimits + the audit hook alone
+KINDS = sorted(
+    {sandbox.isolation(), "rlimits"} | ({"unshare"} if sandbox._runs(["unshare", "-r", "-n", "true"]) else set())
+)
 
 
 def sandbox_processes() -> list[str]:
