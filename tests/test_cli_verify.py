@@ -104,6 +104,8 @@ def test_verify_refuses_bad_input_clearly(tmp_path):
     )
     proc = run_cli("verify", str(good), "--out", str(good))
     assert proc.returncode == 2 and "input file" in proc.stderr
+    proc = run_cli("verify", str(good), "--out", str(tmp_path / "o.parquet"))
+    assert proc.returncode == 2 and ".jsonl" in proc.stderr
     proc = run_cli("verify", str(good), "--verifier", "fuzzy", "--out", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2 and "expected one of" in proc.stderr
     proc = run_cli("verify", str(good), "--verifier", "numeric", "--out", str(tmp_path / "o.jsonl"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
@@ -80,6 +81,14 @@ def test_the_seven_rlvr_stages_run_and_report(tmp_path):
             assert resp["correct"] == (resp["text"].strip() == r["solution"].strip())
     assert summary["comparisons"] and "95% CI" in summary["comparisons"][0]["text"]
     assert summary["training_steps"] == 4
+    # per-step curves: the reward of a 0/1 verifier is the samples' verified rate
+    metrics = pd.read_parquet(run / "05_rlvr_optimization" / "metrics.parquet")
+    assert len(metrics) == 4 and (metrics["verified_rate"] == metrics["reward"]).all()
+    assert {Path(p).name for p in summary["plots"]} >= {"training_curves.png", "before_after.png"}
+    # stage 3's FP/FN table by probe kind: every known-wrong kind rejected, every rewrite accepted
+    table = pd.read_parquet(run / "03_automated_verification" / "verifier_errors.parquet")
+    assert {"wrong: changed digit", "wrong: hedged", "rewrite: final period"} <= set(table["probe_kind"])
+    assert (table["error_rate"] == 0).all()
 
 
 @pytest.mark.slow

@@ -205,6 +205,8 @@ def verify_cmd(
 
     if verifier not in KINDS:
         _fail(f"--verifier {verifier!r}: expected one of {', '.join(KINDS)}")
+    if out_path.suffix.lower() != ".jsonl":
+        _fail(f"--out {out_path}: graded rows are written as JSONL; name the file with .jsonl")
     try:
         limits = SandboxLimits(wall_seconds=wall_seconds, cpu_seconds=max(1, int(wall_seconds)), memory_mb=memory_mb)
         check_output_paths([file], [out_path])

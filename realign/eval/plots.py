@@ -32,13 +32,17 @@ RL_PANELS = [
 
 
 def training_curves(history: pd.DataFrame, path: str | Path, title: str = "DPO training") -> Path:
-    """Four per-step panels (rounds concatenated): RL histories (a `reward` column) show reward, KL, entropy and
-    the clipped share; preference histories loss, reward margin, KL and reward accuracy."""
+    """Four per-step panels (rounds concatenated): RL histories (a `reward` column) show reward (RLVR: the verified
+    rate of the samples), KL, entropy and the clipped share; preference histories loss, reward margin, KL and reward
+    accuracy."""
     plt = _plt()
     h = history.reset_index(drop=True)
     x = range(1, len(h) + 1)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (col, label) in zip(axes.flat, RL_PANELS if "reward" in h else PREFERENCE_PANELS):
+    panels = list(RL_PANELS if "reward" in h else PREFERENCE_PANELS)
+    if "verified_rate" in h:  # RLVR: the reward is 1 per sample the verifier accepted, so its mean is this rate
+        panels[0] = ("verified_rate", "verified rate of the step's samples (= mean reward)")
+    for ax, (col, label) in zip(axes.flat, panels):
         if col in h:
             series = h[col]
             ax.plot([i for i, v in zip(x, series) if v == v], [v for v in series if v == v], marker=".", linewidth=1)

@@ -117,6 +117,8 @@ def optimize_rlvr(
         log.warning(result.resume_warning)
     history = pd.DataFrame(result.history)
     history["round"] = round
+    if "reward" in history:
+        history["verified_rate"] = history["reward"]  # a 0/1 reward: its mean over a step's samples is their rate
     write_parquet(out / "metrics.parquet", history)
     after, _ = verified_rate(lm.model, lm.tokenizer, held.prompts, held.answers, verifier.kind, max_tokens=max_tokens)
     # Held-out drift: the trained policy samples answers to prompts it never trained on; KL over full distributions.
