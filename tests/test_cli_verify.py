@@ -17,9 +17,10 @@ def _write(path, rows):
     return path
 
 
-def _sandbox_processes() -> list[str]:
+def _sandbox_processes(tmp_root) -> list[str]:
+    """Processes still running a harness from a sandbox under `tmp_root` (this test's own, not another run's)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "realign-sandbox-" in line and not line.startswith("ps ")]
+    return [line for line in out.splitlines() if f"{tmp_root}/realign-sandbox-" in line and not line.startswith("ps ")]
 
 
 def _sandbox_dirs(tmp_root) -> list:
@@ -34,11 +35,13 @@ def test_verify_grades_twenty_code_responses_in_order_within_a_minute_and_leaves
     server.listen(4)
     server.settimeout(0.2)
     rows = code_rows(str(outside), server.getsockname()[1], str(secret))
-    # 20 responses: every faking, harmful and side-effect response of task 0 (18), and task 1's right and wrong
-    kept = [{**rows[0], "responses": rows[0]["responses"][2:]}, rows[1]]
+    # 20 responses: task 0's first 18 after its plain right and wrong ones (faking, harmful, side effects), and
+    # task 1's right and wrong answers
+    kept = [{**rows[0], "responses": rows[0]["responses"][2:20]}, rows[1]]
     assert sum(len(r["responses"]) for r in kept) == 20
     truth = [[r["correct"] for r in row["responses"]] for row in kept]
-    kept[0]["responses"][-1] = {**kept[0]["responses"][-1], "correct": False}  # right, labelled wrong: an FP vs label
+    right = next(i for i, r in enumerate(kept[0]["responses"]) if r["correct"])
+    kept[0]["responses"][right] = {**kept[0]["responses"][right], "correct": False}  # right, labelled wrong: an FP
     kept[1]["responses"] = [kept[1]["responses"][0], {**kept[1]["responses"][1], "correct": True}]  # an FN vs label
     src = _write(tmp_path / "code.jsonl", kept)
     tmp_root = tmp_path / "tmp"
@@ -67,7 +70,7 @@ def test_verify_grades_twenty_code_responses_in_order_within_a_minute_and_leaves
     assert "false positives 1 of" in proc.stdout and "false negatives 1 of" in proc.stdout
     assert "code ran in a sandbox" in proc.stdout
     # nothing left behind: no process, no file outside, no connection, no sandbox directory
-    assert _sandbox_processes() == []
+    assert _sandbox_processes(tmp_root) == []
     assert not outside.exists() and not server_accepted
     assert _sandbox_dirs(tmp_root) == []
 

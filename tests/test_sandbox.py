@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from realign.data.code_tasks import CODE_RESPONSES, CODE_TASKS, code_rows
+from realign.data.code_tasks import CODE_RESPONSES, CODE_TASKS
 from realign.score import sandbox
 from realign.score.sandbox import SandboxLimits, extract_code, run_python_tests
 
@@ -23,10 +23,19 @@ KINDS = sorted(
 )
 
 
-def sandbox_processes() -> list[str]:
-    """Command lines of processes still running a sandboxed harness."""
+def sandbox_processes(tmp_root) -> list[str]:
+    """Command lines of processes still running a harness from a sandbox under `tmp_root` (this test's own)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "realign-sandbox-" in line and "ps -eo" not in line]
+    return [line for line in out.splitlines() if f"{tmp_root}/realign-sandbox-" in line and "ps -eo" not in line]
+
+
+@pytest.fixture(autouse=True)
+def own_tmp(tmp_path, monkeypatch):
+    """Sandboxes under this test's own folder, so what is left behind is this test's."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
 
 
 @pytest.fixture
@@ -45,7 +54,7 @@ def bait(tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", range(len(CODE_RESPONSES)), ids=[f"{r.task}-{r.kind}" for r in CODE_RESPONSES])
-def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(case, kind, bait, monkeypatch):
+def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(case, kind, bait, own_tmp, monkeypatch):
     monkeypatch.setattr(sandbox, "isolation", lambda: kind)
     outside, server, secret = bait
     expected = CODE_RESPONSES[case]
@@ -62,7 +71,8 @@ def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(c
     with pytest.raises(socket.timeout):
         server.accept()  # nobody connected
     assert "TOP-SECRET" not in v.output, f"{expected.kind} read {secret}"
-    assert sandbox_processes() == [], "a sandboxed process outlived its verdict"
+    assert sandbox_processes(own_tmp) == [], "a sandboxed process outlived its verdict"
+    assert list(own_tmp.iterdir()) == [], "a sandbox directory was left behind"
     if expected.kind in ("infinite loop", "sleeps forever"):
         assert v.status == "timeout"
     if expected.kind == "allocates 8 GB":
@@ -162,9 +172,10 @@ def test_rlimits_bound_cpu_and_memory_without_the_harness(tmp_path):
 def test_no_response_can_make_the_verifier_process_exit(bait):
     """The worst of them in a row, in this process: it is still here and answers."""
     outside, server, secret = bait
-    rows = code_rows(str(outside), server.getsockname()[1], str(secret))
-    worst = [r for r in rows[0]["responses"] if "kill" in r["text"] or "fork" in r["text"]]
+    port = server.getsockname()[1]
+    worst = [r for r in CODE_RESPONSES if any(w in r.kind for w in ("kill", "fork", "shell", "forges"))]
+    assert len(worst) >= 5
     for r in worst:
-        assert not run_python_tests(r["text"], rows[0]["tests"], LIMITS).passed
-    assert Path("/proc/self").exists() or os.getpid() > 0
-    assert run_python_tests(rows[0]["solution"], rows[0]["tests"], LIMITS).passed
+        verdict = run_python_tests(r.filled(str(outside), port, str(secret)), list(CODE_TASKS[r.task].tests), LIMITS)
+        assert verdict.passed is r.correct, r.kind
+    assert run_python_tests(CODE_TASKS[0].solution, list(CODE_TASKS[0].tests), LIMITS).passed

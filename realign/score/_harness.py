@@ -1,21 +1,34 @@
 """Runs one response's Python code against its tests inside the sandbox (copied there and run as a script).
 
 Trust model: the response's code runs in this process, so everything it could reach is treated as hostile. The
-harness therefore (1) decides pass/fail itself, from values it compares with the built-in operators, never with an
-`assert` statement or an object's own __eq__ / __bool__; (2) reports on a private pipe, prefixed with a nonce that
-only this function's local variables hold (frame and gc introspection is denied by an audit hook), so printing a
-success marker, exiting early or writing to the pipe proves nothing; (3) keeps its own references to every function
-it uses, and restores every module's namespace (builtins included) before each test, so monkey-patching is undone;
-(4) denies processes, signals, sockets, ctypes and writes outside its directory through an audit hook, on top of the
-operating system's isolation (namespaces / sandbox-exec, rlimits) that the parent sets up.
+harness therefore
+1. decides pass/fail itself, from values it compares with the built-in operators, never with an `assert` statement
+   or an object's own __eq__ / __bool__: a value counts only when it is built of built-in types, checked by the
+   types' identity (a metaclass's __eq__ cannot claim to be int);
+2. reports on a private pipe, prefixed with a nonce that only this function's local variables hold (frame and gc
+   introspection is denied by an audit hook, /proc is out of reach), so printing a success marker, exiting early or
+   writing to the pipe proves nothing; the parent trusts only a well-formed report;
+3. keeps its own references to every function it uses; restores every module's namespace and sys.modules before
+   each test and each operand of a test, and gives the tests a private copy of the builtins (and none of the
+   solution's names that shadow one), so monkey-patching is undone;
+4. deletes the tests, the solution and its own files before the response runs (it cannot answer from them);
+5. denies processes (also `_posixsubprocess.fork_exec`, which raises no audit event), threads, signals (also
+   pidfds), sockets, ctypes, ioctl, links, opening directories outside its own (dir_fd escapes) and writes outside
+   it, through an audit hook and by replacing the functions that have no event; a module loaded before the
+   response ran cannot be imported again (that would bring a replaced function back);
+all on top of the operating system's isolation (namespaces / sandbox-exec, rlimits) that the parent sets up.
+Found by a review that attacked each layer (README, "The code sandbox"); the responses it used are test cases in
+realign.data.code_tasks.
 
 Protocol: `python -I -S -B _harness.py RESULT_FD`; the nonce arrives on stdin; solution.py and tests.json (a list of
 test strings, MBPP style) and sandbox.json (the directory the code may write to, the roots it may read) lie in the
-working directory. Exactly one line goes to RESULT_FD: `<nonce hex> <json>`, then the process ends with os._exit.
+working directory. Exactly one line goes to RESULT_FD: `<nonce hex> <repr of a dict>`, then the process ends with
+os._exit.
 """
 
 # Modules a solution commonly imports (bisect ... string) are loaded here, so their namespaces are snapshotted and
 # restored like every other module's.
+import _posixsubprocess
 import _thread
 import ast
 import bisect  # noqa: F401
@@ -29,7 +42,10 @@ import math  # noqa: F401
 import operator
 import os
 import re  # noqa: F401
+import signal
+import stat
 import string  # noqa: F401
+import subprocess  # noqa: F401  (loads _posixsubprocess, whose fork_exec is replaced below)
 import sys
 
 
@@ -47,6 +63,7 @@ def main() -> None:
     _PermissionError, _ValueError = PermissionError, ValueError
     _int, _bytes, _any, _all, _zip, _next = int, bytes, any, all, zip, next
     _split, _sjoin, _decode = str.split, str.join, bytes.decode
+    _stat, _S_ISDIR, _remove = os.stat, stat.S_ISDIR, os.remove
 
     _flush_out, _flush_err = sys.stdout.flush, sys.stderr.flush
     result_fd = int(sys.argv[1])
@@ -62,6 +79,8 @@ def main() -> None:
         solution_source = fh.read()
     home = _normpath(box["dir"])
     readable = [_normpath(p) for p in box["read_roots"]] + [home]
+    for name in ("sandbox.json", "tests.json", "solution.py", "_harness.py"):
+        _remove(name)  # the response must not read its tests (and answer from them) or the harness's plan
 
     def report(payload: dict) -> None:
         for flush in (_flush_out, _flush_err):
@@ -103,8 +122,9 @@ def main() -> None:
     except (SyntaxError, KeyError, _ValueError) as exc:
         report({"setup_error": f"the tests do not parse: {_type(exc).__name__}: {exc}"})
 
-    plain_types = (int, float, complex, str, bytes, bool, _type(None))
-    containers = (_list, _tuple, _set, _frozenset)
+    # ids, compared by identity: `t in (int, ...)` would call a metaclass's __eq__, which can claim to be int
+    plain_types = _frozenset(_id(t) for t in (int, float, complex, str, bytes, bool, _type(None)))
+    containers = _frozenset(_id(t) for t in (_list, _tuple, _set, _frozenset))
 
     def plain(value) -> str | None:
         """None when `value` is built of built-in values only (whose comparisons cannot lie), else what it is."""
@@ -115,12 +135,12 @@ def main() -> None:
             count += 1
             if count > 1_000_000:
                 return "a value too large to compare"
-            if t in plain_types:
+            if _id(t) in plain_types:
                 continue
             if _id(v) in seen:
                 continue
             seen.add(_id(v))
-            if t in containers:
+            if _id(t) in containers:
                 stack.extend(v)
             elif t is _dict:
                 for k, x in _items(v):
@@ -138,6 +158,7 @@ def main() -> None:
         "ctypes.call_function", "resource.setrlimit", "resource.prlimit", "sys.addaudithook", "os.setuid",
         "winreg.OpenKey", "webbrowser.open", "urllib.Request", "ftplib.connect", "http.client.connect",
         "smtplib.connect", "telnetlib.Telnet.open", "os.chroot", "mmap.__new__",
+        "fcntl.ioctl", "fcntl.fcntl", "os.symlink", "os.link",
     }  # fmt: skip
     introspection = {
         "sys._getframe", "sys._current_frames", "sys._current_exceptions", "gc.get_objects", "gc.get_referrers",
@@ -151,7 +172,9 @@ def main() -> None:
         "os.mknod", "os.chdir",
     }  # fmt: skip
     read_events = {"os.listdir", "os.scandir", "glob.glob", "os.getxattr", "os.listxattr"}
-    blocked_imports = {"ctypes", "_ctypes", "cffi", "_xxsubinterpreters"}
+    # a module loaded before the response ran cannot be imported again (a re-import would bring back what was
+    # replaced below); the others are native-code and process routes the audit hook cannot see into
+    blocked_imports = {"ctypes", "_ctypes", "cffi", "_xxsubinterpreters", "_posixshmem", "multiprocessing"}
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
     def norm(path) -> str | None:
@@ -184,7 +207,7 @@ def main() -> None:
             raise _ValueError(f"sandbox: {event} is not allowed")  # stdlib callers of _getframe handle ValueError
         if event == "object.__getattr__" and args[1] in frame_attrs:
             raise _ValueError(f"sandbox: reading {args[1]} is not allowed")
-        if event == "import" and args[0] in blocked_imports:
+        if event == "import" and (args[0] in blocked_imports or args[0] in loaded_at_start):
             raise _PermissionError(f"sandbox: importing {args[0]} is not allowed")
         if event == "open":
             path, mode, flags = args
@@ -193,13 +216,17 @@ def main() -> None:
             )
             if not inside(path, [home] if writing else readable):
                 raise _PermissionError(f"sandbox: {'writing' if writing else 'reading'} {path} is not allowed")
+            if not inside(path, [home]) and _type(path) is not _int:
+                try:
+                    is_dir = _S_ISDIR(_stat(path).st_mode)
+                except _BaseException:
+                    is_dir = False
+                if is_dir:  # a directory descriptor would make `dir_fd=` paths escape the checks above
+                    raise _PermissionError(f"sandbox: opening the directory {path} is not allowed")
         if event in path_events:
             for p in args[:2] if event in ("os.rename", "os.link", "shutil.move", "shutil.copyfile") else args[:1]:
                 if not inside(p, [home]):
                     raise _PermissionError(f"sandbox: {event} on {p} is not allowed")
-            target = norm(args[0])
-            if event == "os.symlink" and (target is None or not inside(target, [home])):
-                raise _PermissionError("sandbox: a link out of the sandbox is not allowed")
         if event in read_events and args and not inside(args[0], readable):
             raise _PermissionError(f"sandbox: {event} on {args[0]} is not allowed")
 
@@ -208,11 +235,35 @@ def main() -> None:
         raise _PermissionError("sandbox: threads are not allowed")
 
     _thread.start_new_thread = _thread.start_new = no_threads
+    if "threading" in sys.modules:  # imported by subprocess, with its own reference to the original
+        sys.modules["threading"]._start_new_thread = no_threads
 
-    # Every module's namespace as it is now; restored after the solution runs and before every test.
-    snapshot = [(_vars(m), _dcopy(_vars(m))) for m in _list(sys.modules.values()) if m is not None]
+    def denied_call(what: str):
+        def deny(*args, **kwargs):
+            raise _PermissionError(f"sandbox: {what} is not allowed")
+
+        return deny
+
+    # Routes to processes and signals that raise no audit event: replaced in every module that holds them.
+    _posixsubprocess.fork_exec = denied_call("_posixsubprocess.fork_exec")
+    for module in (os, sys.modules.get("posix")):
+        if module is not None and hasattr(module, "pidfd_open"):
+            module.pidfd_open = denied_call("os.pidfd_open")
+    for name in ("pidfd_send_signal", "pthread_kill", "raise_signal"):
+        if hasattr(signal, name):
+            setattr(signal, name, denied_call(f"signal.{name}"))
+
+    # Every module's namespace as it is now, and sys.modules itself; restored after the solution runs and before
+    # every test and every operand of a test.
+    modules = sys.modules
+    loaded_at_start = _frozenset(modules)
+    modules_saved = _dcopy(modules)
+    snapshot = [(_vars(m), _dcopy(_vars(m))) for m in _list(modules.values()) if m is not None]
+    test_builtins = _dcopy(_vars(builtins))  # the tests' own builtins: a dict no response code can reach
 
     def restore() -> None:
+        _dclear(modules)
+        _dupdate(modules, modules_saved)
         for namespace, saved in snapshot:
             _dclear(namespace)
             _dupdate(namespace, saved)
@@ -242,8 +293,10 @@ def main() -> None:
     results = []
     for kind, text, compiled in plan:
         restore()
-        env = _dcopy(namespace)  # the solution's names; its functions keep their own globals
-        env["__builtins__"] = builtins
+        # the solution's names (its functions keep their own globals), but not ones that shadow a builtin the tests
+        # call (a solution's own `set` would make both sides of `set(f(x)) == set(y)` whatever it likes)
+        env = {k: v for k, v in _items(namespace) if k not in test_builtins}
+        env["__builtins__"] = test_builtins
         try:
             if kind == "exec":
                 _exec(compiled, env)
@@ -253,8 +306,11 @@ def main() -> None:
                 values = [_eval(compiled, env)]
             else:
                 codes, fns = compiled
-                values = [_eval(c, env) for c in codes]
-            restore()  # the calls above may have patched builtins or modules again
+                values = []
+                for c in codes:
+                    restore()  # a call in one operand may have patched a module the next one uses
+                    values.append(_eval(c, env))
+            restore()
             what = _next((w for w in (plain(v) for v in values) if w is not None), None)
             if what is not None:
                 results.append({"test": text, "ok": False, "message": f"returned {what}"})

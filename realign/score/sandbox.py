@@ -182,7 +182,8 @@ def run_python_tests(
     kind = isolation()
     exe, readable = interpreter()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="realign-sandbox-") as tmp:
+    # ignore_cleanup_errors: a response must not be able to make cleaning up raise here (e.g. an immutable file)
+    with tempfile.TemporaryDirectory(prefix="realign-sandbox-", ignore_cleanup_errors=True) as tmp:
         home = os.path.realpath(tmp)
         os.chmod(home, 0o700)
         shutil.copyfile(HARNESS, Path(home) / "_harness.py")
@@ -221,7 +222,10 @@ def run_python_tests(
             pass
         seconds = time.perf_counter() - t0
     shown = output[:1024].decode("utf-8", "replace")
-    verdict = _judge(nonce, report, proc.returncode, timed_out, flooded, limits, len(tests))
+    try:
+        verdict = _judge(nonce, report, proc.returncode, timed_out, flooded, limits, len(tests))
+    except Exception as exc:  # whatever the report holds, grading goes on: an unreadable report is not a pass
+        verdict = CodeVerdict("error", 0, f"the harness's report cannot be read ({exc}): not trusted")
     verdict.seconds, verdict.isolation, verdict.output = seconds, kind, shown
     return verdict
 
@@ -285,7 +289,12 @@ def _judge(
         if code in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
             return CodeVerdict("timeout", 0, f"CPU limit ({limits.cpu_seconds} s) reached: killed", tests_total=n)
         return CodeVerdict("error", 0, f"ended (exit status {code}) without reporting test results", tests_total=n)
-    tests = [t for t in payload.get("tests", []) if isinstance(t, dict)]
+    tests = payload.get("tests", [])
+    well_formed = isinstance(tests, list) and all(
+        isinstance(t, dict) and isinstance(t.get("ok"), bool) and isinstance(t.get("test", ""), str) for t in tests
+    )
+    if not well_formed or not isinstance(payload.get("setup_error", ""), (str, type(None))):
+        return CodeVerdict("error", 0, "the harness's report is malformed (forged?): not trusted", tests_total=n)
     if payload.get("memory"):
         status: Status = "memory"
     elif payload.get("setup_error"):
