@@ -74,7 +74,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="JSONL or Parquet file to check."),
-    fmt: str = typer.Option(..., "--format", "-f", help="sft | dpo | grpo | rlvr (orpo and cpo are dpo)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="sft | dpo | grpo | rlvr | grounded (orpo and cpo are dpo)."),
     rejects: Optional[Path] = typer.Option(
         None, "--rejects", help="Write bad rows here (JSONL with line number and reason)."
     ),

@@ -209,7 +209,7 @@ class TrainingFile(_Config):
     """A file of training rows a stage wrote (or the user gave): what a model was trained on."""
 
     path: str = Field(description="JSONL or Parquet file.")
-    format: Literal["sft", "dpo", "grpo", "rlvr"] | None = Field(
+    format: Literal["sft", "dpo", "grpo", "rlvr", "grounded"] | None = Field(
         None, description="Row format (see `realign validate`); None: guessed from the first row's fields."
     )
 
@@ -219,7 +219,9 @@ class TrainingFile(_Config):
         first = first_record(self.path)
         fmt = guess_format(first) if first is not None else None
         if fmt is None:
-            raise DataFormatError(self.path, 1, ["cannot tell the row format (expected sft, dpo, grpo or rlvr fields)"])
+            raise DataFormatError(
+                self.path, 1, ["cannot tell the row format (expected sft, dpo, grpo, rlvr or grounded fields)"]
+            )
         return fmt
 
     def records(self) -> list[dict]:

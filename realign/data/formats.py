@@ -6,6 +6,8 @@ Formats (one JSON object per line, or one Parquet row):
   grpo  {"prompt", "responses": [{"text", "score"}]}, score in [0, 1]
   rlvr  {"problem", "solution", "responses": [{"text", "correct"}]}, correct a boolean; optional "tests": a list of
         Python statements (MBPP-style asserts) for code tasks
+  grounded  {"question", "passages": [{"id", "text"}], "answer"}, optional "citations": [ids]; the answer is stated in
+        a passage, or is the abstention "I don't know" (realign.data.grounded)
 
 Extra keys on a row are allowed and ignored by the models (JSONL output of
 `validate` keeps the original line, so they are not lost).
@@ -29,9 +31,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from realign.data.grounded import ABSTAIN, Passage, item_problems
 from realign.io import atomic_path
 
-FormatName = Literal["sft", "dpo", "grpo", "rlvr"]
+FormatName = Literal["sft", "dpo", "grpo", "rlvr", "grounded"]
 
 
 # --- row models ----------------------------------------------------------------
@@ -159,13 +162,52 @@ class RLVRRow(_Row):
         return record
 
 
-ROW_MODELS: dict[str, type[_Row]] = {"sft": SFTRow, "dpo": DPORow, "grpo": GRPORow, "rlvr": RLVRRow}
+class GroundedPassage(_Row):
+    id: Text
+    text: Text
+
+
+class GroundedRow(_Row):
+    """A question answered from its passages (with the ids of those it cites), or abstained from."""
+
+    question: Text
+    passages: list[GroundedPassage] = Field(min_length=1)
+    answer: Text
+    citations: list[Text] | None = None
+
+    @model_validator(mode="after")
+    def _grounded(self) -> "GroundedRow":
+        passages = [Passage(p.id, p.text) for p in self.passages]
+        problems = item_problems(self.question, passages, self.answer, self.citations, ABSTAIN)
+        if problems:
+            raise PydanticCustomError("grounded", "{problem}", {"problem": problems[0]})
+        return self
+
+    def to_record(self) -> dict:
+        record = {
+            "question": self.question,
+            "passages": [p.model_dump() for p in self.passages],
+            "answer": self.answer,
+        }
+        if self.citations is not None:
+            record["citations"] = list(self.citations)
+        return record
+
+
+ROW_MODELS: dict[str, type[_Row]] = {
+    "sft": SFTRow,
+    "dpo": DPORow,
+    "grpo": GRPORow,
+    "rlvr": RLVRRow,
+    "grounded": GroundedRow,
+}
 FORMAT_ALIASES = {"orpo": "dpo", "cpo": "dpo"}
 REQUIRED_FIELDS = {
     "sft": "instruction + output (or response), or messages",
     "dpo": "prompt, chosen, rejected",
     "grpo": "prompt, responses[{text, score}]",
     "rlvr": "problem, solution, responses[{text, correct}]",
+    "grounded": "question, passages[{id, text}], answer",
 }
 
 
@@ -173,13 +215,15 @@ def canonical_format(fmt: str) -> str:
     """'dpo' for 'orpo'/'cpo', the name itself for the four formats; ValueError otherwise."""
     name = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
     if name not in ROW_MODELS:
-        raise ValueError(f"unknown format '{fmt}' (expected one of sft, dpo, grpo, rlvr, orpo, cpo)")
+        raise ValueError(f"unknown format '{fmt}' (expected one of sft, dpo, grpo, rlvr, grounded, orpo, cpo)")
     return name
 
 
 def guess_format(obj: dict) -> str | None:
     """The format a row's keys suggest, or None when they suggest none."""
     keys = set(obj)
+    if {"question", "passages"} <= keys:
+        return "grounded"
     if {"chosen", "rejected"} & keys:
         return "dpo"
     if {"problem", "solution"} & keys:
@@ -561,6 +605,15 @@ def _arrow_schema(fmt: str):
         return pa.schema([("prompt", s), ("chosen", s), ("rejected", s)])
     if fmt == "grpo":
         return pa.schema([("prompt", s), ("responses", pa.list_(pa.struct([("text", s), ("score", pa.float64())])))])
+    if fmt == "grounded":
+        return pa.schema(
+            [
+                ("question", s),
+                ("passages", pa.list_(pa.struct([("id", s), ("text", s)]))),
+                ("answer", s),
+                ("citations", pa.list_(s)),
+            ]
+        )
     return pa.schema(
         [
             ("problem", s),

@@ -181,19 +181,41 @@ def capability_retention(before: Mapping[str, float], after: Mapping[str, float]
     return RetentionReport(float(np.mean(list(ratios.values()))) if ratios else float("nan"), ratios, skipped)
 
 
-def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """ECE: sum over equal-width confidence bins of |accuracy - mean confidence| weighted by bin share."""
-    conf, corr = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
-    if not len(conf):
-        return float("nan")
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
+def calibration_bins(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> list[dict]:
+    """Equal-width bins over [0, 1]: bin b holds confidences in (b/n, (b+1)/n], bin 0 also holds 0 exactly (and
+    values outside [0, 1] are clipped into the end bins). Per non-empty bin: its range, count, share of all items,
+    mean confidence and accuracy."""
+    conf = np.clip(np.asarray(confidences, dtype=float), 0.0, 1.0)
+    corr = np.asarray(correct, dtype=float)
+    if conf.shape != corr.shape:
+        raise ValueError(f"{len(conf)} confidences for {len(corr)} outcomes")
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
         sel = idx == b
         if sel.any():
-            ece += sel.mean() * abs(corr[sel].mean() - conf[sel].mean())
-    return float(ece)
+            out.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(sel.sum()),
+                    "share": float(sel.mean()),
+                    "confidence": float(conf[sel].mean()),
+                    "accuracy": float(corr[sel].mean()),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> float:
+    """ECE (Guo et al. 2017): sum over equal-width bins of (bin share) * |bin accuracy - bin mean confidence|;
+    bins as `calibration_bins`. NaN for no items."""
+    if not len(confidences):
+        return float("nan")
+    return float(
+        sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in calibration_bins(confidences, correct, n_bins))
+    )
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

@@ -83,3 +83,27 @@ def before_after(values: Mapping[str, Mapping[str, float]], path: str | Path, ti
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def reliability_diagram(
+    bins: list[dict], path: str | Path, title: str = "reliability", ece: float | None = None
+) -> Path:
+    """Accuracy against mean confidence per bin (bars at the bins' ranges; the diagonal is perfect calibration),
+    with each bin's share of items written over its bar."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for b in bins:
+        ax.bar(b["low"], b["accuracy"], width=b["high"] - b["low"], align="edge", alpha=0.6, edgecolor="black")
+        ax.plot(b["confidence"], b["accuracy"], "o", color="tab:red")
+        ax.text(b["low"] + (b["high"] - b["low"]) / 2, b["accuracy"] + 0.02, f"{b['share']:.0%}", ha="center", size=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("confidence (length-normalised probability of the output)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None and ece == ece else ""))
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

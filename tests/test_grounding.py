@@ -1,0 +1,117 @@
+"""Grounded QA: the synthetic world, row checks, output parsing, and every metric against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from realign.data.grounded import (
+    ABSTAIN,
+    GroundedItem,
+    Passage,
+    grounded_items,
+    item_problems,
+    parse_output,
+    supporting_ids,
+    world,
+)
+from realign.eval.grounding import grounded_metrics
+from realign.eval.metrics import calibration_bins, expected_calibration_error
+
+P = (Passage("1", "Bako's pet is fish."), Passage("2", "Zeti's color is red."))
+ANS = GroundedItem("What is Bako's pet?", P, "fish", ("1",))
+UNANS = GroundedItem("What is Bako's city?", P, ABSTAIN)
+
+
+def test_targets_and_prompts():
+    assert ANS.target() == "fish [1]" and UNANS.target() == ABSTAIN
+    assert ANS.prompt() == "Sources: [1] Bako's pet is fish. [2] Zeti's color is red.\nQuestion: What is Bako's pet?"
+
+
+def test_parse_output():
+    assert parse_output("fish [1]") == ("fish", ("1",), False)
+    assert parse_output("fish [1] [2].") == ("fish", ("1", "2"), False)
+    assert parse_output("I don't know") == ("", (), True)
+    assert parse_output("red") == ("red", (), False)
+
+
+def test_row_problems_are_phrased_for_line_errors():
+    assert item_problems("q", P, "fish", ["1"], ABSTAIN) == []
+    assert "unknown passage id '9'" in item_problems("q", P, "fish", ["9"], ABSTAIN)[0]
+    assert "is in no passage" in item_problems("q", P, "teal", [], ABSTAIN)[0]
+    assert "passages is empty" in item_problems("q", (), ABSTAIN, [], ABSTAIN)[0]
+    dup = (Passage("1", "a"), Passage("1", "b"))
+    assert "appears twice" in item_problems("q", dup, ABSTAIN, [], ABSTAIN)[0]
+    assert supporting_ids(P, "FISH") == ("1",) and supporting_ids(P, "fis") == ()
+
+
+def test_the_world_makes_answerable_and_unanswerable_items_with_checked_citations():
+    people = world(30, seed=1)
+    items = grounded_items(people, 200, seed=2, unanswerable=0.3)
+    unans = [i for i in items if not i.answerable]
+    assert 40 <= len(unans) <= 80
+    for i in items:
+        assert item_problems(i.question, i.passages, i.answer, i.citations, ABSTAIN) == []
+        if i.answerable:
+            assert i.citations and all(i.answer in p.text for p in i.passages if p.id in i.citations)
+        else:  # nothing about the asked person and attribute is shown
+            who, attr = i.question[8:-1].split("'s ")
+            assert not any(p.text.startswith(f"{who}'s {attr} ") for p in i.passages)
+
+
+def test_metrics_by_hand():
+    a2 = GroundedItem("What is Zeti's color?", P, "red", ("2",))
+    items = [ANS, a2, ANS, UNANS, UNANS]
+    outputs = [
+        "fish [1]",  # right, cited right
+        "red [1]",  # right answer, wrong citation
+        "blue",  # wrong, supported by no passage: hallucinated
+        "I don't know",  # right abstention
+        "fish [1]",  # answered an unanswerable one: hallucinated
+    ]
+    m = grounded_metrics(items, outputs)
+    assert m["factuality"] == pytest.approx(2 / 3)  # 2 of 3 answerable right
+    assert m["citation_accuracy"] == pytest.approx(1 / 3)  # of 3 answers to answerable items, 1 cited right
+    assert m["hallucination_rate"] == pytest.approx(2 / 5)
+    assert m["abstention_precision"] == 1.0 and m["abstention_recall"] == 0.5
+    assert m["accuracy"] == pytest.approx(3 / 5)
+
+
+def test_ece_binning_spelled_out():
+    # 10 equal-width bins, bin b = (b/10, (b+1)/10], 0 in bin 0:
+    # bin 0: {0.05: wrong} -> |0 - 0.05| * 1/5; bin 1: {0.15 right, 0.15 wrong} -> |0.5 - 0.15| * 2/5;
+    # bin 9: {0.95, 1.0 both right} -> |1 - 0.975| * 2/5; total 0.01 + 0.14 + 0.01 = 0.16
+    conf, correct = [0.05, 0.15, 0.15, 0.95, 1.0], [False, True, False, True, True]
+    assert expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(0.16)
+    bins = calibration_bins([0.0, 0.1, 0.1000001, 1.0], [True] * 4, n_bins=10)
+    assert [(b["low"], b["count"]) for b in bins] == [(0.0, 2), (0.1, 1), (0.9, 1)]
+    assert expected_calibration_error([], []) != expected_calibration_error([], [])  # NaN
+    assert expected_calibration_error([0.9, 0.9, 0.2, 0.2], [True, False, False, False]) == pytest.approx(0.3)
+
+
+def test_validate_reports_grounded_rows_line_by_line(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    good = {
+        "question": "What is Bako's pet?",
+        "passages": [{"id": "1", "text": "Bako's pet is fish."}],
+        "answer": "fish",
+    }
+    rows = [
+        good,
+        {**good, "citations": ["7"]},
+        {**good, "answer": "teal"},
+        {**good, "passages": []},
+        {**good, "answer": "I don't know"},
+    ]
+    src = tmp_path / "g.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("validate", str(src), "--format", "grounded", "--out", str(tmp_path / "clean.jsonl"))
+    assert proc.returncode == 1
+    assert f"{src}:2:" in proc.stdout and "unknown passage id '7'" in proc.stdout
+    assert f"{src}:3:" in proc.stdout and "is in no passage" in proc.stdout
+    assert f"{src}:4:" in proc.stdout and "passages" in proc.stdout
+    kept = (tmp_path / "clean.jsonl").read_text().splitlines()
+    assert len(kept) == 2  # the good row and the abstention
+    assert len((tmp_path / "clean.rejects.jsonl").read_text().splitlines()) == 3  # rejected rows kept with reasons
