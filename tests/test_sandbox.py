@@ -1,6 +1,6 @@
-"""The code verifier's sandbox: every hand-written response in realign.data.code_tasks graded as it must be, each
-side effect prevented, within bounded time, nothing left running; under the machine's strongest isolation and under
-rlimits + audit hook alone; and the operating-system layer on its own."""
+"""The code verifier's sandbox: every hand-written response in realign.data.code_tasks graded as it must be at every
+isolation level (the verdict is decided outside the sandbox), each side effect prevented under the operating
+system's sandbox, within bounded time, nothing left running or on disk; and the operating-system layer on its own."""
 
 from __future__ import annotations
 
@@ -61,17 +61,14 @@ def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(c
     text = expected.filled(str(outside), server.getsockname()[1], str(secret))
 
     t0 = time.perf_counter()
-    v = run_python_tests(text, list(CODE_TASKS[expected.task].tests), LIMITS)
+    limits = LIMITS.model_copy(update={"allow_weak_isolation": kind in sandbox.WEAK})
+    v = run_python_tests(text, list(CODE_TASKS[expected.task].tests), limits)
     took = time.perf_counter() - t0
 
+    # the verdict holds at every isolation level: it is decided here, from built-in values
     assert v.passed is expected.correct, f"{expected.kind}: {v.status} ({v.detail}); output {v.output[:200]!r}"
     assert v.isolation == kind
     assert took < LIMITS.wall_seconds + 3, f"{expected.kind} took {took:.1f} s"
-    assert not outside.exists(), f"{expected.kind} wrote outside its directory"
-    with pytest.raises(socket.timeout):
-        server.accept()  # nobody connected
-    assert "TOP-SECRET" not in v.output, f"{expected.kind} read {secret}"
-    assert sandbox_processes(own_tmp) == [], "a sandboxed process outlived its verdict"
     assert list(own_tmp.iterdir()) == [], "a sandbox directory was left behind"
     if expected.kind in ("infinite loop", "sleeps forever"):
         assert v.status == "timeout"
@@ -79,6 +76,13 @@ def test_each_response_is_graded_as_it_must_be_with_its_side_effects_prevented(c
         assert v.status == "memory"
     if expected.kind == "floods stdout":
         assert v.status == "error" and "printed more than" in v.detail
+    if kind in sandbox.WEAK:
+        return  # side effects are limited there, not prevented: the operating system's sandbox is what prevents them
+    assert not outside.exists(), f"{expected.kind} wrote outside its directory"
+    with pytest.raises(socket.timeout):
+        server.accept()  # nobody connected
+    assert "TOP-SECRET" not in v.output, f"{expected.kind} read {secret}"
+    assert sandbox_processes(own_tmp) == [], "a sandboxed process outlived its verdict"
 
 
 def test_the_embedded_reference_solutions_pass_their_own_tests():
@@ -117,7 +121,7 @@ def test_code_is_taken_from_fenced_blocks():
 
 @pytest.mark.skipif(sandbox.isolation() != "bwrap", reason="bubblewrap not available: apt-get install -y bubblewrap")
 def test_the_operating_system_layer_alone_blocks_writes_reads_network_and_signals(tmp_path, bait):
-    """No harness, no audit hook: plain Python under bwrap cannot write outside, read the secret, connect or see the
+    """No worker, no audit hook: plain Python under bwrap cannot write outside, read the secret, connect or see the
     parent's processes."""
     outside, server, secret = bait
     home = tmp_path / "home"
@@ -152,7 +156,7 @@ print("done", results)
     assert (home / "inside.txt").read_text() == "ok"  # its own directory stays writable
 
 
-def test_rlimits_bound_cpu_and_memory_without_the_harness(tmp_path):
+def test_rlimits_bound_cpu_and_memory_on_their_own(tmp_path):
     exe, _ = sandbox.interpreter()
     limits = SandboxLimits(cpu_seconds=1, memory_mb=256)
     t0 = time.perf_counter()
@@ -179,3 +183,59 @@ def test_no_response_can_make_the_verifier_process_exit(bait):
         verdict = run_python_tests(r.filled(str(outside), port, str(secret)), list(CODE_TASKS[r.task].tests), LIMITS)
         assert verdict.passed is r.correct, r.kind
     assert run_python_tests(CODE_TASKS[0].solution, list(CODE_TASKS[0].tests), LIMITS).passed
+
+
+def test_without_an_operating_system_sandbox_code_is_not_run_unless_allowed(monkeypatch, own_tmp):
+    monkeypatch.setattr(sandbox, "isolation", lambda: "rlimits")
+    v = run_python_tests(CODE_TASKS[0].solution, list(CODE_TASKS[0].tests))
+    assert v.status == "error" and "bubblewrap" in v.detail and "allow" in v.detail
+    weak = SandboxLimits(allow_weak_isolation=True)
+    assert run_python_tests(CODE_TASKS[0].solution, list(CODE_TASKS[0].tests), weak).passed
+
+
+def test_nested_comparisons_and_library_calls_in_tests_are_computed_here():
+    """A second review: an object whose operators lie inside `and`, `all()` or `abs()`, and a solution's own `math`,
+    must not pass (values cross as built-in values; `math` is this process's)."""
+    tests = [
+        "assert add(2, 3) == 5 and add(1, 1) == 2",
+        "assert not add(2, 2) != 4",
+        "assert abs(add(2, 3) - 5) < 1e-9",
+        "assert all(add(i, i) == 2 * i for i in range(3))",
+        "import math\nassert math.isclose(add(1, 1), 2.0)",
+    ]
+    liar = (
+        "class A:\n    def __eq__(s, o):\n        return True\n    def __ne__(s, o):\n        return False\n"
+        "    def __sub__(s, o):\n        return 0.0\n    __hash__ = object.__hash__\n"
+        "class math:\n    isclose = staticmethod(lambda *a, **k: True)\n"
+        "def add(a, b):\n    return A()\n"
+    )
+    v = run_python_tests(liar, tests, LIMITS)
+    assert v.status == "failed" and v.tests_passed == 0
+    assert run_python_tests("def add(a, b):\n    return a + b\n", tests, LIMITS).passed
+
+
+def test_a_signal_handler_finds_nothing_to_forge():
+    forger = (
+        "import os, signal\n"
+        "def h(sig, frame):\n"
+        "    while frame is not None:\n"
+        "        frame.f_locals\n"
+        "        frame = frame.f_back\n"
+        "    os.write(4, b'{\"ok\": 5}\\n')\n"
+        "signal.signal(signal.SIGALRM, h)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.001)\n"
+        "def add(a, b):\n    return 0\n"
+    )
+    assert not run_python_tests(forger, list(CODE_TASKS[0].tests), LIMITS).passed
+
+
+def test_tests_the_evaluator_does_not_run_are_refused_as_the_datas_fault():
+    for bad in ("import os\nassert os.getcwd()", "assert add.__globals__", "def f(): pass", "assert __import__('os')"):
+        v = run_python_tests(CODE_TASKS[0].solution, [bad], LIMITS)
+        assert v.status == "error", bad
+
+
+def test_a_deep_directory_tree_is_cleaned_up(own_tmp):
+    deep = "import os\nfor i in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\ndef add(a, b):\n    return a + b\n"
+    v = run_python_tests(deep, list(CODE_TASKS[0].tests), LIMITS)
+    assert v.passed and list(own_tmp.iterdir()) == []

@@ -194,6 +194,9 @@ def verify_cmd(
     out_path: Path = typer.Option(..., "--out", help="Write the graded rows here (JSONL, input order)."),
     wall_seconds: float = typer.Option(10.0, "--timeout", help="python: wall-clock seconds per response."),
     memory_mb: int = typer.Option(1024, "--memory-mb", help="python: address-space limit per response (MiB)."),
+    weak_sandbox: bool = typer.Option(
+        False, "--allow-weak-sandbox", help="python: run code even without bubblewrap (side effects only limited)."
+    ),
 ) -> None:
     """Grade every response with a verifier; write each response's `correct` (or GRPO `score`) and a `verifier`
     object (status passed / failed / timeout / memory / error, seconds); print false positives and negatives against
@@ -208,7 +211,12 @@ def verify_cmd(
     if out_path.suffix.lower() != ".jsonl":
         _fail(f"--out {out_path}: graded rows are written as JSONL; name the file with .jsonl")
     try:
-        limits = SandboxLimits(wall_seconds=wall_seconds, cpu_seconds=max(1, int(wall_seconds)), memory_mb=memory_mb)
+        limits = SandboxLimits(
+            wall_seconds=wall_seconds,
+            cpu_seconds=max(1, int(wall_seconds)),
+            memory_mb=memory_mb,
+            allow_weak_isolation=weak_sandbox,
+        )
         check_output_paths([file], [out_path])
     except (ValueError, FileProblem) as exc:
         _fail(str(exc))
@@ -233,7 +241,13 @@ def verify_cmd(
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
     out.print(f"graded {report.responses} responses of {report.rows} rows in {report.seconds:.1f} s: {statuses}")
     if "python" in (verifier, "auto"):
-        out.print(f"code ran in a sandbox: {isolation()}")
+        level = isolation()
+        out.print(f"code ran in a sandbox: {level}")
+        if level in ("unshare", "rlimits"):
+            err.print(
+                "warning: no operating-system sandbox here (bubblewrap not installed): "
+                + ("code was run with its side effects only limited" if weak_sandbox else "code was not run")
+            )
     labelled_wrong = report.false_positive + report.true_negative
     labelled_right = report.false_negative + report.true_positive
     out.print(

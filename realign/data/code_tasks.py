@@ -205,7 +205,7 @@ CODE_RESPONSES = (
             return 0
     """,
     ),
-    # found by a review (each was graded passed, or escaped, before the fix that stops it)
+    # found by reviews of the first design (each was graded passed, or escaped, before the redesign that stops it)
     _r(
         0,
         "metaclass claims to be int",

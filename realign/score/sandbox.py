@@ -1,28 +1,41 @@
 """Run an untrusted response's Python code against its tests, in a sandbox, and say whether it passed.
 
-Layers, outermost first (each one alone should hold; together they must):
+The verdict is decided here, in this (trusted) process, never inside the sandbox: the response's code runs in a
+worker process (`_worker.py`) that holds no secret and only answers calls ("call add(2, 3)"), sending back values
+as tagged JSON that decode into built-in values only. The tests (MBPP-style asserts, from the data, never from the
+response) are checked against a whitelist of syntax and evaluated here, with this process's own builtins and
+modules, the solution's functions standing in as proxies; every value that comes back is of a built-in type, so
+every comparison, `and`, `all()` or `abs()` in a test is computed by built-in code. Exiting 0 early, `os._exit`,
+replacing AssertionError, an always-equal object, printing a success marker, patching builtins or modules, or
+reading the worker's own memory therefore cannot make a wrong answer pass: there is nothing there to forge.
+
+What the sandbox is for, then, is side effects and resources. Layers, outermost first:
 1. The operating system. Linux: bubblewrap (`bwrap`) when installed: new user, PID, network, IPC and UTS
    namespaces, a read-only view of the Python installation and system libraries only, the response's own
    temporary directory the only writable (and the only other readable) place; without bwrap, `unshare -n` (no
    network) where it works. macOS: `sandbox-exec` with a profile denying network, process creation and writes
    outside the directory. Always: a new process group, rlimits (CPU seconds, address space, file size, open
    files, no core dumps), a wall-clock deadline, and every process of the group killed at the end.
-2. The harness (`_harness.py`): an audit hook denies processes, signals, sockets, ctypes, frame and gc
-   introspection and writes outside the directory; it compares results itself, with built-in operators on
-   built-in values, and reports on a private pipe behind a nonce, so a response cannot fake passing by exiting 0
-   early, `os._exit`, replacing AssertionError, returning an object whose __eq__ is always true, or printing a
-   success marker. The verdict is "passed" only when that report arrives and every test in it passed.
-3. This process: reads at most `output_bytes` of the response's output and kills it beyond that; never waits
-   past the deadline; a response cannot signal it (its own PID namespace or the audit hook).
+2. Inside the worker, an audit hook denying processes, signals, sockets, ctypes, links and writes outside the
+   directory: defence in depth only. Code in the worker's own interpreter can get around an audit hook (native
+   code, fresh copies of built-in modules), so without bubblewrap or sandbox-exec side effects are limited, not
+   prevented: `isolation()` says which level a machine has, and `realign verify` warns when it is weak.
+3. This process: reads a bounded amount of each reply and of the output, never waits past the deadline, and
+   cleans up the directory whatever the code left in it.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import builtins
+import importlib
+import json
+import math
+import operator
 import os
 import re
 import resource
-import secrets
 import select
 import shutil
 import signal
@@ -38,7 +51,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
-HARNESS = Path(__file__).with_name("_harness.py")
+WORKER = Path(__file__).with_name("_worker.py")
 
 
 class SandboxLimits(BaseModel):
@@ -56,6 +69,11 @@ class SandboxLimits(BaseModel):
     )
     file_bytes: int = Field(
         10_000_000, ge=1024, le=10_000_000_000, description="Largest file the code may write (RLIMIT_FSIZE)."
+    )
+    allow_weak_isolation: bool = Field(
+        False,
+        description="Run code even where no operating-system sandbox exists (no bubblewrap on Linux): verdicts stay "
+        "trustworthy, but the code's side effects are only limited, not prevented.",
     )
 
 
@@ -93,6 +111,15 @@ def interpreter() -> tuple[str, list[str]]:
     exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix), os.path.dirname(exe)}
     return exe, sorted(roots)
+
+
+# Isolation levels that limit but do not prevent side effects (no filesystem or process isolation).
+WEAK = ("unshare", "rlimits")
+WEAK_MESSAGE = (
+    "no operating-system sandbox on this machine (bubblewrap is not installed), so the code was not run: install it "
+    "(sudo apt-get install -y bubblewrap), or allow weak isolation (realign verify --allow-weak-sandbox; "
+    "verifier.limits.allow_weak_isolation in a recipe) where the code is trusted not to harm the machine"
+)
 
 
 def _runs(cmd: list[str]) -> bool:
@@ -173,140 +200,417 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+# --- the tests, checked and evaluated here -------------------------------------------------------------------
+
+# Modules a test may import (or name through the solution's `import`): this process's own, never the solution's.
+TEST_MODULES = frozenset(
+    {"math", "cmath", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "operator",
+     "statistics", "fractions", "decimal", "datetime"}
+)  # fmt: skip
+_SAFE_BUILTINS = {
+    name: getattr(builtins, name)
+    for name in (
+        "abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate", "filter", "float",
+        "frozenset", "hash", "int", "isinstance", "len", "list", "map", "max", "min", "ord", "pow", "range",
+        "repr", "reversed", "round", "set", "sorted", "str", "sum", "tuple", "type", "zip", "Exception",
+        "ValueError", "TypeError", "KeyError", "IndexError", "ZeroDivisionError", "AssertionError",
+    )
+}  # fmt: skip
+_ALLOWED_NODES = (
+    ast.Module, ast.Expr, ast.Assert, ast.Assign, ast.Import, ast.ImportFrom, ast.alias, ast.BoolOp, ast.BinOp,
+    ast.UnaryOp, ast.Compare, ast.Call, ast.keyword, ast.Name, ast.Load, ast.Store, ast.Constant, ast.List,
+    ast.Tuple, ast.Set, ast.Dict, ast.Subscript, ast.Slice, ast.Attribute, ast.IfExp, ast.ListComp, ast.SetComp,
+    ast.DictComp, ast.GeneratorExp, ast.comprehension, ast.Starred, ast.JoinedStr, ast.FormattedValue, ast.Lambda,
+    ast.arguments, ast.arg, ast.boolop, ast.operator, ast.unaryop, ast.cmpop, ast.expr_context,
+)  # fmt: skip
+_PLAIN = frozenset(id(t) for t in (type(None), bool, int, float, complex, str, bytes))
+_CONTAINERS = frozenset(id(t) for t in (list, tuple, set, frozenset))
+
+
+class TestSyntaxError(ValueError):
+    """A test uses syntax or names the evaluator does not run (the data's fault, not the response's)."""
+
+
+def check_tests(tests: list[str]) -> list[ast.Module]:
+    """Parse the tests and refuse what they may not do here: only expressions, asserts, simple assignments and
+    imports of TEST_MODULES; no attribute starting with '_' (no way to reach a class's internals)."""
+    parsed = []
+    for src in tests:
+        try:
+            tree = ast.parse(src)
+        except SyntaxError as exc:
+            raise TestSyntaxError(f"the tests do not parse: {src[:80]!r}: {exc.msg}") from exc
+        for node in ast.walk(tree):
+            if not isinstance(node, _ALLOWED_NODES):
+                raise TestSyntaxError(
+                    f"a test uses {type(node).__name__}, which the evaluator does not run: {src[:80]!r}"
+                )
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                raise TestSyntaxError(f"a test reads the attribute {node.attr!r}: {src[:80]!r}")
+            if isinstance(node, ast.Name) and node.id.startswith("__"):
+                raise TestSyntaxError(f"a test names {node.id!r}: {src[:80]!r}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                bad = [m for m in mods if (m or "").split(".")[0] not in TEST_MODULES]
+                if bad:
+                    raise TestSyntaxError(f"a test imports {bad[0]!r} (allowed: {', '.join(sorted(TEST_MODULES))})")
+            if isinstance(node, ast.Assign) and not all(isinstance(t, (ast.Name, ast.Tuple)) for t in node.targets):
+                raise TestSyntaxError(f"a test assigns to something other than a name: {src[:80]!r}")
+        parsed.append(tree)
+    return parsed
+
+
+def plain(value, limit: int = 1_000_000) -> str | None:
+    """None when `value` is built of built-in values only (types checked by identity), else what it is."""
+    stack, seen, count = [value], set(), 0
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        count += 1
+        if count > limit:
+            return "a value too large to compare"
+        if id(t) in _PLAIN:
+            continue
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if id(t) in _CONTAINERS:
+            stack.extend(v)
+        elif t is dict:
+            for k, x in v.items():
+                stack += [k, x]
+        else:
+            return f"a {t.__module__}.{t.__qualname__}"
+    return None
+
+
+def encode_value(value, depth: int = 0):
+    """Tagged JSON of a built-in value (arguments sent to the worker)."""
+    if depth > 200:
+        raise TypeError("an argument nested too deeply")
+    t = type(value)
+    if value is None or t is bool or t is int or t is str:
+        return value
+    if t is float:
+        return value if math.isfinite(value) else {"$f": repr(value)}
+    if t is list:
+        return [encode_value(v, depth + 1) for v in value]
+    if t is tuple:
+        return {"$t": [encode_value(v, depth + 1) for v in value]}
+    if t is set or t is frozenset:
+        return {"$s" if t is set else "$fs": [encode_value(v, depth + 1) for v in value]}
+    if t is dict:
+        return {"$d": [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in value.items()]}
+    if t is bytes:
+        return {"$b": base64.b64encode(value).decode()}
+    if t is complex:
+        return {"$c": [value.real, value.imag]}
+    raise TypeError(f"cannot pass a {t.__qualname__} to the sandboxed code (only built-in values cross)")
+
+
+def decode_value(value, depth: int = 0):
+    """A reply's value as built-in Python values; ValueError for anything that is not a well-formed encoding."""
+    if depth > 200:
+        raise ValueError("a reply nested too deeply")
+    t = type(value)
+    if value is None or t in (bool, int, float, str):
+        return value
+    if t is list:
+        return [decode_value(v, depth + 1) for v in value]
+    if t is dict and len(value) == 1:
+        ((tag, body),) = value.items()
+        if tag == "$t" and type(body) is list:
+            return tuple(decode_value(v, depth + 1) for v in body)
+        if tag in ("$s", "$fs") and type(body) is list:
+            items = [decode_value(v, depth + 1) for v in body]
+            try:
+                return set(items) if tag == "$s" else frozenset(items)
+            except TypeError as exc:
+                raise ValueError(f"a set of unhashable values: {exc}") from exc
+        if tag == "$d" and type(body) is list and all(type(kv) is list and len(kv) == 2 for kv in body):
+            try:
+                return {decode_value(k, depth + 1): decode_value(v, depth + 1) for k, v in body}
+            except TypeError as exc:
+                raise ValueError(f"a dict with unhashable keys: {exc}") from exc
+        if tag == "$b" and type(body) is str:
+            return base64.b64decode(body, validate=True)
+        if tag == "$c" and type(body) is list and len(body) == 2 and all(type(x) in (int, float) for x in body):
+            return complex(body[0], body[1])
+        if tag == "$f" and body in ("nan", "inf", "-inf"):
+            return float(body)
+    raise ValueError("a reply that is not an encoded built-in value")
+
+
+class _Gone(Exception):
+    """The worker ended or went silent; `status` says how the run is graded."""
+
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _Worker:
+    """The sandboxed process and its two pipes; every read bounded by the run's deadline and a size cap."""
+
+    MAX_REPLY = 16 * 1024 * 1024
+
+    def __init__(self, proc: subprocess.Popen, requests: int, replies: int, deadline: float, limits: SandboxLimits):
+        self.proc, self.requests, self.replies, self.deadline, self.limits = proc, requests, replies, deadline, limits
+        self.buffer = b""
+        self.memory = False
+
+    def read(self) -> dict:
+        while b"\n" not in self.buffer:
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                raise _Gone("timeout", f"still running after {self.limits.wall_seconds:g} s: killed")
+            ready, _, _ = select.select([self.replies], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            chunk = os.read(self.replies, 1 << 20)
+            if not chunk:
+                raise self._ended()
+            self.buffer += chunk
+            if len(self.buffer) > self.MAX_REPLY:
+                raise _Gone("error", "a reply larger than 16 MiB: killed")
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise _Gone("error", f"an unreadable reply ({exc})") from None
+        if not isinstance(reply, dict):
+            raise _Gone("error", "an unreadable reply")
+        if reply.get("memory") is True:
+            self.memory = True
+        return reply
+
+    def _ended(self) -> _Gone:
+        try:
+            code = self.proc.wait(timeout=max(0.1, self.deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            return _Gone("timeout", f"still running after {self.limits.wall_seconds:g} s: killed")
+        if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            return _Gone("timeout", f"CPU limit ({self.limits.cpu_seconds} s) reached: killed")
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
+            return _Gone(
+                "timeout", f"killed (the CPU limit's hard stop at {self.limits.cpu_seconds + 1} s, or its own code)"
+            )
+        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+            return _Gone("error", f"wrote more than {self.limits.file_bytes} bytes (output or a file): killed")
+        return _Gone("error", f"the code ended (exit status {code}) before its tests were answered")
+
+    def ask(self, request: dict) -> dict:
+        try:
+            os.write(self.requests, (json.dumps(request) + "\n").encode("utf-8"))
+        except (BrokenPipeError, OSError):
+            raise self._ended() from None
+        return self.read()
+
+
+class _Remote:
+    """A solution's function, as the tests see it: called here, run there, the value decoded here."""
+
+    def __init__(self, worker: _Worker, name: str):
+        self._worker, self._name = worker, name
+
+    def __call__(self, *args, **kwargs):
+        try:
+            request = {"op": "call", "name": self._name, "args": encode_value(list(args)),
+                       "kwargs": encode_value(dict(kwargs))}  # fmt: skip
+        except TypeError as exc:
+            raise _CallFailed(str(exc)) from None
+        reply = self._worker.ask(request)
+        if "ok" not in reply:
+            raise _CallFailed(str(reply.get("err", "the call failed"))[:500])
+        try:
+            return decode_value(reply["ok"])
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise _CallFailed(f"{self._name} returned something unreadable ({exc})") from None
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {self._name}>"
+
+
+_COMPARE = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}  # fmt: skip
+
+
+class _CallFailed(Exception):
+    """A call to the solution raised, or returned something that is not a built-in value."""
+
+
+def _run_statement(tree: ast.Module, env: dict) -> tuple[bool, str | None]:
+    """(passed, why not) of one test: each statement executed or evaluated here."""
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                env[a.asname or a.name.split(".")[0]] = importlib.import_module(a.name.split(".")[0])
+            continue
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module or "")
+            for a in node.names:
+                env[a.asname or a.name] = getattr(module, a.name)
+            continue
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
+            # operands evaluated one by one so a failure can show them: `assertion failed: 6 vs 5`
+            exprs = [node.test.left, *node.test.comparators]
+            values = [eval(compile(ast.Expression(e), "<test>", "eval"), env) for e in exprs]  # noqa: S307
+            what = next((w for w in map(plain, values) if w is not None), None)
+            if what is not None:
+                return False, f"a value in the test is {what} (only built-in values are compared)"
+            if not all(_COMPARE[type(op)](a, b) for op, a, b in zip(node.test.ops, values, values[1:])):
+                return False, "assertion failed: " + " vs ".join(repr(v)[:200] for v in values)
+            continue
+        if isinstance(node, ast.Assert):
+            value = eval(compile(ast.Expression(node.test), "<test>", "eval"), env)  # noqa: S307 (checked tests)
+            what = plain(value)
+            if what is not None:
+                return False, f"the test's value is {what} (only built-in values are compared)"
+            if not value:
+                return False, "assertion failed"
+            continue
+        exec(compile(ast.Module([node], []), "<test>", "exec"), env)  # noqa: S102 (checked tests)
+    return True, None
+
+
 def run_python_tests(
     response: str, tests: list[str], limits: SandboxLimits | None = None, setup: str = ""
 ) -> CodeVerdict:
-    """Run `response`'s code (fenced blocks or the whole text) and then `tests` (MBPP-style assert statements;
-    `setup`: code run before them, e.g. imports) in a sandbox. Never raises for anything the code does."""
+    """Run `response`'s code (fenced blocks or the whole text) in the sandbox and check it with `tests`
+    (MBPP-style statements; `setup`: statements run first, e.g. imports). Never raises for anything the code does;
+    a test the evaluator cannot run (TestSyntaxError) is the data's fault and is reported as an error verdict."""
     limits = limits or SandboxLimits()
     kind = isolation()
-    exe, readable = interpreter()
     t0 = time.perf_counter()
-    # ignore_cleanup_errors: a response must not be able to make cleaning up raise here (e.g. an immutable file)
-    with tempfile.TemporaryDirectory(prefix="realign-sandbox-", ignore_cleanup_errors=True) as tmp:
-        home = os.path.realpath(tmp)
-        os.chmod(home, 0o700)
-        shutil.copyfile(HARNESS, Path(home) / "_harness.py")
-        (Path(home) / "solution.py").write_text(extract_code(response), encoding="utf-8")
-        (Path(home) / "tests.json").write_text(_json([setup, *tests] if setup else list(tests)), encoding="utf-8")
-        (Path(home) / "sandbox.json").write_text(_json({"dir": home, "read_roots": readable}), encoding="utf-8")
-        nonce = secrets.token_hex(16).encode()
-        result_r, result_w = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                wrap(kind, home, readable, [exe, "-I", "-S", "-B", str(Path(home) / "_harness.py"), str(result_w)]),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(result_w,),
-                cwd=home,
-                env={"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LC_ALL": "C.UTF-8"},
-                start_new_session=True,  # its own process group: killed whole at the end
-                preexec_fn=rlimits(limits),
-            )
-        except OSError as exc:
-            os.close(result_r)
-            os.close(result_w)
-            return CodeVerdict("error", time.perf_counter() - t0, f"could not start the sandbox: {exc}", isolation=kind)
-        os.close(result_w)
-        try:
-            proc.stdin.write(nonce + b"\n")  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        output, report, timed_out, flooded = _collect(proc, result_r, limits, t0)
+    try:
+        parsed = check_tests(([setup] if setup else []) + list(tests))
+    except TestSyntaxError as exc:
+        return CodeVerdict("error", time.perf_counter() - t0, str(exc), 0, len(tests), kind)
+    if not tests:
+        return CodeVerdict("failed", time.perf_counter() - t0, "no tests: nothing shows the code is right", 0, 0, kind)
+    if kind in WEAK and not limits.allow_weak_isolation:
+        return CodeVerdict("error", time.perf_counter() - t0, WEAK_MESSAGE, 0, len(tests), kind)
+    exe, readable = interpreter()
+    tmp = tempfile.mkdtemp(prefix="realign-sandbox-")
+    try:
+        return _run_in(tmp, kind, exe, readable, response, parsed, len(tests), bool(setup), limits, t0)
+    finally:
+        _remove_tree(tmp)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the sandbox directory whatever the code left there (deep trees, odd permissions)."""
+    try:
+        shutil.rmtree(path)
+    except BaseException:  # noqa: BLE001  (RecursionError on a very deep tree, PermissionError, ...)
+        subprocess.run(["rm", "-rf", "--", path], capture_output=True, timeout=120)
+
+
+def _run_in(tmp, kind, exe, readable, response, parsed, n, has_setup, limits, t0) -> CodeVerdict:
+    home = os.path.realpath(tmp)
+    os.chmod(home, 0o700)
+    shutil.copyfile(WORKER, Path(home) / "_worker.py")
+    (Path(home) / "solution.py").write_text(extract_code(response), encoding="utf-8")
+    output_path = Path(home) / ".output"
+    out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    argv = [exe, "-I", "-S", "-B", "-u", str(Path(home) / "_worker.py"), str(req_r), str(rep_w)]
+    try:
+        proc = subprocess.Popen(
+            wrap(kind, home, readable, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            pass_fds=(req_r, rep_w),
+            cwd=home,
+            env={"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LC_ALL": "C.UTF-8"},
+            start_new_session=True,  # its own process group: killed whole at the end
+            preexec_fn=rlimits(limits),
+        )
+    except OSError as exc:
+        for fd in (out_fd, req_r, req_w, rep_r, rep_w):
+            os.close(fd)
+        return CodeVerdict("error", time.perf_counter() - t0, f"could not start the sandbox: {exc}", 0, n, kind)
+    for fd in (out_fd, req_r, rep_w):
+        os.close(fd)
+    worker = _Worker(proc, req_w, rep_r, t0 + limits.wall_seconds, limits)
+    results: list[dict] = []
+    status, detail = "passed", ""
+    try:
+        first = worker.read()
+        if "load_error" in first:
+            status, detail = ("memory" if first.get("memory") else "error"), str(first["load_error"])[:500]
+        else:
+            env = _test_env(worker)
+            for i, tree in enumerate(parsed):
+                is_setup = has_setup and i == 0
+                try:
+                    ok, why = _run_statement(tree, env)
+                except _Gone:
+                    raise
+                except _CallFailed as exc:
+                    ok, why = False, str(exc)
+                except Exception as exc:  # noqa: BLE001  (a test that raises here is a failed test)
+                    ok, why = False, f"{type(exc).__name__}: {exc}"[:500]
+                if not is_setup:
+                    results.append({"test": ast.unparse(tree), "ok": ok, "message": why})
+                elif not ok:
+                    status, detail = "error", f"the setup failed: {why}"
+                    break
+            if status == "passed":
+                failed = [r for r in results if not r["ok"]]
+                if worker.memory and failed:
+                    status, detail = "memory", f"out of memory (limit {limits.memory_mb} MiB)"
+                elif failed:
+                    status, detail = "failed", f"{failed[0]['test']}: {failed[0]['message']}"
+    except _Gone as gone:
+        status, detail = gone.status, gone.detail
+    finally:
         _kill_group(proc)  # whatever it forked dies with it
+        for fd in (req_w, rep_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        seconds = time.perf_counter() - t0
-    shown = output[:1024].decode("utf-8", "replace")
-    try:
-        verdict = _judge(nonce, report, proc.returncode, timed_out, flooded, limits, len(tests))
-    except Exception as exc:  # whatever the report holds, grading goes on: an unreadable report is not a pass
-        verdict = CodeVerdict("error", 0, f"the harness's report cannot be read ({exc}): not trusted")
-    verdict.seconds, verdict.isolation, verdict.output = seconds, kind, shown
-    return verdict
+    size = output_path.stat().st_size if output_path.is_file() else 0
+    with open(output_path, "rb") if output_path.is_file() else open(os.devnull, "rb") as fh:
+        shown = fh.read(1024).decode("utf-8", "replace")
+    if size > limits.output_bytes and status == "passed":
+        status, detail = "error", f"printed more than {limits.output_bytes} bytes"
+    elif size > limits.output_bytes:
+        detail = f"{detail}; printed more than {limits.output_bytes} bytes"
+    passed = sum(r["ok"] for r in results)
+    return CodeVerdict(status, time.perf_counter() - t0, detail[:500], passed, n, kind, shown, results)
 
 
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _collect(proc: subprocess.Popen, result_r: int, limits: SandboxLimits, t0: float):
-    """Read output (up to the cap) and the result pipe until both close or the deadline passes."""
-    out_fd = proc.stdout.fileno()  # type: ignore[union-attr]
-    output, report = bytearray(), bytearray()
-    open_fds = {out_fd, result_r}
-    timed_out = flooded = False
-    while open_fds:
-        left = limits.wall_seconds - (time.perf_counter() - t0)
-        if left <= 0:
-            timed_out = True
-            break
-        ready, _, _ = select.select(list(open_fds), [], [], min(left, 0.5))
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                open_fds.discard(fd)
-            elif fd == out_fd:
-                output += chunk
-                if len(output) > limits.output_bytes:
-                    flooded = True
-            elif len(report) < 4 * limits.output_bytes:
-                report += chunk
-        if flooded:
-            break
-    os.close(result_r)
-    proc.stdout.close()  # type: ignore[union-attr]
-    if not timed_out and not flooded:
-        try:  # both pipes closed: the process is ending; give it until the deadline
-            proc.wait(timeout=max(0.1, limits.wall_seconds - (time.perf_counter() - t0)))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    return bytes(output), bytes(report), timed_out, flooded
-
-
-def _judge(
-    nonce: bytes, report: bytes, code: int | None, timed_out: bool, flooded: bool, limits: SandboxLimits, n: int
-) -> CodeVerdict:
-    payload = None
-    for line in report.split(b"\n"):
-        if line.startswith(nonce + b" "):
+def _test_env(worker: _Worker) -> dict:
+    """The tests' globals: safe builtins, the solution's names as proxies (functions) or values, and for a module
+    the solution imported, this process's own module of that name (allowed ones only)."""
+    env: dict = {"__builtins__": dict(_SAFE_BUILTINS)}
+    names = worker.ask({"op": "names"}).get("ok")
+    if not isinstance(names, dict):
+        raise _Gone("error", "an unreadable reply to the names request")
+    for name, what in names.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in _SAFE_BUILTINS:
+            continue  # a solution's own `set` or `len` must not stand in for the builtin the tests call
+        if what == "call":
+            env[name] = _Remote(worker, name)
+        elif isinstance(what, str) and what.startswith("module:"):
+            module = what.split(":", 1)[1].split(".")[0]
+            if module in TEST_MODULES:
+                env[name] = importlib.import_module(module)
+        elif what == "value":
+            reply = worker.ask({"op": "get", "name": name})
             try:
-                payload = ast.literal_eval(line[len(nonce) + 1 :].decode("utf-8"))
-            except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
-                payload = None
-            break
-    if flooded:
-        return CodeVerdict("error", 0, f"printed more than {limits.output_bytes} bytes: killed", tests_total=n)
-    if not isinstance(payload, dict):
-        if timed_out:
-            return CodeVerdict("timeout", 0, f"still running after {limits.wall_seconds:g} s: killed", tests_total=n)
-        if code in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
-            return CodeVerdict("timeout", 0, f"CPU limit ({limits.cpu_seconds} s) reached: killed", tests_total=n)
-        return CodeVerdict("error", 0, f"ended (exit status {code}) without reporting test results", tests_total=n)
-    tests = payload.get("tests", [])
-    well_formed = isinstance(tests, list) and all(
-        isinstance(t, dict) and isinstance(t.get("ok"), bool) and isinstance(t.get("test", ""), str) for t in tests
-    )
-    if not well_formed or not isinstance(payload.get("setup_error", ""), (str, type(None))):
-        return CodeVerdict("error", 0, "the harness's report is malformed (forged?): not trusted", tests_total=n)
-    if payload.get("memory"):
-        status: Status = "memory"
-    elif payload.get("setup_error"):
-        status = "error"
-    else:
-        status = "passed" if tests and all(t.get("ok") is True for t in tests) and len(tests) >= n else "failed"
-    failed = [t for t in tests if t.get("ok") is not True]
-    detail = str(payload.get("setup_error") or "")
-    if not detail and failed:
-        detail = f"{failed[0].get('test', '')}: {failed[0].get('message', '')}"
-    if status == "memory" and not detail:
-        detail = f"out of memory (limit {limits.memory_mb} MiB)"
-    return CodeVerdict(
-        status, 0, detail[:500], sum(t.get("ok") is True for t in tests), max(n, len(tests)), tests=tests
-    )
+                env[name] = decode_value(reply["ok"]) if "ok" in reply else None
+            except (ValueError, TypeError, RecursionError):
+                pass  # not a built-in value: the tests cannot use it
+    return env
