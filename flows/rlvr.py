@@ -35,25 +35,41 @@ def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram
     with Run("rlvr", "RLVR", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour) as run:
         # 1. SFT preparation: the stage-1 model and its baseline (round 0 of stage 6's measurements).
-        s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens), sft_baseline_suite)
-        start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens)
+        # Stages 1, 6 and 7 judge answers with the workflow's verifier, the criterion RL optimises.
+        kind = c.verifier.kind
+        s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens, kind), sft_baseline_suite)
+        start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens, kind)
         # 2. Verifiable task design: the tasks whose answers the verifier can check.
         s2 = run.gate(design_tasks(c.verifier, data, run.dir), verifiable_tasks_suite)
         # 3. Automated verification: the verifier's false positives on known-wrong answers (and false negatives).
-        run.gate(verify_verifier(s2.probe_path, run.dir), verifier_suite)
+        run.gate(verify_verifier(c.verifier, s2.tasks_path, run.dir), verifier_suite)
 
-        model_dir, rounds, first = start, [], None
+        model_dir, rounds, first, verified = start, [], None, None
         for rnd in range(1, c.iterations.max_rounds + 1):
             # 4. Verifiable data generation: samples from the current model, graded; coverage per category.
             s4 = generate_verifiable_data(c.samples, c.verifier, s2.tasks_path, model_dir, run.dir, rnd)
             run.gate(s4, verifiable_data_suite)
             first = first or s4
+            verified = verified or s4.verified_sft  # the control's data: the first round with verified samples
             # 5. RLVR optimisation: GRPO on the verifier's reward.
-            s5 = optimize_rlvr(c.rl, c.verifier, s2.tasks_path, model_dir, data, run.dir, rnd, tokens)
+            s5 = optimize_rlvr(
+                c.rl, c.verifier, s2.tasks_path, model_dir, data, run.dir, rnd, tokens, c.samples.max_tasks
+            )
             run.gate(s5, rlvr_optimization_suite)
             # 6. Iterative training: measure the round, decide whether to go on.
             score = assess_round(
-                data, s5.model_dir, rnd, rounds, baseline, c.iterations, start, first.probe, max_kl, s5.reason, tokens
+                data,
+                s5.model_dir,
+                rnd,
+                rounds,
+                baseline,
+                c.iterations,
+                start,
+                first.probe,
+                max_kl,
+                s5.reason,
+                tokens,
+                kind,
             )
             rounds.append(score)
             model_dir = s5.model_dir
@@ -64,14 +80,16 @@ def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
         # 7. Evaluation & monitoring of the best round's model, against continued SFT on the verified samples.
         control = (
             ControlArm(
-                data=first.verified_sft,
+                data=verified,
                 train=c.rl.rl.train,
                 steps=run.totals["training_steps"],
                 description="continued SFT on the verified-correct samples",
             )
-            if c.control and first.verified_sft is not None
+            if c.control and verified is not None and run.totals["training_steps"]
             else None
         )
+        if c.control and control is None:
+            print("control arm not run: no verified-correct sample to train it on, or no RL step was taken")
         s7 = evaluate_run(
             data=data,
             reference_dir=start,
@@ -85,9 +103,11 @@ def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
             method="RLVR (GRPO on the verifier's reward)",
             max_tokens=tokens,
             ngram=ngram,
+            verifier=kind,
         )
         sizes = {
-            "verifier": c.verifier.kind,
+            "verifier": kind,
+            "answers_judged_by": f"the {kind} verifier (stages 1, 5, 6, 7)",
             "generation_batch_size": c.samples.generation.batch_size,
             "rl_prompts_per_step": c.rl.rl.train.batch_size,
             "rl_num_generations": c.rl.rl.num_generations,

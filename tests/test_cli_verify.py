@@ -8,6 +8,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from conftest import run_cli
 from realign.data.code_tasks import code_rows
 
@@ -68,7 +70,7 @@ def test_verify_grades_twenty_code_responses_in_order_within_a_minute_and_leaves
             assert got["verifier"]["status"] in ("passed", "failed", "timeout", "memory", "error")
             assert got["verifier"]["seconds"] >= 0
     assert "false positives 1 of" in proc.stdout and "false negatives 1 of" in proc.stdout
-    assert "code ran in a sandbox" in proc.stdout
+    assert "20 code responses ran in a sandbox" in proc.stdout
     # nothing left behind: no process, no file outside, no connection, no sandbox directory
     assert _sandbox_processes(tmp_root) == []
     assert not outside.exists() and not server_accepted
@@ -113,3 +115,20 @@ def test_verify_refuses_bad_input_clearly(tmp_path):
     assert proc.returncode == 2 and "expected one of" in proc.stderr
     proc = run_cli("verify", str(good), "--verifier", "numeric", "--out", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2 and "g.jsonl:1:" in proc.stderr and "holds no number" in proc.stderr
+
+
+def test_without_an_operating_system_sandbox_verify_refuses_code_before_writing(tmp_path, monkeypatch):
+    from realign.score import sandbox
+    from realign.score.grading import grade_file
+
+    monkeypatch.setattr(sandbox, "isolation", lambda: "rlimits")
+    monkeypatch.setattr("realign.score.grading.isolation", lambda: "rlimits")
+    rows = [{"problem": "p", "solution": "def f():\n    return 1\n", "tests": ["assert f() == 1"],
+             "responses": [{"text": "def f():\n    return 1\n", "correct": True}]}]  # fmt: skip
+    src = _write(tmp_path / "c.jsonl", rows)
+    with pytest.raises(ValueError, match="bubblewrap"):
+        grade_file(src, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+    allowed = sandbox.SandboxLimits(allow_weak_isolation=True)
+    report = grade_file(src, tmp_path / "out.jsonl", limits=allowed)
+    assert report.true_positive == 1 and report.code_responses == 1

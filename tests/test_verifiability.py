@@ -11,6 +11,7 @@ from realign.eval.verifiability import (
     VerifiableTask,
     code_mutants,
     coverage,
+    embedded_categories,
     error_rates,
     probe_verifier,
     task_verifiable,
@@ -26,6 +27,9 @@ def test_wrong_text_answers_differ_from_the_solution_and_keep_a_digit_strings_wi
         assert wrong and all(a.strip() != sol for _, a in wrong)
     kinds = dict(wrong_text_answers("1284", random.Random(0)))
     assert len(kinds["off by one"]) == 4 and kinds["hedged"].endswith(" or 1284") and kinds["empty"] == ""
+    assert kinds["hedged after 'the answer is'"].startswith("The answer is ")
+    assert dict(wrong_text_answers("0421", random.Random(0)))["leading zero dropped"] == "421"
+    assert dict(wrong_text_answers("Paris", random.Random(0)))["case changed"] == "pARIS"
 
 
 def test_code_mutants_parse_differ_and_fail_the_tests():
@@ -52,8 +56,11 @@ def test_rates_and_verifiability_by_hand():
         _row(2, "reference", True, True),
         _row(2, "wrong: a", False, False),
     ]
+    rows.append(ProbeRow(2, "c", "numeric", "wrong: b", "x", False, False, "error", 0.0))  # not judged: in no rate
     rates = error_rates(rows)
-    assert rates["false_positive_rate"] == 1 / 4 and rates["false_negative_rate"] == 1 / 4
+    assert rates["false_positive_rate"] == 1 / 4  # of the 4 judged known-wrong answers, 1 accepted
+    assert rates["false_negative_rate"] == 0.0  # the one rewrite was accepted (references are counted apart)
+    assert rates["reference_failures"] == 1 and rates["not_judged"] == 1
     assert task_verifiable(rows, 3) == [False, False, True]
 
 
@@ -64,8 +71,10 @@ def test_coverage_counts_tasks_with_both_a_right_and_a_wrong_sample_per_category
 
 
 def test_the_exact_verifier_on_digit_tasks_rejects_every_known_wrong_answer():
-    tasks = tasks_from_data(["Reverse: 120", "Copy: 5"], {"Reverse: 120": "021", "Copy: 5": "5"})
+    prompts = ["Reverse: 120", "Copy: 5"]
+    tasks = tasks_from_data(prompts, {"Reverse: 120": "021", "Copy: 5": "5"}, embedded_categories(prompts))
     assert [t.category for t in tasks] == ["Reverse", "Copy"]
+    assert tasks_from_data(["At 3:00 pm?"], {"At 3:00 pm?": "5"})[0].category == "all"  # files: no guessing
     rows = probe_verifier(tasks, "exact")
     assert error_rates(rows)["false_positive_rate"] == 0.0
     assert task_verifiable(rows, 2) == [True, True]
@@ -77,3 +86,11 @@ def test_code_tasks_probe_includes_hostile_responses_and_none_passes():
     hostile = [r for r in rows if "hostile" in r.probe]
     assert len(hostile) == 10 and not any(r.passed for r in hostile)
     assert all(r.passed for r in rows if r.probe == "reference")
+
+
+def test_the_auto_verifier_on_digit_strings_with_a_leading_zero_is_exact():
+    tasks = tasks_from_data(["Reverse: 120"], {"Reverse: 120": "021"})
+    rows = probe_verifier(tasks, "auto")
+    assert {r.kind for r in rows} == {"exact"} and error_rates(rows)["false_positive_rate"] == 0.0
+    math_rows = probe_verifier(tasks, "math")  # as numbers, "21" is "021": the probe catches it
+    assert error_rates(math_rows)["false_positive_rate"] > 0 and task_verifiable(math_rows, 1) == [False]

@@ -54,7 +54,8 @@ def test_last_and_final_answers():
     "response, solution, ok",
     [
         ("Paris", "Paris", True),
-        ('  "paris." ', "Paris", True),
+        ('  "Paris." ', "Paris", True),
+        ("paris", "Paris", False),  # case counts: identifiers, formulas, string tasks
         ("Paris, France", "Paris", False),
         ("", "Paris", False),
         ("1284", "1284", True),
@@ -77,6 +78,11 @@ def test_exact(response, solution, ok):
         ("it is 4 or 3", "3", False),
         ("no number", "3", False),
         ("50%", "0.5", True),
+        ("1000001", "1000000", False),  # whole numbers are compared exactly, however large
+        ("The answer is 3 or 4", "4", False),  # a marked hedge states no answer
+        ("answer: 3, 4", "4", False),
+        ("answer: 12 apples, not 13", "13", False),
+        ("answer: 13 apples", "13", True),
     ],
 )
 def test_numeric(response, solution, ok):
@@ -101,6 +107,10 @@ def test_numeric_needs_a_number_in_the_solution():
         ("\\boxed{43}", "42", False),
         ("no idea", "42", False),
         ("41 or 42", "42", False),  # listing candidates earns nothing
+        ("\\boxed{41 or 42}", "42", False),
+        ("8372614", "8372615", False),
+        ("\\boxed{\\leftarrow}", "\\rightarrow", False),
+        ("\\boxed{X}", "x", False),
         ("\\boxed{x^3+1}", "x^{2}+1", False),
     ],
 )
@@ -120,6 +130,8 @@ def test_auto_picks_python_with_tests_math_for_numbers_exact_otherwise():
     assert resolve_kind("auto", "3/4", None) == "math"
     assert resolve_kind("auto", "\\boxed{2}", None) == "math"
     assert resolve_kind("auto", "Paris", None) == "exact"
+    assert resolve_kind("auto", "04321", None) == "exact"  # a digit string with a leading zero is a string
+    assert not check("auto", "4321", "04321").correct
     with pytest.raises(ValueError, match="unknown verifier"):
         resolve_kind("fuzzy", "x", None)
     v = check("auto", "def f():\n    return 1\n", "", ["assert f() == 1"])
@@ -129,7 +141,7 @@ def test_auto_picks_python_with_tests_math_for_numbers_exact_otherwise():
 
 
 def test_normalize_text():
-    assert normalize_text("  'Hello   World.' ") == "hello world"
+    assert normalize_text("  'Hello   World.' ") == "Hello World"
 
 
 def test_task_verifier_scores_known_prompts_and_refuses_unknown_ones():

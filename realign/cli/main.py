@@ -240,14 +240,11 @@ def verify_cmd(
             status.stop()
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
     out.print(f"graded {report.responses} responses of {report.rows} rows in {report.seconds:.1f} s: {statuses}")
-    if "python" in (verifier, "auto"):
+    if report.code_responses:
         level = isolation()
-        out.print(f"code ran in a sandbox: {level}")
+        out.print(f"{report.code_responses} code responses ran in a sandbox: {level}")
         if level in ("unshare", "rlimits"):
-            err.print(
-                "warning: no operating-system sandbox here (bubblewrap not installed): "
-                + ("code was run with its side effects only limited" if weak_sandbox else "code was not run")
-            )
+            err.print("warning: no operating-system sandbox here (bubblewrap not installed): side effects only limited")
     labelled_wrong = report.false_positive + report.true_negative
     labelled_right = report.false_negative + report.true_positive
     out.print(

@@ -33,13 +33,15 @@ def accuracy(
     max_tokens: int = 12,
     batch_size: int = 64,
     grade: Callable[[str, str], float] = positional_match,
+    is_correct: Callable[[str, str], bool] | None = None,
 ) -> AccuracyResult:
-    """Greedy answers to every prompt; exact-match accuracy and mean graded score."""
+    """Greedy answers to every prompt; accuracy (exact match, or `is_correct(prediction, answer)`: a verifier) and
+    mean graded score."""
     outs = generate(
         model, tokenizer, list(prompts), GenerationConfig(temperature=0.0, max_tokens=max_tokens, batch_size=batch_size)
     )
     preds = [o[0].text for o in outs]
-    exact = [p.strip() == a.strip() for p, a in zip(preds, answers)]
+    exact = [is_correct(p, a) if is_correct else p.strip() == a.strip() for p, a in zip(preds, answers)]
     scores = [grade(p, a) for p, a in zip(preds, answers)]
     return AccuracyResult(float(np.mean(exact)), float(np.mean(scores)), preds, exact, scores)
 
@@ -60,9 +62,15 @@ def win_rate(scores_new: Sequence[float], scores_old: Sequence[float]) -> float:
     return float((np.sum(n > o) + 0.5 * np.sum(n == o)) / len(n)) if len(n) else float("nan")
 
 
-def score_eval_sets(model, tokenizer, eval_sets: Sequence, *, max_tokens: int = 12) -> dict[str, AccuracyResult]:
-    """Greedy accuracy of `model` on each evaluation set (objects with name, prompts, answers), by set name."""
-    return {ev.name: accuracy(model, tokenizer, ev.prompts, ev.answers, max_tokens=max_tokens) for ev in eval_sets}
+def score_eval_sets(
+    model, tokenizer, eval_sets: Sequence, *, max_tokens: int = 12, is_correct: Callable[[str, str], bool] | None = None
+) -> dict[str, AccuracyResult]:
+    """Greedy accuracy of `model` on each evaluation set (objects with name, prompts, answers), by set name; judged
+    by exact match, or by `is_correct(prediction, answer)` (a verifier)."""
+    return {
+        ev.name: accuracy(model, tokenizer, ev.prompts, ev.answers, max_tokens=max_tokens, is_correct=is_correct)
+        for ev in eval_sets
+    }
 
 
 def eval_metrics(results: dict[str, AccuracyResult]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -78,7 +79,17 @@ def wrong_text_answers(solution: str, rng: random.Random) -> list[tuple[str, str
         i = rng.randrange(len(s))
         out.append(("doubled character", s[:i] + s[i] + s[i:]))
     if out:
-        out.append(("hedged", f"{out[0][1]} or {s}"))
+        w = out[0][1]
+        out += [
+            ("hedged", f"{w} or {s}"),
+            ("hedged after 'the answer is'", f"The answer is {w} or {s}."),
+            ("hedged in a box", f"\\boxed{{{w}, {s}}}"),
+            ("hedged with 'not'", f"answer: {s}, not {w}"),
+        ]
+    if re.fullmatch(r"0\d+", s):
+        out.append(("leading zero dropped", s.lstrip("0") or "0"))
+    if s.swapcase() != s:
+        out.append(("case changed", s.swapcase()))
     out.append(("empty", ""))
     return [(m, a) for m, a in out if a.strip() != s]
 
@@ -205,25 +216,32 @@ def task_verifiable(rows: Sequence[ProbeRow], n_tasks: int) -> list[bool]:
 
 
 def error_rates(rows: Sequence[ProbeRow]) -> dict[str, float]:
-    """false_positive_rate over known-wrong answers, false_negative_rate over rewrites (references included)."""
-    wrong = [r for r in rows if not r.should_pass]
-    right = [r for r in rows if r.should_pass]
+    """false_positive_rate: known-wrong answers the verifier accepted / those it judged; false_negative_rate:
+    equivalent rewrites it rejected / those it judged (references apart: `reference_failures`). Probes the verifier
+    could not judge (status 'error', e.g. no number in a numeric task) are counted apart, in neither rate."""
+    judged = [r for r in rows if r.status != "error"]
+    wrong = [r for r in judged if not r.should_pass]
+    rewrites = [r for r in judged if r.probe.startswith("rewrite")]
     return {
         "false_positive_rate": sum(r.passed for r in wrong) / len(wrong) if wrong else float("nan"),
-        "false_negative_rate": sum(not r.passed for r in right) / len(right) if right else float("nan"),
+        "false_negative_rate": sum(not r.passed for r in rewrites) / len(rewrites) if rewrites else float("nan"),
         "known_wrong": len(wrong),
-        "equivalent": len(right),
+        "equivalent": len(rewrites),
+        "reference_failures": sum(1 for r in rows if r.probe == "reference" and not r.passed),
+        "not_judged": len(rows) - len(judged),
     }
 
 
-def tasks_from_data(prompts: Sequence[str], answers: dict[str, str]) -> list[VerifiableTask]:
-    """Tasks from prompts with reference answers; the category is the prompt's lead-in before ':' ('Reverse',
-    'Copy' for the embedded digit tasks), else 'all'."""
-    out = []
-    for p in prompts:
-        head, sep, _ = p.partition(":")
-        out.append(VerifiableTask(p, answers[p], head.strip() if sep and len(head) <= 40 else "all"))
-    return out
+def tasks_from_data(
+    prompts: Sequence[str], answers: dict[str, str], categories: dict[str, str] | None = None
+) -> list[VerifiableTask]:
+    """Tasks from prompts with reference answers, in `categories` (prompt -> category; 'all' when not given)."""
+    return [VerifiableTask(p, answers[p], (categories or {}).get(p, "all")) for p in prompts]
+
+
+def embedded_categories(prompts: Sequence[str]) -> dict[str, str]:
+    """The embedded digit tasks' category: the prompt's lead-in ('Reverse', 'Copy', 'Count the digits')."""
+    return {p: p.partition(":")[0].strip() for p in prompts}
 
 
 def coverage(tasks: Sequence[VerifiableTask], correct: Sequence[Sequence[bool]]) -> dict[str, float]:
@@ -257,5 +275,8 @@ def verified_rate(
         model, tokenizer, list(prompts), GenerationConfig(temperature=0.0, max_tokens=max_tokens, batch_size=batch_size)
     )
     verdicts = check_many(kind, [(o[0].text, s, None) for o, s in zip(outs, solutions, strict=True)], limits)
-    ok = [not isinstance(v, ValueError) and v.correct for v in verdicts]
+    failures = [v for v in verdicts if isinstance(v, ValueError)]
+    if failures:  # the verifier cannot judge these items: the rate is not computed, rather than counted as wrong
+        raise ValueError(f"the {kind} verifier cannot judge {len(failures)} held-out items: {failures[0]}")
+    ok = [v.correct for v in verdicts]  # type: ignore[union-attr]
     return sum(ok) / len(ok), ok

@@ -31,7 +31,8 @@ class VerifierConfig(Recipe):
 
     kind: str = Field(
         "auto",
-        description="auto (python with tests, math for numbers, else exact) | exact | numeric | math | regex | python.",
+        description="auto (math for numbers, exact for digit strings with a leading zero and text) | exact | numeric "
+        "| math | regex. Code (python, with tests) is graded by `realign verify`.",
     )
     limits: SandboxLimits = Field(SandboxLimits(), description="python: per-response sandbox limits.")
     seed: int = Field(0, ge=0, description="Seed of the known-wrong answers made for each task.")
@@ -40,6 +41,11 @@ class VerifierConfig(Recipe):
     def _known(self) -> "VerifierConfig":
         if self.kind not in KINDS:
             raise ValueError(f"verifier.kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.kind == "python":
+            raise ValueError(
+                "verifier.kind 'python': the workflow's tasks are prompt/answer rows (data.prompts), which carry no "
+                "tests; grade code responses with `realign verify FILE --verifier python` (RLVR rows with tests)"
+            )
         return self
 
 

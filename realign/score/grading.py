@@ -17,8 +17,8 @@ from pathlib import Path
 
 from realign.data.formats import DataFormatError, check_input_file, first_record, guess_format, iter_checked
 from realign.io import atomic_path
-from realign.score.sandbox import SandboxLimits
-from realign.score.verify import check_many
+from realign.score.sandbox import WEAK, WEAK_MESSAGE, SandboxLimits, isolation
+from realign.score.verify import check_many, resolve_kind
 
 
 @dataclass
@@ -34,6 +34,7 @@ class GradeReport:
     false_negative: int = 0
     true_negative: int = 0
     ungradable_rows: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
+    code_responses: int = 0  # graded by running code in the sandbox
     seconds: float = 0.0
 
     @property
@@ -53,6 +54,10 @@ def _reference(obj: dict, fmt: str) -> tuple[str | None, list[str] | None, str]:
     tests = obj.get("tests")
     tests = tests if isinstance(tests, list) and all(isinstance(t, str) for t in tests) and tests else None
     solution = obj.get("solution") if fmt == "rlvr" else obj.get("solution", obj.get("answer"))
+    if isinstance(solution, (int, float)) and not isinstance(solution, bool):
+        solution = str(solution)  # a GRPO row's numeric answer
+    if obj.get("tests") is not None and tests is None:
+        return None, None, "'tests' is not a non-empty list of strings (Python statements)"
     if not isinstance(solution, str):
         return None, tests, "no reference: a GRPO row needs 'solution' (or 'answer') and, for code, 'tests'"
     return solution, tests, ""
@@ -97,6 +102,9 @@ def grade_file(
             items.append((resp["text"], solution, tests))
             where.append((i, j, line))
 
+    report.code_responses = sum(1 for _, sol, tests in items if resolve_kind(kind, sol, tests) == "python")
+    if report.code_responses and isolation() in WEAK and not (limits or SandboxLimits()).allow_weak_isolation:
+        raise ValueError(WEAK_MESSAGE)  # before anything is written: no label is overwritten by a run that never ran
     verdicts = []
     step = max(1, min(32, len(items) // 20 or 1))
     for start in range(0, len(items), step):
@@ -121,8 +129,9 @@ def grade_file(
         else:
             resp["score"] = 1.0 if v.correct else 0.0
         resp["verifier"] = v.record()
+    by_line = dict(rows)
     for line, why in report.ungradable_rows:
-        obj = next(o for n, o in rows if n == line)
+        obj = by_line[line]
         for resp in obj["responses"]:
             resp["verifier"] = {"kind": kind, "status": "error", "seconds": 0.0, "detail": why}
         report.statuses["error"] += len(obj["responses"])

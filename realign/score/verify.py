@@ -1,14 +1,16 @@
 """Verifiers for verifiable-reward RL: does a response solve the task? One interface, six kinds.
 
 `check(kind, response, solution, tests=None)` -> `Verdict(correct, status, seconds, detail, kind)`:
-- exact: equal after normalising case, whitespace, surrounding quotes and a final period.
-- numeric: the response's final number equals the solution's within a tolerance; fractions (3/4), thousands
-  separators (1,234), percentages and scientific notation are read as numbers.
+- exact: equal after normalising whitespace, surrounding quotes and a final period (case counts).
+- numeric: the one number the response's final answer states equals the solution's: exactly, or within a
+  tolerance when either is written as a decimal; fractions (3/4), thousands separators (1,234), percentages and
+  scientific notation are read as numbers.
 - math: the final answer (`\\boxed{...}`, "answer: ...", "the answer is ...", GSM8K's "#### ...", else the last
   number) equals the solution's, as numbers (fractions, \\frac{a}{b}, decimals) or as normalised LaTeX text.
 - regex: the whole response (trimmed) matches the solution, read as a regular expression (a format check).
 - python: the response's code passes the task's tests (assert statements) in a sandbox (realign.score.sandbox).
-- auto: python when the task has tests, math when the solution is a number or a math answer, exact otherwise.
+- auto: python when the task has tests, exact for a digit string with a leading zero, math when the solution is a
+  number or a math answer, exact otherwise.
 
 A verifier must not be foolable: a response is judged by its final answer only, and a hedge that lists candidates
 ("3 or 4") states none, so listing guesses does not earn the reward (found by the stage-3 probe's "hedged" answers).
@@ -20,7 +22,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -56,8 +58,9 @@ class Verdict:
 
 
 def normalize_text(text: str) -> str:
-    """Case-folded, whitespace collapsed, surrounding quotes/backticks and a final period removed."""
-    t = " ".join(text.strip().split()).casefold()
+    """Whitespace collapsed, surrounding quotes/backticks and a final period removed; case kept (identifiers,
+    formulas and string tasks are case-sensitive, and a false positive costs more than a false negative)."""
+    t = " ".join(text.strip().split())
     for _ in range(2):
         t = t.strip().strip("\"'`").strip()
         t = t[:-1] if t.endswith(".") and not t.endswith("..") else t
@@ -141,17 +144,35 @@ def normalize_math(text: str) -> str:
     \\text{...} wrappers, spaces, a trailing period."""
     t = text.strip().strip("$")
     t = re.sub(r"\\text\{([^{}]*)\}", r"\1", t)
-    t = re.sub(r"\\(left|right|displaystyle|!|,|;|:| )", "", t)
+    t = re.sub(r"\\(left|right)(?![A-Za-z])|\\(displaystyle|!|,|;|:| )", "", t)  # not \\leftarrow
     t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "")
     t = re.sub(r"\s+", "", t).rstrip(".")
     t = re.sub(r"([\^_])\{(\w)\}", r"\1\2", t)  # x^{2} is x^2
-    return t.casefold()
+    return t
 
 
-def _numbers_equal(a: Fraction, b: Fraction, rel_tol: float, abs_tol: float) -> bool:
+def _rounded(text: str) -> bool:
+    """Whether a number is written as a (possibly rounded) decimal: a decimal point or an exponent."""
+    return bool(re.search(r"\d\.\d|\d[eE][-+]?\d", text))
+
+
+def _numbers_equal(a: Fraction, b: Fraction, a_text: str, b_text: str, rel_tol: float, abs_tol: float) -> bool:
+    """Exactly equal, or within the tolerance when either side is written as a decimal: 1000001 is not 1000000
+    however large, while 0.3333333 may stand for 1/3."""
     if a == b:
         return True
+    if not (_rounded(a_text) or _rounded(b_text)):
+        return False
     return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def _single_number(text: str) -> Fraction | None:
+    """The one number `text` states ('12 apples' -> 12), None when it states none or several ('3 or 4')."""
+    whole = parse_number(text)
+    if whole is not None:
+        return whole
+    values = {parse_number(f) for f in _NUMBER.findall(text)} - {None}
+    return values.pop() if len(values) == 1 else None
 
 
 # --- the verifiers ------------------------------------------------------------------------------------------
@@ -169,10 +190,10 @@ def verify_numeric(response: str, solution: str, rel_tol: float = 1e-6, abs_tol:
     if want is None:
         raise ValueError(f"the solution {solution[:60]!r} holds no number: use the exact or regex verifier")
     answer = final_answer(response)  # the stated answer, hedges excluded, as for math
-    got = None if answer is None else (parse_number(answer) or last_number(answer))
+    got = None if answer is None else _single_number(answer)
     if got is None:
         return False, "no single final number in the response"
-    ok = _numbers_equal(got, want, rel_tol, abs_tol)
+    ok = _numbers_equal(got, want, answer or "", solution, rel_tol, abs_tol)
     return ok, "" if ok else f"{float(got):g} is not {float(want):g}"
 
 
@@ -183,7 +204,7 @@ def verify_math(response: str, solution: str, rel_tol: float = 1e-6, abs_tol: fl
         return False, "no final answer in the response"
     want_num, got_num = parse_number(want_text or ""), parse_number(got_text)
     if want_num is not None and got_num is not None:
-        ok = _numbers_equal(got_num, want_num, rel_tol, abs_tol)
+        ok = _numbers_equal(got_num, want_num, got_text, want_text or "", rel_tol, abs_tol)
         return ok, "" if ok else f"{got_text[:40]} is not {want_text[:40]}"
     ok = normalize_math(got_text) == normalize_math(want_text or "")
     return ok, "" if ok else f"{got_text[:40]!r} is not {want_text[:40]!r}"
@@ -207,6 +228,8 @@ def resolve_kind(kind: str, solution: str, tests: Sequence[str] | None) -> Kind:
     if tests:
         return "python"
     s = solution.strip()
+    if re.fullmatch(r"0\d+", s):
+        return "exact"  # a digit string with a leading zero is a string ("0321" is not "321"), not a number
     if parse_number(s) is not None or "\\boxed" in s or "\\frac" in s or "####" in s:
         return "math"
     return "exact"
@@ -283,3 +306,15 @@ class TaskVerifier:
                 raise v
             out.append(1.0 if v.correct else 0.0)
         return out
+
+
+def judge(kind: str | None) -> Callable[[str, str], bool] | None:
+    """`is_correct(prediction, answer)` by the `kind` verifier, for evaluation sets (None: exact match of trimmed
+    strings, the default of the shared stages)."""
+    if kind is None:
+        return None
+
+    def is_correct(prediction: str, answer: str) -> bool:
+        return check(kind, prediction, answer).correct
+
+    return is_correct

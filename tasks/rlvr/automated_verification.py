@@ -1,6 +1,7 @@
-"""Stage 3 (RLVR): automated verification. The verifier's false-positive rate on known-wrong answers (SPEC.md: < 5%)
-and its false-negative rate on equivalent rewrites of the reference, overall and per kind of probe; the table is
-published as a Prefect artifact next to the gate's."""
+"""Stage 3 (RLVR): automated verification. On the tasks stage 2 kept, fresh known-wrong answers (another seed than
+stage 2's, so the measurement is not the selection) and equivalent rewrites: the verifier's false-positive rate
+(SPEC.md: < 5%) and false-negative rate, overall and per kind of probe; the table is published as a Prefect
+artifact next to the gate's."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from realign.eval.verifiability import ProbeRow, error_rates
+from realign.data.datasets import write_jsonl
+from realign.eval.verifiability import ProbeRow, VerifiableTask, error_rates, probe_verifier
 from realign.io import write_json, write_parquet
+from realign.recipes.rlvr import VerifierConfig
 from tasks.cache import stage_task
 from tasks.rlvr import RLVR_STAGES
 from tasks.stages import StageResult, one_row
@@ -37,7 +40,7 @@ class VerificationResult(StageResult):
 def probe_table(rows: list[ProbeRow]) -> pd.DataFrame:
     """Per probe kind: how many, how many the verifier passed, and whether passing was right."""
     frame = pd.DataFrame([r.record() for r in rows])
-    frame["probe_kind"] = frame["probe"].str.replace(r"^(wrong|rewrite): ", r"\1: ", regex=True)
+    frame = frame[frame["status"] != "error"].rename(columns={"probe": "probe_kind"})
     table = frame.groupby(["probe_kind", "should_pass"], sort=True).agg(n=("passed", "size"), passed=("passed", "sum"))
     table = table.reset_index()
     table["error_rate"] = (table["passed"] / table["n"]).where(~table["should_pass"], 1 - table["passed"] / table["n"])
@@ -45,21 +48,31 @@ def probe_table(rows: list[ProbeRow]) -> pd.DataFrame:
 
 
 @stage_task("3-automated-verification")
-def verify_verifier(probe_path: str, run_dir: str) -> VerificationResult:
+def verify_verifier(verifier: VerifierConfig, tasks_path: str, run_dir: str) -> VerificationResult:
     log = get_run_logger()
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 3)
-    rows = [ProbeRow(**json.loads(line)) for line in Path(probe_path).read_text(encoding="utf-8").splitlines()]
+    kept = [json.loads(line) for line in Path(tasks_path).read_text(encoding="utf-8").splitlines()]
+    tasks = [
+        VerifiableTask(r["prompt"], r["solution"], r["category"], tuple(r["tests"]) if r["tests"] else None)
+        for r in kept
+        if r["verifiable"]
+    ]
+    rows: list[ProbeRow] = probe_verifier(tasks, verifier.kind, verifier.seed + 1, verifier.limits)
     rates = error_rates(rows)
+    if rates["not_judged"]:
+        log.warning(f"{rates['not_judged']} probes could not be judged by the verifier (status error): in neither rate")
     table = probe_table(rows)
     write_parquet(out / "verifier_errors.parquet", table)
     write_json(out / "verifier.json", rates)
+    write_jsonl(out / "probe.jsonl", [r.record() for r in rows])
     fooled = [r for r in rows if not r.should_pass and r.passed]
     for r in fooled[:5]:
         log.warning(f"verifier accepted a known-wrong answer ({r.probe}) for task {r.task}: {r.text[:80]!r}")
     log.info(
         f"false positives {rates['false_positive_rate']:.3%} of {rates['known_wrong']} known-wrong answers, "
-        f"false negatives {rates['false_negative_rate']:.3%} of {rates['equivalent']} equivalent answers"
+        f"false negatives {rates['false_negative_rate']:.3%} of {rates['equivalent']} equivalent rewrites, on the "
+        f"{len(tasks)} tasks stage 2 kept"
     )
     if flow_run.get_id():
         lines = ["| probe | should pass | n | passed | error rate |", "|---|---|---|---|---|"]

@@ -70,6 +70,7 @@ def optimize_rlvr(
     run_dir: str,
     round: int = 1,
     max_tokens: int = 12,
+    max_tasks: int = 2000,
 ) -> RLVRResult:
     """GRPO from `start_dir` (also the frozen reference) on the verifiable tasks of stage 2, rewarded by the
     verifier. The held-out tasks are the data's dev split (else its target evaluation set)."""
@@ -77,7 +78,7 @@ def optimize_rlvr(
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 5, round)
     rows = [json.loads(line) for line in Path(tasks_path).read_text(encoding="utf-8").splitlines()]
-    tasks = [r for r in rows if r["verifiable"]]
+    tasks = [r for r in rows if r["verifiable"]][:max_tasks]  # the tasks stage 4 sampled (and decontamination saw)
     reward = TaskVerifier(
         {r["prompt"]: r["solution"] for r in tasks},
         verifier.kind,
@@ -101,7 +102,10 @@ def optimize_rlvr(
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(f"round {round} " + step_line(row, tc.steps))
 
-    key = resume_key(repr(prompts), tasks_path, start_dir, cfg.model_dump_json(), verifier.model_dump_json())
+    # the tasks' contents (answers fixed in place must not resume a policy trained on the old ones)
+    key = resume_key(
+        Path(tasks_path).read_bytes(), repr(prompts), start_dir, cfg.model_dump_json(), verifier.model_dump_json()
+    )
     result = rl_train(
         lm.model,
         lm.tokenizer,

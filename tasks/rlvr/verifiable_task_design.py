@@ -9,11 +9,9 @@ import pandas as pd
 from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, load_data, write_jsonl
-from realign.eval.verifiability import probe_verifier, task_verifiable, tasks_from_data
+from realign.eval.verifiability import embedded_categories, probe_verifier, task_verifiable, tasks_from_data
 from realign.io import write_json
 from realign.recipes.rlvr import VerifierConfig
-from realign.score.sandbox import WEAK, WEAK_MESSAGE, isolation
-from realign.score.verify import resolve_kind
 from tasks.cache import stage_task
 from tasks.rlvr import RLVR_STAGES
 from tasks.stages import StageResult, one_row
@@ -40,11 +38,9 @@ def design_tasks(verifier: VerifierConfig, data: DataConfig, run_dir: str) -> Ta
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 2)
     bundle = load_data(data)
-    tasks = tasks_from_data(bundle.prompts, bundle.answers)
+    categories = embedded_categories(bundle.prompts) if data.source == "embedded" else None
+    tasks = tasks_from_data(bundle.prompts, bundle.answers, categories)
     log.info(f"probing the {verifier.kind} verifier on {len(tasks)} tasks (reference, known-wrong answers, rewrites)")
-    code_tasks = any(resolve_kind(verifier.kind, t.solution, t.tests) == "python" for t in tasks)
-    if code_tasks and isolation() in WEAK and not verifier.limits.allow_weak_isolation:
-        log.warning(WEAK_MESSAGE)  # every code task then counts as unverifiable: say why before the gate does
     rows = probe_verifier(tasks, verifier.kind, verifier.seed, verifier.limits)
     ok = task_verifiable(rows, len(tasks))
     write_jsonl(

@@ -18,6 +18,7 @@ from realign.eval.verdict import Comparison, compare, reward_hacking, verdict
 from realign.io import write_json
 from realign.model.load import load_model, save_model
 from realign.score.reward_model import load_reward_model
+from realign.score.verify import judge
 from tasks.cache import stage_task
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
@@ -57,6 +58,7 @@ def evaluate_run(
     max_tokens: int = 12,
     ngram: int = 13,
     reward_model_dir: str | None = None,
+    verifier: str | None = None,
 ) -> EvaluationResult:
     """Evaluate `final_model_dir` against the stage-1 model `reference_dir` (whose metrics are `baseline`).
 
@@ -64,6 +66,7 @@ def evaluate_run(
     format (stage 1's SFT data comes from `data`), for decontamination; training_metrics: per-step metric tables, for
     the curves. reward_model_dir: a learned reward (SRF); its score of the target answers before and after is compared
     too, and reward hacking flagged when it rose while the verifier's accuracy fell (both outside noise).
+    verifier: judge every answer with this verifier kind (RLVR) instead of exact match.
     """
     log = get_run_logger()
     t0 = time.perf_counter()
@@ -72,11 +75,14 @@ def evaluate_run(
     tgt = bundle.target
     final, ref = load_model(final_model_dir), load_model(reference_dir)
 
-    scored = score_eval_sets(final.model, final.tokenizer, bundle.eval_sets, max_tokens=max_tokens)
+    is_correct = judge(verifier)
+    scored = score_eval_sets(
+        final.model, final.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct
+    )
     after = eval_metrics(scored)
     before = {k: v for k, v in baseline.items() if k in after}
     # The stage-1 model answers the target again, item by item, for the paired comparison and the win rate.
-    start = score_eval_sets(ref.model, ref.tokenizer, [tgt], max_tokens=max_tokens)[tgt.name]
+    start = score_eval_sets(ref.model, ref.tokenizer, [tgt], max_tokens=max_tokens, is_correct=is_correct)[tgt.name]
     wr = win_rate(scored[tgt.name].scores, start.scores)
     retention = capability_retention(
         {f"{b.name}_accuracy": baseline.get(f"{b.name}_accuracy", float("nan")) for b in bundle.benchmarks}, after
@@ -92,7 +98,9 @@ def evaluate_run(
     control_metrics = None
     if control is not None:
         ctl = train_control(reference_dir, control)
-        ctl_scored = score_eval_sets(ctl.model, ctl.tokenizer, bundle.eval_sets, max_tokens=max_tokens)
+        ctl_scored = score_eval_sets(
+            ctl.model, ctl.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct
+        )
         control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
         comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
         log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))

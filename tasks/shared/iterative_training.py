@@ -14,6 +14,7 @@ from realign.eval.rounds import RoundScore, best_round, decide, rounds_table
 from realign.io import write_json
 from realign.model.load import load_model
 from realign.recipes.common import IterationConfig
+from realign.score.verify import judge
 from tasks.cache import stage_cache, stage_task
 from tasks.stages import SHARED_STAGES, StageResult
 
@@ -26,6 +27,7 @@ def measure_round(
     max_tokens: int = 12,
     start_dir: str | None = None,
     probe: list[tuple[str, str]] | None = None,
+    verifier: str | None = None,
 ) -> RoundScore:
     """Target-skill accuracy of a round's model (dev split when there is one) and, with a probe, its drift from the
     stage-1 model. Cached on what it measures only, so changing the stopping rules re-measures nothing."""
@@ -33,7 +35,9 @@ def measure_round(
     bundle = load_data(data)
     items = bundle.dev or bundle.target
     lm = load_model(model_dir)
-    acc = accuracy(lm.model, lm.tokenizer, items.prompts, items.answers, max_tokens=max_tokens)
+    acc = accuracy(
+        lm.model, lm.tokenizer, items.prompts, items.answers, max_tokens=max_tokens, is_correct=judge(verifier)
+    )
     kl = math.nan
     if start_dir is not None and probe:
         kl = kl_probe(lm.model, load_model(start_dir).model, lm.tokenizer, probe)
@@ -52,9 +56,9 @@ def measure_round(
     return score
 
 
-def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12) -> RoundScore:
-    """Round 0: the stage-1 model's target metric, the bar round 1 must clear."""
-    return measure_round(data, model_dir, 0, max_tokens)
+def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12, verifier: str | None = None) -> RoundScore:
+    """Round 0: the stage-1 model's target metric, the bar round 1 must clear (judged by `verifier` when given)."""
+    return measure_round(data, model_dir, 0, max_tokens, verifier=verifier)
 
 
 def assess_round(
@@ -69,10 +73,11 @@ def assess_round(
     max_kl: float,
     training_stop: str = "",
     max_tokens: int = 12,
+    verifier: str | None = None,
 ) -> RoundScore:
     """Measure round `round`'s model (a cached task) and decide: continue, or stop and why (training_stop: stage 5
     stopped on its KL limit). Called from a flow; the decision itself is realign.eval.rounds.decide."""
-    score = measure_round(data, model_dir, round, max_tokens, start_dir, probe)
+    score = measure_round(data, model_dir, round, max_tokens, start_dir, probe, verifier)
     decision, reason = decide(
         [*history, score], baseline.target_metric, iterations.epsilon, iterations.max_rounds, max_kl, training_stop
     )

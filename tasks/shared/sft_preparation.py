@@ -13,6 +13,7 @@ from realign.io import write_json
 from realign.model.load import load_model, save_model
 from realign.model.tiny import build_tiny_model
 from realign.recipes.common import ModelSpec, SFTStageConfig
+from realign.score.verify import judge
 from realign.train.batches import sft_batches
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
@@ -37,8 +38,14 @@ class SFTPrepResult(StageResult):
 
 @stage_task("1-sft-preparation", reads=("sft", "eval_sets"))
 def prepare_sft(
-    model: ModelSpec, data: DataConfig, sft: SFTStageConfig, run_dir: str, eval_max_tokens: int = 12
+    model: ModelSpec,
+    data: DataConfig,
+    sft: SFTStageConfig,
+    run_dir: str,
+    eval_max_tokens: int = 12,
+    verifier: str | None = None,
 ) -> SFTPrepResult:
+    """verifier: judge the baseline's answers with this verifier kind (RLVR) instead of exact match."""
     log = get_run_logger()
     t0 = time.perf_counter()
     out = SHARED_STAGES.dir(run_dir, 1)
@@ -67,7 +74,10 @@ def prepare_sft(
         steps = result.steps_done
     model_dir = save_model(lm.model, lm.path, out / "model")
 
-    baseline = eval_metrics(score_eval_sets(lm.model, lm.tokenizer, bundle.eval_sets, max_tokens=eval_max_tokens))
+    scored = score_eval_sets(
+        lm.model, lm.tokenizer, bundle.eval_sets, max_tokens=eval_max_tokens, is_correct=judge(verifier)
+    )
+    baseline = eval_metrics(scored)
     baseline["perplexity"] = perplexity(lm.model, lm.tokenizer, bundle.heldout_text)
     write_json(out / "baseline_metrics.json", baseline)
     log.info("baseline: " + ", ".join(f"{k}={v:.4g}" for k, v in baseline.items()))
