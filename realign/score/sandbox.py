@@ -31,7 +31,6 @@ import base64
 import builtins
 import importlib
 import json
-import math
 import operator
 import os
 import re
@@ -49,6 +48,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The worker's encoder, for the arguments this process sends (the worker runs it as a script, so it lives there);
+# replies are decoded here by decode_value, which trusts nothing.
+from realign.score._worker import encode as encode_value
 
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
 WORKER = Path(__file__).with_name("_worker.py")
@@ -282,30 +285,6 @@ def plain(value, limit: int = 1_000_000) -> str | None:
         else:
             return f"a {t.__module__}.{t.__qualname__}"
     return None
-
-
-def encode_value(value, depth: int = 0):
-    """Tagged JSON of a built-in value (arguments sent to the worker)."""
-    if depth > 200:
-        raise TypeError("an argument nested too deeply")
-    t = type(value)
-    if value is None or t is bool or t is int or t is str:
-        return value
-    if t is float:
-        return value if math.isfinite(value) else {"$f": repr(value)}
-    if t is list:
-        return [encode_value(v, depth + 1) for v in value]
-    if t is tuple:
-        return {"$t": [encode_value(v, depth + 1) for v in value]}
-    if t is set or t is frozenset:
-        return {"$s" if t is set else "$fs": [encode_value(v, depth + 1) for v in value]}
-    if t is dict:
-        return {"$d": [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in value.items()]}
-    if t is bytes:
-        return {"$b": base64.b64encode(value).decode()}
-    if t is complex:
-        return {"$c": [value.real, value.imag]}
-    raise TypeError(f"cannot pass a {t.__qualname__} to the sandboxed code (only built-in values cross)")
 
 
 def decode_value(value, depth: int = 0):
