@@ -728,6 +728,7 @@ def print_summary(summary: dict) -> None:
         "reward_verifier_spearman",
         "reward_verifier_spearman_within_prompt",
         "verifier",
+        "answers_judged_by",
         "tasks",
         "verifiability",
         "false_positive_rate",
