@@ -17,11 +17,14 @@ Equivalent rewrites: surrounding whitespace, a final period, quotes; for math an
 from __future__ import annotations
 
 import ast
+import json
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from realign.io import atomic_path
 from realign.score.sandbox import SandboxLimits
 from realign.score.verify import check_many, parse_number, resolve_kind
 
@@ -230,6 +233,32 @@ def error_rates(rows: Sequence[ProbeRow]) -> dict[str, float]:
         "reference_failures": sum(1 for r in rows if r.probe == "reference" and not r.passed),
         "not_judged": len(rows) - len(judged),
     }
+
+
+def write_tasks(path: str | Path, tasks: Sequence[VerifiableTask], verifiable: Sequence[bool]) -> Path:
+    """tasks.jsonl: one row per task (prompt, solution, category, tests, verifiable), written atomically."""
+    with atomic_path(path, "w") as fh:
+        for t, ok in zip(tasks, verifiable, strict=True):
+            row = {
+                "prompt": t.prompt,
+                "solution": t.solution,
+                "category": t.category,
+                "tests": t.tests,
+                "verifiable": ok,
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def read_tasks(path: str | Path, limit: int | None = None) -> list[VerifiableTask]:
+    """The verifiable tasks of a tasks.jsonl (the first `limit`), in order."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    tasks = [
+        VerifiableTask(r["prompt"], r["solution"], r["category"], tuple(r["tests"]) if r["tests"] else None)
+        for r in rows
+        if r["verifiable"]
+    ]
+    return tasks[:limit]
 
 
 def tasks_from_data(

@@ -19,7 +19,6 @@ from realign.recipes.common import (
     input_problems,
     load_recipe,
 )
-from realign.score.sandbox import SandboxLimits
 from realign.score.verify import KINDS
 from realign.thresholds import ThresholdsConfig
 from realign.train.loop import TrainConfig
@@ -27,14 +26,13 @@ from realign.train.rl import RLConfig
 
 
 class VerifierConfig(Recipe):
-    """Stages 2-3: which verifier judges answers, and the limits of code runs."""
+    """Stages 2-3: which verifier judges answers (the workflow's tasks carry no code: no sandbox settings here)."""
 
     kind: str = Field(
         "auto",
         description="auto (math for numbers, exact for digit strings with a leading zero and text) | exact | numeric "
         "| math | regex. Code (python, with tests) is graded by `realign verify`.",
     )
-    limits: SandboxLimits = Field(SandboxLimits(), description="python: per-response sandbox limits.")
     seed: int = Field(0, ge=0, description="Seed of the known-wrong answers made for each task.")
 
     @model_validator(mode="after")

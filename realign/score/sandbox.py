@@ -120,8 +120,8 @@ def interpreter() -> tuple[str, list[str]]:
 WEAK = ("unshare", "rlimits")
 WEAK_MESSAGE = (
     "no operating-system sandbox on this machine (bubblewrap is not installed), so the code was not run: install it "
-    "(sudo apt-get install -y bubblewrap), or allow weak isolation (realign verify --allow-weak-sandbox; "
-    "verifier.limits.allow_weak_isolation in a recipe) where the code is trusted not to harm the machine"
+    "(sudo apt-get install -y bubblewrap), or allow weak isolation (realign verify --allow-weak-sandbox, "
+    "SandboxLimits(allow_weak_isolation=True)) where the code is trusted not to harm the machine"
 )
 
 

@@ -5,9 +5,7 @@ artifact next to the gate's."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger
@@ -15,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from realign.data.datasets import write_jsonl
-from realign.eval.verifiability import ProbeRow, VerifiableTask, error_rates, probe_verifier
+from realign.eval.verifiability import ProbeRow, error_rates, probe_verifier, read_tasks
 from realign.io import write_json, write_parquet
 from realign.recipes.rlvr import VerifierConfig
 from tasks.cache import stage_task
@@ -52,13 +50,8 @@ def verify_verifier(verifier: VerifierConfig, tasks_path: str, run_dir: str) -> 
     log = get_run_logger()
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 3)
-    kept = [json.loads(line) for line in Path(tasks_path).read_text(encoding="utf-8").splitlines()]
-    tasks = [
-        VerifiableTask(r["prompt"], r["solution"], r["category"], tuple(r["tests"]) if r["tests"] else None)
-        for r in kept
-        if r["verifiable"]
-    ]
-    rows: list[ProbeRow] = probe_verifier(tasks, verifier.kind, verifier.seed + 1, verifier.limits)
+    tasks = read_tasks(tasks_path)
+    rows: list[ProbeRow] = probe_verifier(tasks, verifier.kind, verifier.seed + 1)
     rates = error_rates(rows)
     if rates["not_judged"]:
         log.warning(f"{rates['not_judged']} probes could not be judged by the verifier (status error): in neither rate")

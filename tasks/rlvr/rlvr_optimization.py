@@ -3,7 +3,6 @@ entropy measured on held-out prompts after training, and the held-out verified r
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, load_data
 from realign.eval.probes import policy_drift
-from realign.eval.verifiability import verified_rate
+from realign.eval.verifiability import read_tasks, verified_rate
 from realign.io import write_json, write_parquet
 from realign.model.load import load_model, save_model
 from realign.recipes.rlvr import RLVRStageConfig, VerifierConfig
@@ -77,15 +76,9 @@ def optimize_rlvr(
     log = get_run_logger()
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 5, round)
-    rows = [json.loads(line) for line in Path(tasks_path).read_text(encoding="utf-8").splitlines()]
-    tasks = [r for r in rows if r["verifiable"]][:max_tasks]  # the tasks stage 4 sampled (and decontamination saw)
-    reward = TaskVerifier(
-        {r["prompt"]: r["solution"] for r in tasks},
-        verifier.kind,
-        {r["prompt"]: r["tests"] for r in tasks if r["tests"]},
-        verifier.limits,
-    )
-    prompts = [r["prompt"] for r in tasks]
+    tasks = read_tasks(tasks_path, max_tasks)  # the tasks stage 4 sampled (and decontamination saw)
+    reward = TaskVerifier({t.prompt: t.solution for t in tasks}, verifier.kind)
+    prompts = [t.prompt for t in tasks]
     bundle = load_data(data)
     held = bundle.dev or bundle.target
     rl, tc = cfg.rl, cfg.rl.train

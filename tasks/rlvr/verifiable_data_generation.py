@@ -4,16 +4,14 @@ overall and per category (only those groups carry a GRPO signal)."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger
 
 from realign.data.datasets import TrainingFile, write_jsonl
 from realign.data.formats import write_rows
-from realign.eval.verifiability import VerifiableTask, coverage
+from realign.eval.verifiability import coverage, read_tasks
 from realign.model.generate import generate
 from realign.model.load import load_model
 from realign.recipes.rlvr import SamplesConfig, VerifierConfig
@@ -58,12 +56,7 @@ def generate_verifiable_data(
     log = get_run_logger()
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 4, round)
-    rows = [json.loads(line) for line in Path(tasks_path).read_text(encoding="utf-8").splitlines()]
-    tasks = [
-        VerifiableTask(r["prompt"], r["solution"], r["category"], tuple(r["tests"]) if r["tests"] else None)
-        for r in rows
-        if r["verifiable"]
-    ][: samples.max_tasks]
+    tasks = read_tasks(tasks_path, samples.max_tasks)
     if not tasks:
         raise ValueError(f"{tasks_path}: no verifiable task to sample (stage 2 found none the verifier can check)")
     gen = samples.generation.model_copy(update={"seed": samples.generation.seed + 1000 * round})
@@ -78,10 +71,10 @@ def generate_verifiable_data(
 
     outs = generate(lm.model, lm.tokenizer, [t.prompt for t in tasks], gen, on_progress=progress)
     items = [(c.text, t.solution, t.tests) for t, comps in zip(tasks, outs) for c in comps]
-    verdicts = check_many(verifier.kind, items, verifier.limits)
-    errors = [v for v in verdicts if isinstance(v, ValueError)]
-    if errors:
-        raise errors[0]
+    verdicts = check_many(verifier.kind, items)
+    for (_, solution, _), v in zip(items, verdicts):
+        if isinstance(v, ValueError):  # the data's fault: say which task
+            raise ValueError(f"{tasks_path}: the {verifier.kind} verifier cannot judge answers to {solution!r}: {v}")
     correct = [[v.correct for v in verdicts[i * gen.n : (i + 1) * gen.n]] for i in range(len(tasks))]  # type: ignore
     texts = [[c.text for c in comps] for comps in outs]
 

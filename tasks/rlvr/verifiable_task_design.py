@@ -9,7 +9,13 @@ import pandas as pd
 from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, load_data, write_jsonl
-from realign.eval.verifiability import embedded_categories, probe_verifier, task_verifiable, tasks_from_data
+from realign.eval.verifiability import (
+    embedded_categories,
+    probe_verifier,
+    task_verifiable,
+    tasks_from_data,
+    write_tasks,
+)
 from realign.io import write_json
 from realign.recipes.rlvr import VerifierConfig
 from tasks.cache import stage_task
@@ -41,15 +47,9 @@ def design_tasks(verifier: VerifierConfig, data: DataConfig, run_dir: str) -> Ta
     categories = embedded_categories(bundle.prompts) if data.source == "embedded" else None
     tasks = tasks_from_data(bundle.prompts, bundle.answers, categories)
     log.info(f"probing the {verifier.kind} verifier on {len(tasks)} tasks (reference, known-wrong answers, rewrites)")
-    rows = probe_verifier(tasks, verifier.kind, verifier.seed, verifier.limits)
+    rows = probe_verifier(tasks, verifier.kind, verifier.seed)
     ok = task_verifiable(rows, len(tasks))
-    write_jsonl(
-        out / "tasks.jsonl",
-        [
-            {"prompt": t.prompt, "solution": t.solution, "category": t.category, "tests": t.tests, "verifiable": v}
-            for t, v in zip(tasks, ok, strict=True)
-        ],
-    )
+    write_tasks(out / "tasks.jsonl", tasks, ok)
     write_jsonl(out / "probe.jsonl", [r.record() for r in rows])
     by_category: dict[str, list[bool]] = {}
     for t, v in zip(tasks, ok, strict=True):
