@@ -171,7 +171,7 @@ class VerifiableThresholds(_Strict):
 
 
 class FactualityThresholds(_Strict):
-    """Anti-hallucination stages 2-4."""
+    """Anti-hallucination stages 2-5."""
 
     min_citation_accuracy: float = Field(
         0.85, ge=0.0, le=1.0, description="Minimum citation accuracy of the collected factuality data."
@@ -179,6 +179,20 @@ class FactualityThresholds(_Strict):
     min_factuality: float = Field(0.90, ge=0.0, le=1.0, description="Minimum factuality after citation training.")
     max_hallucination_rate: float = Field(
         0.10, ge=0.0, le=1.0, description="The hallucination rate must be strictly below this."
+    )
+    min_factuality_gain: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Stage 5: the upper end of the 95% interval of held-out factuality after optimisation minus before "
+        "must be at least this (0: factuality did not fall beyond noise).",
+    )
+    max_hallucination_change: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Stage 5: the lower end of the 95% interval of the held-out hallucination rate after optimisation "
+        "minus before must be at most this (0: hallucinations did not rise beyond noise).",
     )
 
 
@@ -208,7 +222,7 @@ class ThresholdsConfig(_Strict):
     optimization: OptimizationThresholds = Field(default_factory=OptimizationThresholds, description="Stage 5.")
     verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-5.")
     factuality: FactualityThresholds = Field(
-        default_factory=FactualityThresholds, description="Anti-hallucination stages 2-4."
+        default_factory=FactualityThresholds, description="Anti-hallucination stages 2-5."
     )
     evaluation: EvaluationThresholds = Field(default_factory=EvaluationThresholds, description="Stage 7.")
     tiers: TiersConfig = Field(default_factory=TiersConfig, description="HIGH / MEDIUM / REJECT bands.")

@@ -94,3 +94,48 @@ def test_hostile_prompt_lines_are_file_line_errors(tmp_path, line, reason):
     cfg = DataConfig(source="files", prompts=str(prompts), eval_sets=[EvalSet(name="t", path=str(ev), role="target")])
     with pytest.raises(DataFormatError, match=rf"^{re.escape(str(prompts))}:2: {reason}"):
         load_data(cfg)
+
+
+def _asked(item) -> str:
+    return item.question.removeprefix("What is ").split("'s ")[0]
+
+
+def test_embedded_grounded_data_asks_about_disjoint_people():
+    from realign.data.datasets import GroundedDataConfig, load_data
+
+    cfg = GroundedDataConfig(n_people=60, n_prompts=100, n_sft_target=40, n_sft_benchmark=20, n_eval=30, n_dev=20)
+    b = load_data(cfg)
+    train, dev, ev = b.grounded, b.dev.items, b.target.items
+    assert len(train) == 100 and len(dev) == 20 and len(ev) == 30 and b.target.name == "grounded"
+    people = [
+        {_asked(i) for i in s} | {p.text.split("'s ")[0] for i in s for p in i.passages} for s in (train, dev, ev)
+    ]
+    assert not (people[0] & people[1]) and not (people[0] & people[2]) and not (people[1] & people[2])
+    # stage 1 answers from the sources without citing or abstaining; the benchmark is digit copy
+    grounded_sft = [(p, c) for p, c in b.sft if p.startswith("Sources:")]
+    assert len(grounded_sft) == 40 and not any("[" in c or c == "I don't know" for _, c in grounded_sft)
+    assert len(b.sft) == 60 and [e.name for e in b.benchmarks] == ["copy"]
+    assert b.answers[train[0].prompt()] == train[0].target() and len(b.replay) == 20
+    assert b.target.answers == [i.target() for i in ev]
+
+
+def test_grounded_files_with_their_own_abstention(tmp_path):
+    from realign.data.datasets import EvalSet, GroundedDataConfig, load_data
+
+    row = {"question": "What is bako's pet?", "passages": [{"id": "a", "text": "bako's pet is fish."}]}
+    rows = [{**row, "answer": "fish"}, {**row, "question": "What is bako's city?", "answer": "No answer."}]
+    path = write(tmp_path / "g.jsonl", rows)
+    cfg = GroundedDataConfig(
+        source="files",
+        prompts=path,
+        abstention="No answer.",
+        eval_sets=[EvalSet(name="held", path=path, role="target")],
+    )
+    b = load_data(cfg)
+    assert [i.target() for i in b.grounded] == ["fish [a]", "No answer."]
+    assert b.target.items is not None and b.dev is None
+    with pytest.raises(DataFormatError, match="is in no passage and is not the abstention"):
+        load_data(cfg.model_copy(update={"abstention": "I don't know"}))
+    qa = write(tmp_path / "qa.jsonl", [{"prompt": "p", "answer": "a"}])
+    with pytest.raises(DataFormatError, match="target evaluation set is not grounded rows"):
+        load_data(cfg.model_copy(update={"eval_sets": [EvalSet(name="qa", path=qa, role="target")]}))

@@ -8,6 +8,7 @@ import importlib
 import yaml
 
 from conftest import REPO
+from realign.recipes.antihallucination import AntiHallucinationWorkflowConfig
 from realign.recipes.dpo import DPOWorkflowConfig
 from realign.recipes.rlvr import RLVRWorkflowConfig
 from realign.recipes.srf import SRFWorkflowConfig
@@ -25,6 +26,7 @@ def test_every_deployment_names_a_real_flow_and_a_pool():
         "dpo-demo": ("dpo", "realign"),
         "srf-demo": ("srf", "realign"),
         "rlvr-demo": ("rlvr", "realign"),
+        "antihallucination-demo": ("antihallucination", "realign"),
         "nightly-curation": ("curate", "realign"),
         "shard-m4-max": ("shard", "m4-max"),
         "shard-m3-ultra": ("shard", "m3-ultra"),
@@ -43,6 +45,9 @@ def test_parameters_are_the_recipes():
     SRFWorkflowConfig.model_validate(DEPLOYMENTS["srf-demo"]["parameters"]["config"])
     assert DEPLOYMENTS["rlvr-demo"]["parameters"] == {"config": recipe("rlvr-demo")["config"]}
     RLVRWorkflowConfig.model_validate(DEPLOYMENTS["rlvr-demo"]["parameters"]["config"])
+    ah = DEPLOYMENTS["antihallucination-demo"]["parameters"]
+    assert ah == {"config": recipe("antihallucination-demo")["config"]}
+    AntiHallucinationWorkflowConfig.model_validate(ah["config"])
     assert DEPLOYMENTS["nightly-curation"]["parameters"] == recipe("nightly-curation")
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["dpo-demo"]["parameters"]["config"])
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["nightly-curation"]["parameters"]["config"])

@@ -116,6 +116,14 @@ def test_calibration_error_boundaries(ece, tier):
             ["kl", "reward_accuracy", "reward_margin"],
         ),
         (
+            "grounding_optimization",
+            dict(kl=0.1, factuality_gain_ci_high=0.0, hallucination_change_ci_low=0.0),
+            dict(kl=0.11, factuality_gain_ci_high=-0.01, hallucination_change_ci_low=0.01),
+            ["kl", "factuality_gain_ci_high", "hallucination_change_ci_low"],
+        ),
+        ("citation_training", dict(factuality=0.90), dict(factuality=0.8999), ["factuality"]),
+        ("factuality_data", dict(citation_accuracy=0.85), dict(citation_accuracy=0.8499), ["citation_accuracy"]),
+        (
             "evaluation",
             dict(capability_retention=0.95, decontamination=0.9, kl=0.05),
             dict(capability_retention=0.94, decontamination=0.95, kl=0.2),
@@ -128,6 +136,14 @@ def test_dpo_metric_suites(suite, good, bad, expected_failures):
     assert ok.tier == "HIGH", ok.failure_message()
     ko = evaluate("s", {SUITES[suite]: one(**bad)}, TH)
     assert failing(ko) == expected_failures and ko.tier == "REJECT"
+
+
+@pytest.mark.parametrize("ece,tier", [(0.10, "HIGH"), (0.1001, "MEDIUM"), (0.15, "MEDIUM"), (0.1501, "REJECT")])
+def test_final_calibration_is_tiered(ece, tier):
+    r = evaluate("7", {SUITES["calibration"]: one(calibration_error=ece)}, TH)
+    assert r.tier == tier
+    if tier == "REJECT":
+        assert "calibration_error" in r.failure_message() and "calibration data" in r.failure_message()
 
 
 def test_metric_that_could_not_be_computed_rejects():

@@ -115,3 +115,81 @@ def test_validate_reports_grounded_rows_line_by_line(tmp_path):
     kept = (tmp_path / "clean.jsonl").read_text().splitlines()
     assert len(kept) == 2  # the good row and the abstention
     assert len((tmp_path / "clean.rejects.jsonl").read_text().splitlines()) == 3  # rejected rows kept with reasons
+
+
+def test_same_answer_ignores_citations_and_case_but_not_abstention():
+    from realign.data.grounded import same_answer
+
+    assert same_answer("Fish [2]", "fish [1]") and same_answer("I don't know.", ABSTAIN)
+    assert not same_answer("I don't know", "fish [1]") and not same_answer("fish [1]", ABSTAIN)
+    assert not same_answer("", "fish [1]") and not same_answer("", ABSTAIN) and not same_answer("red", "fish")
+
+
+def test_an_empty_output_neither_answers_nor_abstains():
+    m = grounded_metrics([ANS, UNANS], ["", ""])
+    assert m["factuality"] == 0.0 and m["hallucination_rate"] == 0.0
+    assert m["abstention_recall"] == 0.0 and m["accuracy"] == 0.0
+    assert m["abstention_precision"] != m["abstention_precision"]  # no abstention at all: NaN
+
+
+def test_citation_problems_of_collected_rows():
+    from realign.data.grounded import citation_problem
+
+    assert citation_problem(ANS) is None and citation_problem(UNANS) is None
+    assert "cites no passage" in citation_problem(GroundedItem("q", P, "fish"))
+    assert "does not state the answer 'fish'" in citation_problem(GroundedItem("q", P, "fish", ("2",)))
+    assert "unknown passage id '5'" in citation_problem(GroundedItem("q", P, "fish", ("5",)))
+
+
+def test_sample_verdicts_and_pairs_by_hand():
+    from realign.eval.grounding import preference_pairs, sample_verdict
+
+    assert [sample_verdict(ANS, o) for o in ("fish [1]", "fish", "fish [2]", "red [2]", "I don't know", "")] == [
+        "good", "uncited", "uncited", "wrong", "abstained", "empty"]  # fmt: skip
+    assert [sample_verdict(UNANS, o) for o in ("I don't know", "fish [1]", "")] == ["good", "invented", "empty"]
+    samples = [
+        ["fish", "fish [1]"],  # good and uncited: pair (fish [1] over fish)
+        ["fish [1]", "fish [1]"],  # all good: no pair
+        ["cat [1]", ""],  # no good sample: the reference is chosen; the empty sample is never a rejected one
+        ["", ""],  # unanswerable, only empty samples: nothing to reject
+    ]
+    pairs, counts = preference_pairs([ANS, ANS, ANS, UNANS], samples)
+    assert [(p["chosen"], p["rejected"], p["rejected_kind"]) for p in pairs] == [
+        ("fish [1]", "fish", "uncited"), ("fish [1]", "cat [1]", "wrong")]  # fmt: skip
+    assert counts == {"items": 4, "pairs": 2, "chosen_from_reference": 1, "uncited": 1, "good": 3, "wrong": 1,
+                      "empty": 3}  # fmt: skip
+    assert len(preference_pairs([ANS], [["cat [1]"]], reference_when_none_right=False)[0]) == 0
+    assert preference_pairs([UNANS], [["fish [1]", "I don't know"]])[0][0]["chosen"] == "I don't know"
+
+
+def test_calibration_comparison_by_hand():
+    from realign.eval.grounding import compare_calibration
+
+    conf, correct = [0.9, 0.9, 0.2, 0.2], [True, False, False, False]  # ECE 0.3 (test_ece_binning_spelled_out)
+    same = compare_calibration("after", conf, correct, "before", conf, correct)
+    assert same.first_value == pytest.approx(0.3) and same.difference == 0 and same.ci_low == same.ci_high == 0
+    perfect = compare_calibration("after", [1.0, 1.0, 0.0, 0.0], [True, True, False, False], "before", conf, correct)
+    assert perfect.first_value == 0.0 and perfect.difference == pytest.approx(-0.3)
+    assert perfect.ci_low <= -0.3 + 1e-9 <= perfect.ci_high and perfect.items == 4
+
+
+def test_confidence_is_the_geometric_mean_token_probability_of_the_output(tiny_model_dir):
+    import math
+
+    import mlx.core as mx
+    import numpy as np
+
+    from realign.eval.grounding import output_confidences
+    from realign.model.load import load_model
+    from realign.model.logprobs import encode
+
+    lm = load_model(tiny_model_dir)
+    prompt, output = ANS.prompt(), "fish [1]"
+    (conf,) = output_confidences(lm.model, lm.tokenizer, [prompt], [output])
+    # by hand: the log-probability of each output token (and the end of turn) given everything before it
+    enc = encode(lm.tokenizer, prompt, output)
+    tokens = mx.array([enc.ids])
+    logp = np.array(mx.log(mx.softmax(lm.model(tokens[:, :-1]).astype(mx.float32), axis=-1))[0])
+    picked = [logp[t - 1, enc.ids[t]] for t in range(enc.n_prompt, len(enc.ids))]
+    assert conf == pytest.approx(math.exp(sum(picked) / len(picked)), rel=1e-4)
+    assert output_confidences(lm.model, lm.tokenizer, [], []) == []

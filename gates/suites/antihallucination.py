@@ -1,4 +1,5 @@
-"""Suites of the anti-hallucination workflow: factuality data, citation training, hallucination rate."""
+"""Suites of the anti-hallucination workflow: factuality data, citation training, hallucination rate, optimisation
+and the final calibration."""
 
 from __future__ import annotations
 
@@ -42,6 +43,43 @@ def hallucination_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
                 strict_max=True,
                 remedy=REMEDY["hallucination"],
             ),
+            metric_check(
+                "calibration_error",
+                band=th.tiers.calibration_error,
+                band_name="calibration_error",
+                remedy=REMEDY["calibration"],
+            ),
+        ],
+    )
+
+
+def grounding_optimization_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
+    """Anti-hallucination stage 5 (one row): KL <= max; factuality not fallen and hallucinations not risen beyond
+    noise: the 95% interval's upper end of the factuality gain >= min, its lower end of the hallucination change
+    <= max (the point values are reported beside them)."""
+    return build_suite(
+        "grounding_optimization_suite",
+        [
+            one_row_check("grounding optimization"),
+            metric_check("kl", maximum=th.optimization.max_kl, remedy=REMEDY["kl"]),
+            metric_check(
+                "factuality_gain_ci_high", minimum=th.factuality.min_factuality_gain, remedy=REMEDY["factuality"]
+            ),
+            metric_check(
+                "hallucination_change_ci_low",
+                maximum=th.factuality.max_hallucination_change,
+                remedy=REMEDY["hallucination"],
+            ),
+        ],
+    )
+
+
+def calibration_suite(th: ThresholdsConfig) -> gx.ExpectationSuite:
+    """Anti-hallucination stage 7 (one row): the final model's calibration error, tiered."""
+    return build_suite(
+        "calibration_suite",
+        [
+            one_row_check("calibration"),
             metric_check(
                 "calibration_error",
                 band=th.tiers.calibration_error,

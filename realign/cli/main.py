@@ -515,6 +515,13 @@ WORKFLOWS = {
     "dpo": ("dpo-demo.yaml", "realign.recipes.dpo", "load_dpo_recipe", "flows.dpo", "dpo"),
     "srf": ("srf-demo.yaml", "realign.recipes.srf", "load_srf_recipe", "flows.srf", "srf"),
     "rlvr": ("rlvr-demo.yaml", "realign.recipes.rlvr", "load_rlvr_recipe", "flows.rlvr", "rlvr"),
+    "antihallucination": (
+        "antihallucination-demo.yaml",
+        "realign.recipes.antihallucination",
+        "load_antihallucination_recipe",
+        "flows.antihallucination",
+        "antihallucination",
+    ),
 }
 
 
@@ -558,13 +565,26 @@ def run_rlvr(
     _run_workflow("rlvr", config or default_recipe("rlvr"), run_name, runs_root)
 
 
+@run_app.command("antihallucination")
+def run_antihallucination(
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP.format("antihallucination")),
+    run_name: Optional[str] = _RUN_NAME,
+    runs_root: Optional[str] = _RUNS_ROOT,
+) -> None:
+    """Run the seven-stage anti-hallucination workflow (grounded data, citation training, hallucination detection,
+    preference optimisation) locally."""
+    _run_workflow("antihallucination", config or default_recipe("antihallucination"), run_name, runs_root)
+
+
 @app.command()
 def demo(
-    workflow: str = typer.Argument("dpo", help="Which workflow's demo: dpo (what `make demo` runs), srf or rlvr."),
+    workflow: str = typer.Argument(
+        "dpo", help="Which workflow's demo: dpo (what `make demo` runs), srf, rlvr or antihallucination."
+    ),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/."),
 ) -> None:
     """A workflow on the tiny model and the embedded tasks, nothing downloaded: `realign demo` (DPO), `realign demo
-    srf`, `realign demo rlvr`."""
+    srf`, `realign demo rlvr`, `realign demo antihallucination`."""
     if workflow not in WORKFLOWS:
         _fail(f"no demo for {workflow!r}: choose one of {', '.join(WORKFLOWS)}")
     _run_workflow(workflow, default_recipe(workflow), run_name, None)
@@ -670,7 +690,7 @@ def server(
             stack.start_worker(pool)
         out.print(f"[bold]Prefect UI:[/] {escape(stack.ui_url)}", markup=True)
         out.print(
-            "deployments: dpo/dpo-demo, srf/srf-demo, rlvr/rlvr-demo, "
+            "deployments: dpo/dpo-demo, srf/srf-demo, rlvr/rlvr-demo, antihallucination/antihallucination-demo, "
             f"curate/nightly-curation (02:00 {stack.timezone}), shard/shard-m4-max, shard/shard-m3-ultra"
         )
         out.print(
@@ -739,6 +759,14 @@ def print_summary(summary: dict) -> None:
         "heldout_verified_after",
         "rl_kl",
         "rl_entropy",
+        "grounded_questions",
+        "data_citation_accuracy",
+        "citation_factuality",
+        "heldout_hallucination_rate",
+        "preference_pairs",
+        "heldout_factuality_before",
+        "heldout_factuality_after",
+        "kl_from",
         "wall_time_s",
         "compute_time_s",
         "throughput_examples_per_s",

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from realign.data.demo import digit_strings, example
 from realign.data.formats import DataFormatError, first_record, guess_format, read_rows
+from realign.data.grounded import ABSTAIN, GroundedItem, abstention_text, from_record, grounded_items, world
 from realign.io import atomic_path
 
 
@@ -70,14 +71,51 @@ class DataConfig(_Config):
         return self
 
 
+class GroundedDataConfig(DataConfig):
+    """The anti-hallucination workflow's data: grounded questions (sources, question, answer or abstention).
+
+    embedded: a synthetic world of invented people; questions about disjoint groups of people for training, round
+    decisions and evaluation; stage 1 learns to answer from the sources without citing and without abstaining (a
+    reader fine-tuned for answers only, the model the workflow starts from) next to the digit-copy capability.
+    files: data.prompts and the target eval set are grounded JSONL rows (`realign validate --format grounded`).
+    """
+
+    n_prompts: int = Field(3000, ge=1, le=10_000_000, description="embedded: grounded training questions (stages 2-5).")
+    n_sft_target: int = Field(
+        2000, ge=0, description="embedded: stage-1 SFT rows of grounded questions answered without citation."
+    )
+    n_prompts_benchmark: int = Field(
+        300, ge=0, description="embedded: stage-1 digit-copy rows replayed in stage 3's SFT (capability data)."
+    )
+    n_people: int = Field(400, ge=20, le=1_000_000, description="embedded: invented people in the world.")
+    n_passages: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="embedded: passages shown with each question. The 0.75M-parameter tiny model answers one in a few "
+        "hundred steps; picking the right one of two takes it over a thousand (0.82 factuality after 600, measured).",
+    )
+    unanswerable: float = Field(
+        0.3, ge=0.0, le=0.9, description="embedded: share of questions the passages do not answer."
+    )
+    abstention: str = Field(
+        ABSTAIN,
+        min_length=1,
+        max_length=100,
+        description="What the model says when the sources do not hold the answer.",
+    )
+
+
 @dataclass
 class EvalItems:
-    """A verifiable held-out set. role: 'target' (the aligned skill) or 'benchmark' (a capability to keep)."""
+    """A verifiable held-out set. role: 'target' (the aligned skill) or 'benchmark' (a capability to keep).
+    items: the grounded questions behind the prompts, for a grounded set."""
 
     name: str
     role: str
     prompts: list[str]
     answers: list[str]
+    items: list[GroundedItem] | None = None
 
 
 @dataclass
@@ -89,6 +127,8 @@ class DataBundle:
     heldout_text: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion) for perplexity
     # target-skill items for round-to-round decisions (kept apart from the final evaluation)
     dev: EvalItems | None = None
+    grounded: list[GroundedItem] = field(default_factory=list)  # training questions (anti-hallucination)
+    replay: list[tuple[str, str]] = field(default_factory=list)  # capability rows mixed into later training
 
     @property
     def target(self) -> EvalItems:
@@ -162,8 +202,86 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
     return prompts, answers
 
 
+def read_grounded(path: str, abstention: str = ABSTAIN) -> list[GroundedItem]:
+    """The grounded questions of a JSONL/Parquet file; DataFormatError (FILE:LINE) at the first bad row."""
+    with abstention_text(abstention):
+        items = [from_record(r.to_record(), abstention) for r in read_rows(path, "grounded")]
+    if not items:
+        raise DataFormatError(path, 0, ["no rows (expected grounded rows: question, passages, answer)"])
+    return items
+
+
+def _grounded_set(name: str, role: str, items: list[GroundedItem]) -> EvalItems:
+    return EvalItems(name, role, [i.prompt() for i in items], [i.target() for i in items], items)
+
+
+def _is_grounded_file(path: str) -> bool:
+    first = first_record(path)
+    return first is not None and guess_format(first) == "grounded"
+
+
+def load_grounded(cfg: GroundedDataConfig) -> DataBundle:
+    """The anti-hallucination bundle: grounded target (training questions, a dev split, the evaluation set) and the
+    digit-copy benchmark; embedded splits ask about disjoint groups of people."""
+    if cfg.source == "files":
+        train = read_grounded(cfg.prompts, cfg.abstention)  # type: ignore[arg-type]
+        sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
+        evals = []
+        for e in cfg.eval_sets:
+            if _is_grounded_file(e.path):
+                evals.append(_grounded_set(e.name, e.role, read_grounded(e.path, cfg.abstention)))
+            else:
+                evals.append(EvalItems(e.name, e.role, *_read_qa(e.path)))
+        target = next(i for i, e in enumerate(evals) if e.role == "target")
+        if evals[target].items is None:
+            raise DataFormatError(
+                cfg.eval_sets[target].path,
+                1,
+                ["the target evaluation set is not grounded rows (expected question, passages, answer)"],
+            )
+        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.answers)]
+        # Stage-1 SFT rows replayed in stage 3 keep what the model could do (capability data).
+        replay = random.Random(cfg.seed + 3).sample(sft, min(cfg.n_prompts_benchmark, len(sft)))
+        prompts = [i.prompt() for i in train]
+        return DataBundle(sft, prompts, {i.prompt(): i.target() for i in train}, evals, held, None, train, replay)
+
+    people = world(cfg.n_people, seed=cfg.seed)
+    names = list(people)
+    # Three disjoint groups of people: training (stages 1-5), round decisions (stage 6), evaluation (1, 7).
+    cut1, cut2 = len(names) * 3 // 5, len(names) * 4 // 5
+    groups = [{n: people[n] for n in part} for part in (names[:cut1], names[cut1:cut2], names[cut2:])]
+    kw = dict(unanswerable=cfg.unanswerable, n_passages=cfg.n_passages, abstention=cfg.abstention)
+    pool = grounded_items(groups[0], cfg.n_prompts + cfg.n_sft_target * 2, seed=cfg.seed, **kw)
+    train = pool[: cfg.n_prompts]
+    reader = [i for i in pool[cfg.n_prompts :] if i.answerable][: cfg.n_sft_target]
+    dev = grounded_items(groups[1], cfg.n_dev, seed=cfg.seed + 1, **kw)
+    evaluation = grounded_items(groups[2], cfg.n_eval, seed=cfg.seed + 2, **kw)
+    cop = [example("copy", s) for s in digit_strings(cfg.n_sft_benchmark + cfg.n_eval, seed=cfg.seed + 1)]
+    sft_cop, eval_cop = cop[: cfg.n_sft_benchmark], cop[cfg.n_sft_benchmark :]
+    # Stage 1 answers from the sources, never cites and never abstains: what citation training starts from.
+    sft = [(i.prompt(), i.answer) for i in reader] + [(e.prompt, e.answer) for e in sft_cop]
+    random.Random(cfg.seed).shuffle(sft)
+    target = _grounded_set("grounded", "target", evaluation)
+    copy = EvalItems("copy", "benchmark", [e.prompt for e in eval_cop], [e.answer for e in eval_cop])
+    # Perplexity (stage 1's gate) on text like stage 1's own: answers without citations, then the copy items.
+    held = [(i.prompt(), i.answer) for i in evaluation if i.answerable] + [(e.prompt, e.answer) for e in eval_cop]
+    replay = random.Random(cfg.seed + 3).sample(sft_cop, min(cfg.n_prompts_benchmark, len(sft_cop)))
+    return DataBundle(
+        sft,
+        [i.prompt() for i in train],
+        {i.prompt(): i.target() for i in train},
+        [target, copy],
+        held,
+        _grounded_set("grounded_dev", "target", dev),
+        train,
+        [(e.prompt, e.answer) for e in replay],
+    )
+
+
 def load_data(cfg: DataConfig) -> DataBundle:
     """Build the bundle. Embedded splits are disjoint: SFT, preference prompts and eval items share no digit string."""
+    if isinstance(cfg, GroundedDataConfig):
+        return load_grounded(cfg)
     if cfg.source == "files":
         prompts, answers = _read_qa(cfg.prompts)  # type: ignore[arg-type]
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from realign.data.grounded import ABSTAIN, Passage, item_problems
+from realign.data.grounded import Passage, current_abstention, item_problems
 from realign.io import atomic_path
 
 FormatName = Literal["sft", "dpo", "grpo", "rlvr", "grounded"]
@@ -178,7 +178,7 @@ class GroundedRow(_Row):
     @model_validator(mode="after")
     def _grounded(self) -> "GroundedRow":
         passages = [Passage(p.id, p.text) for p in self.passages]
-        problems = item_problems(self.question, passages, self.answer, self.citations, ABSTAIN)
+        problems = item_problems(self.question, passages, self.answer, self.citations, current_abstention())
         if problems:
             raise PydanticCustomError("grounded", "{problem}", {"problem": problems[0]})
         return self

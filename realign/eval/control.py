@@ -24,11 +24,15 @@ class ControlArm(BaseModel):
     train: TrainConfig = Field(description="Optimiser settings of the workflow's own training (steps replaced below).")
     steps: int = Field(ge=1, description="Optimizer steps: as many as the workflow's training took in all rounds.")
     description: str = Field("continued SFT on the chosen answers", description="What the control is, for the report.")
+    start_dir: str | None = Field(
+        None, description="The model the control starts from; None: the stage-1 model the workflow started from."
+    )
 
 
 def train_control(start_dir: str, arm: ControlArm) -> LoadedModel:
-    """Train the control from `start_dir` and return it (nothing is written: the control is measured, not shipped)."""
-    lm = load_model(start_dir)
+    """Train the control from `arm.start_dir` (default `start_dir`) and return it (nothing is written: the control is
+    measured, not shipped)."""
+    lm = load_model(arm.start_dir or start_dir)
     cfg = arm.train.model_copy(update={"steps": arm.steps, "checkpoint_every": 0, "kl_limit": None})
     prepare_model(lm.model, cfg)
     train(lm.model, sft_loss, sft_batches(lm.tokenizer, arm.data.examples(), cfg), cfg)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+from realign.data.grounded import same_answer
 from realign.score.sandbox import SandboxLimits, run_python_tests
 
 Kind = Literal["exact", "numeric", "math", "regex", "python"]
@@ -310,9 +311,12 @@ class TaskVerifier:
 
 def judge(kind: str | None) -> Callable[[str, str], bool] | None:
     """`is_correct(prediction, answer)` by the `kind` verifier, for evaluation sets (None: exact match of trimmed
-    strings, the default of the shared stages)."""
+    strings, the default of the shared stages; 'grounded': the answer of a grounded output, its citations aside, or
+    the abstention where the reference abstains)."""
     if kind is None:
         return None
+    if kind == "grounded":
+        return same_answer
 
     def is_correct(prediction: str, answer: str) -> bool:
         return check(kind, prediction, answer).correct

@@ -11,8 +11,9 @@ from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, TrainingFile, load_data
 from realign.eval.control import ControlArm, train_control
-from realign.eval.metrics import capability_retention, decontamination
-from realign.eval.plots import before_after, training_curves
+from realign.eval.grounding import evaluate_grounded
+from realign.eval.metrics import calibration_bins, capability_retention, decontamination
+from realign.eval.plots import before_after, reliability_diagram, training_curves
 from realign.eval.probes import eval_metrics, kl_probe, score_eval_sets, win_rate
 from realign.eval.verdict import Comparison, compare, reward_hacking, verdict
 from realign.io import write_json
@@ -36,11 +37,14 @@ class EvaluationResult(StageResult):
 
     def tables(self) -> dict[str, pd.DataFrame]:
         m = self.metrics
-        return {
+        tables = {
             "evaluation": one_row(
                 capability_retention=m["capability_retention"], decontamination=m["decontamination"], kl=m["kl"]
             )
         }
+        if "calibration_error" in m:  # grounded questions: the final model's calibration (anti-hallucination)
+            tables["calibration"] = one_row(calibration_error=m["calibration_error"])
+        return tables
 
 
 @stage_task("7-evaluation", reads=("eval_sets",))
@@ -59,6 +63,7 @@ def evaluate_run(
     ngram: int = 13,
     reward_model_dir: str | None = None,
     verifier: str | None = None,
+    kl_reference_dir: str | None = None,
 ) -> EvaluationResult:
     """Evaluate `final_model_dir` against the stage-1 model `reference_dir` (whose metrics are `baseline`).
 
@@ -67,6 +72,10 @@ def evaluate_run(
     the curves. reward_model_dir: a learned reward (SRF); its score of the target answers before and after is compared
     too, and reward hacking flagged when it rose while the verifier's accuracy fell (both outside noise).
     verifier: judge every answer with this verifier kind (RLVR) instead of exact match.
+    kl_reference_dir: measure the final KL from this model instead of the stage-1 one (the reference of a later
+    optimisation stage, as anti-hallucination's citation-trained model).
+    A grounded target set (anti-hallucination) adds hallucination rate, factuality, citation accuracy and calibration
+    error for before / after / control, the differences with intervals, and reliability diagrams.
     """
     log = get_run_logger()
     t0 = time.perf_counter()
@@ -87,7 +96,8 @@ def evaluate_run(
     retention = capability_retention(
         {f"{b.name}_accuracy": baseline.get(f"{b.name}_accuracy", float("nan")) for b in bundle.benchmarks}, after
     )
-    kl = kl_probe(final.model, ref.model, final.tokenizer, probe)
+    kl_ref = load_model(kl_reference_dir).model if kl_reference_dir else ref.model
+    kl = kl_probe(final.model, kl_ref, final.tokenizer, probe)
     train_texts = [f"{p} {c}" for p, c in bundle.sft] + [
         t for path in trained_on for t in TrainingFile(path=path).texts()
     ]
@@ -104,6 +114,23 @@ def evaluate_run(
         control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
         comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
         log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))
+    grounded = None
+    if tgt.items is not None:
+        answers = {
+            "after": (final.model, final.tokenizer, scored[tgt.name].predictions),
+            "before": (ref.model, ref.tokenizer, start.predictions),
+        }
+        if control is not None:
+            answers["control"] = (ctl.model, ctl.tokenizer, ctl_scored[tgt.name].predictions)
+        grounded = evaluate_grounded(tgt.items, answers)
+        named = {
+            label: {f"{tgt.name}_{k}": v for k, v in values.items() if k != "items"}
+            for label, values in grounded.metrics.items()
+        }
+        after.update(named["after"])
+        before.update(named["before"])
+        if control_metrics is not None:
+            control_metrics.update(named["control"])
     hacking = None
     if reward_model_dir is not None:
         rm = load_reward_model(reward_model_dir)
@@ -151,6 +178,13 @@ def evaluate_run(
         str(training_curves(history, out / "training_curves.png", title=f"{method} training")),
         str(before_after(accuracies, out / "before_after.png", title="held-out exact-match accuracy")),
     ]
+    if grounded is not None:
+        for label in ("before", "after"):
+            ece = grounded.metrics[label]["calibration_error"]
+            bins = calibration_bins(grounded.confidences[label], grounded.correct[label])
+            title = f"{tgt.name}: {label} ({'stage-1 model' if label == 'before' else 'final model'})"
+            plots.append(str(reliability_diagram(bins, out / f"reliability_{label}.png", title=title, ece=ece)))
+        comparisons += grounded.comparisons
     metrics = {
         "capability_retention": retention.retention,
         "decontamination": decon.score,
@@ -159,6 +193,7 @@ def evaluate_run(
         "target_after": after[key],
         "win_rate": wr,
         **({"reward_hacking": hacking} if hacking is not None else {}),
+        **({"calibration_error": grounded.metrics["after"]["calibration_error"]} if grounded is not None else {}),
     }
     report = {
         **metrics,

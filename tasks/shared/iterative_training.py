@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -50,9 +51,8 @@ def measure_round(
         seconds=time.perf_counter() - t0,
     )
     shown = f"{kl:.4f}" if not math.isnan(kl) else "not measured"
-    get_run_logger().info(
-        f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from the stage-1 model {shown}"
-    )
+    start = "/".join(Path(start_dir).parts[-2:]) if start_dir else "the start model"
+    get_run_logger().info(f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from {start} {shown}")
     return score
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 from prefect import get_run_logger
 
 from realign.data.datasets import DataConfig, load_data
+from realign.eval.grounding import grounded_report
 from realign.eval.probes import eval_metrics, perplexity, score_eval_sets
 from realign.io import write_json
 from realign.model.load import load_model, save_model
@@ -79,6 +80,10 @@ def prepare_sft(
     )
     baseline = eval_metrics(scored)
     baseline["perplexity"] = perplexity(lm.model, lm.tokenizer, bundle.heldout_text)
+    tgt = bundle.target
+    if tgt.items is not None:  # grounded questions: the baseline hallucination rate, factuality and calibration
+        grounded, _, _ = grounded_report(lm.model, lm.tokenizer, tgt.items, scored[tgt.name].predictions)
+        baseline.update({f"{tgt.name}_{k}": v for k, v in grounded.items() if k != "items"})
     write_json(out / "baseline_metrics.json", baseline)
     log.info("baseline: " + ", ".join(f"{k}={v:.4g}" for k, v in baseline.items()))
     return SFTPrepResult(
