@@ -32,6 +32,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_digest(model_dir: str | Path) -> str:
+    """sha256 digests of a model directory's weight files: a resume key that names the start model by its
+    contents, so checkpoints trained from an earlier model written at the same path are never resumed."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    return ",".join(f"{f.name}:{file_digest(f)}" for f in files) or f"no weights in {model_dir}"
+
+
 @dataclass
 class DataFileContents(CachePolicy):
     """Adds the contents of the user data files a stage reads to its cache key.

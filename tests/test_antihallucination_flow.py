@@ -90,6 +90,7 @@ def test_the_seven_antihallucination_stages_run_and_report(tmp_path):
     texts = [c["text"] for c in summary["comparisons"]]
     assert any("after - before on hallucination_rate" in t and "95% CI" in t for t in texts)
     assert any("after - before on calibration_error" in t for t in texts)
+    assert any("after - before on citation_accuracy (questions both answered right)" in t for t in texts)
     assert {Path(p).name for p in summary["plots"]} >= {"reliability_after.png", "reliability_before.png"}
     assert summary["gate_tiers"]["7-evaluation"] in ("HIGH", "MEDIUM")
     metrics = pd.read_parquet(run / "03_citation_training" / "metrics.parquet")

@@ -14,7 +14,7 @@ from realign.data.grounded import (
     supporting_ids,
     world,
 )
-from realign.eval.grounding import grounded_metrics
+from realign.eval.grounding import grounded_metrics, judged_flags
 from realign.eval.metrics import calibration_bins, expected_calibration_error
 
 P = (Passage("1", "Bako's pet is fish."), Passage("2", "Zeti's color is red."))
@@ -70,10 +70,15 @@ def test_metrics_by_hand():
     ]
     m = grounded_metrics(items, outputs)
     assert m["factuality"] == pytest.approx(2 / 3)  # 2 of 3 answerable right
-    assert m["citation_accuracy"] == pytest.approx(1 / 3)  # of 3 answers to answerable items, 1 cited right
+    assert m["citation_accuracy"] == pytest.approx(1 / 2)  # of the 2 right answers, 1 cited right
     assert m["hallucination_rate"] == pytest.approx(2 / 5)
     assert m["abstention_precision"] == 1.0 and m["abstention_recall"] == 0.5
     assert m["accuracy"] == pytest.approx(3 / 5)
+    flags = judged_flags(items, outputs)  # per item, for the paired comparisons of stage 7
+    assert flags["answered_right"] == [True, True, False, False, False]  # answerable items answered right
+    assert flags["cited_ok"] == [True, False, False, False, False]
+    assert flags["hallucinated"] == [False, False, True, False, True]
+    assert flags["correct"] == [True, True, False, True, False]
 
 
 def test_ece_binning_spelled_out():
@@ -193,3 +198,27 @@ def test_confidence_is_the_geometric_mean_token_probability_of_the_output(tiny_m
     picked = [logp[t - 1, enc.ids[t]] for t in range(enc.n_prompt, len(enc.ids))]
     assert conf == pytest.approx(math.exp(sum(picked) / len(picked)), rel=1e-4)
     assert output_confidences(lm.model, lm.tokenizer, [], []) == []
+
+
+def test_only_the_abstention_itself_abstains_and_the_chosen_text_is_never_the_rejected_one():
+    from realign.data.grounded import same_answer
+    from realign.eval.grounding import preference_pairs, sample_verdict
+
+    # an answer after the abstention is an answer (here an invented one), not an abstention
+    assert parse_output("I don't know. It is a cat [1]").abstained is False
+    assert sample_verdict(UNANS, "I don't know. It is a cat [1]") == "invented"
+    assert parse_output("i don't know.").abstained and parse_output("I don't know [1]").abstained
+    # an abstention that starts like an answer ("No" vs "norway") does not swallow it
+    p = (Passage("1", "kiki's city is norway."),)
+    item = GroundedItem("What is kiki's city?", p, "norway", ("1",), abstention="No")
+    assert parse_output("norway [1]", "No").abstained is False and parse_output("No.", "No").abstained
+    assert sample_verdict(item, "norway [1]") == "good"
+    pairs, _ = preference_pairs([item], [["norway [1]", "No"]])
+    assert [(r["chosen"], r["rejected"]) for r in pairs] == [("norway [1]", "No")]
+    # the judge of stages 1, 6 and 7 needs no abstention text: it compares with the target itself
+    assert same_answer("No answer.", "No answer") and not same_answer("I don't know", "No answer")
+    assert same_answer("[no answer]", "[no answer]") and not same_answer("", "[no answer]")
+    # a right answer naming the wrong passage, or a wrong answer copied from the passage, is not accurately cited
+    kiki = GroundedItem("What is kiki's pet?", (Passage("1", "kiki's pet is cat."),), "cat", ("1",))
+    m = grounded_metrics([kiki, kiki], ["kiki [1]", "cat [1]"])
+    assert m["citation_accuracy"] == 1.0 and m["factuality"] == 0.5 and m["hallucination_rate"] == 0.0

@@ -107,19 +107,20 @@ def item_problems(question: str, passages: Sequence[Passage], answer: str, citat
     for c in citations or ():
         if c not in ids:
             problems.append(f"cites unknown passage id {c!r} (expected one of {', '.join(map(repr, ids))})")
-    if answer.strip() != abstention and passages and not supporting_ids(passages, answer):
+    abstains = is_abstention(answer, abstention)
+    if not abstains and passages and not supporting_ids(passages, answer):
         problems.append(
             f"answer {answer[:60]!r} is in no passage and is not the abstention {abstention!r} "
             "(expected an answer stated in a passage, or the abstention)"
         )
-    if answer.strip() == abstention and citations:
+    if abstains and citations:
         problems.append("an abstention cites passages (expected no citations when abstaining)")
     return problems
 
 
 def from_record(obj: dict, abstention: str = ABSTAIN) -> GroundedItem:
     passages = tuple(Passage(str(p["id"]), p["text"]) for p in obj["passages"])
-    answer = obj["answer"].strip()
+    answer = abstention if is_abstention(obj["answer"], abstention) else obj["answer"].strip()
     cites = tuple(obj.get("citations") or ()) or (supporting_ids(passages, answer) if answer != abstention else ())
     return GroundedItem(obj["question"], passages, answer, cites, abstention)
 
@@ -212,23 +213,36 @@ class ParsedAnswer(NamedTuple):
     abstained: bool
 
 
+def _bare(text: str) -> str:
+    """Text without its [citations], surrounding space and final period, case-folded: what is compared."""
+    return _CITE.sub("", text).strip().rstrip(".").strip().casefold()
+
+
+def is_abstention(text: str, abstention: str = ABSTAIN) -> bool:
+    """`text` says the abstention: equal to it with citations, case and a final period aside (whole, when the
+    abstention is itself only brackets)."""
+    bare = _bare(abstention)
+    return _bare(text) == bare if bare else text.strip().casefold() == abstention.strip().casefold()
+
+
 def parse_output(text: str, abstention: str = ABSTAIN) -> ParsedAnswer:
-    """'fish [2]' -> ('fish', ('2',), False); "I don't know" -> ('', (), True)."""
+    """'fish [2]' -> ('fish', ('2',), False); "I don't know" -> ('', (), True). The output abstains only when,
+    citations and a final period aside, it is the abstention: "I don't know. It is a cat" is an answer."""
     t = text.strip()
-    if t.casefold().startswith(abstention.casefold()):
-        return ParsedAnswer("", tuple(_CITE.findall(t)), True)
     cites = tuple(c.strip() for c in _CITE.findall(t))
-    answer = _CITE.sub("", t).strip().rstrip(".").strip()
-    return ParsedAnswer(answer, cites, False)
+    if is_abstention(t, abstention):
+        return ParsedAnswer("", cites, True)
+    return ParsedAnswer(_CITE.sub("", t).strip().rstrip(".").strip(), cites, False)
 
 
-def same_answer(prediction: str, target: str, abstention: str = ABSTAIN) -> bool:
-    """A grounded output is right when it abstains where the target abstains, or gives the target's answer (case
-    and citations aside: citations are judged apart, by citation accuracy)."""
-    p, t = parse_output(prediction, abstention), parse_output(target, abstention)
-    if t.abstained or p.abstained:
-        return t.abstained and p.abstained
-    return bool(p.answer) and p.answer.casefold() == t.answer.casefold()
+def same_answer(prediction: str, target: str) -> bool:
+    """A grounded output is right when it says what the target says, case, citations and a final period aside:
+    the target's answer, or its abstention (whatever its text; citations are judged apart, by citation accuracy).
+    An empty output is never right."""
+    p, t = _bare(prediction), _bare(target)
+    if not t:  # a target that is only brackets, e.g. the abstention "[no answer]": compare it whole
+        return prediction.strip().casefold() == target.strip().casefold() != ""
+    return p == t
 
 
 def citation_problem(item: GroundedItem) -> str | None:

@@ -4,10 +4,11 @@ Per item the output is parsed into (answer, cited ids, abstained) and judged:
 - correct: answerable and the answer equals the reference (case-folded, trimmed), or unanswerable and abstained (an
   empty output neither answers nor abstains);
 - factuality: share of answerable items answered correctly (abstaining on one counts as not factual);
-- citation accuracy: of the answers given to answerable items, the share whose cited passages exist and all contain
-  the given answer (an uncited answer is not accurately cited);
+- citation accuracy: of the right answers to answerable items, the share whose cited passages exist and all state the
+  answer (an uncited right answer is not accurately cited; wrong answers are counted by factuality, not here);
 - hallucination rate: share of all items where an answer was given that no passage supports: any answer to an
-  unanswerable item, or an answer contained in none of the item's passages;
+  unanswerable item, or an answer contained in none of the item's passages (a wrong answer copied from a passage,
+  e.g. another person's value, is unfactual but not counted as invented);
 - abstention precision: of the abstentions, the share on unanswerable items; recall: of the unanswerable items, the
   share abstained on (NaN when undefined);
 - expected calibration error of the model's confidence in its own output against `correct`, the confidence being the
@@ -51,9 +52,7 @@ def judge(item: GroundedItem, output: str) -> Judged:
     ids = {p.id: p for p in item.passages}
     supported = answered and bool(supporting_ids(item.passages, out.answer))
     cited_ok = (
-        answered
-        and bool(out.citations)
-        and all(c in ids and supporting_ids([ids[c]], out.answer) for c in out.citations)
+        right and bool(out.citations) and all(c in ids and supporting_ids([ids[c]], item.answer) for c in out.citations)
     )
     return Judged(True, answered, out.abstained, right, cited_ok, answered and not supported)
 
@@ -73,7 +72,7 @@ def grounded_metrics(
     abstained = [j for j in js if j.abstained]
     out = {
         "factuality": _share([j.correct for j in answerable]),
-        "citation_accuracy": _share([j.cited_ok for j in answerable if j.answered]),
+        "citation_accuracy": _share([j.cited_ok for j in answerable if j.correct]),
         "hallucination_rate": _share([j.hallucinated for j in js]),
         "abstention_precision": _share([not j.answerable for j in abstained]),
         "abstention_recall": _share([j.abstained for j in js if not j.answerable]),
@@ -86,9 +85,15 @@ def grounded_metrics(
 
 
 def judged_flags(items: Sequence[GroundedItem], outputs: Sequence[str]) -> dict[str, list[bool]]:
-    """Per-item flags for paired comparisons: correct, hallucinated."""
+    """Per-item flags for paired comparisons: correct, hallucinated, answered_right (an answerable item answered
+    right), cited_ok (a right answer accurately cited)."""
     js = [judge(i, o) for i, o in zip(items, outputs, strict=True)]
-    return {"correct": [j.correct for j in js], "hallucinated": [j.hallucinated for j in js]}
+    return {
+        "correct": [j.correct for j in js],
+        "hallucinated": [j.hallucinated for j in js],
+        "answered_right": [j.answerable and j.correct for j in js],
+        "cited_ok": [j.cited_ok for j in js],
+    }
 
 
 def output_confidences(model, tokenizer, prompts: Sequence[str], outputs: Sequence[str]) -> list[float]:
@@ -227,7 +232,8 @@ def evaluate_grounded(
 ) -> GroundedEvaluation:
     """Grounded metrics of several models on the same questions, and the first model (e.g. 'after') against each
     other one ('before', 'control') with paired-bootstrap intervals: hallucination rate (all questions),
-    factuality (the answerable ones) and calibration error. answers: label -> (model, tokenizer, outputs)."""
+    factuality (the answerable ones), citation accuracy (the questions both models answered right) and calibration
+    error. answers: label -> (model, tokenizer, outputs)."""
     metrics, conf, correct, flags = {}, {}, {}, {}
     answerable = [i.answerable for i in items]
     for label, (model, tokenizer, outputs) in answers.items():
@@ -242,6 +248,11 @@ def evaluate_grounded(
         fa = [c for c, a in zip(correct[first], answerable) if a]
         fo = [c for c, a in zip(correct[other], answerable) if a]
         comparisons.append(compare("factuality", first, fa, other, fo))
+        # Citation accuracy is over the right answers, so the pair is taken on the questions both answered right.
+        both = [a and b for a, b in zip(flags[first]["answered_right"], flags[other]["answered_right"])]
+        ca = [c for c, k in zip(flags[first]["cited_ok"], both) if k]
+        co = [c for c, k in zip(flags[other]["cited_ok"], both) if k]
+        comparisons.append(compare("citation_accuracy (questions both answered right)", first, ca, other, co))
         comparisons.append(
             compare_calibration(first, conf[first], correct[first], other, conf[other], correct[other], n_bins)
         )

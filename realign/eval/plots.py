@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from realign.io import atomic_path
+
 
 def _plt():
     import matplotlib
@@ -15,6 +17,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write the PNG atomically: a plot listed among a stage's outputs is never half-written."""
+    with atomic_path(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
 
 
 PREFERENCE_PANELS = [
@@ -57,7 +65,7 @@ def training_curves(history: pd.DataFrame, path: str | Path, title: str = "DPO t
                 ax.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=0.8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -80,7 +88,7 @@ def before_after(values: Mapping[str, Mapping[str, float]], path: str | Path, ti
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -104,6 +112,6 @@ def reliability_diagram(
     ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None and ece == ece else ""))
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)

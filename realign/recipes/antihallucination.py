@@ -48,7 +48,6 @@ class DetectionStageConfig(Recipe):
         True,
         description="When no sample of a question is right, the reference answer is the chosen one (else no pair).",
     )
-    calibration_bins: int = Field(10, ge=2, le=100, description="Equal-width confidence bins of the calibration error.")
 
 
 class AntiHallucinationWorkflowConfig(Recipe):

@@ -20,7 +20,7 @@ from realign.train.batches import sft_batches
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
 from tasks.antihallucination import AH_STAGES
-from tasks.cache import stage_task
+from tasks.cache import stage_task, weights_digest
 from tasks.stages import StageResult, one_row
 
 
@@ -73,7 +73,7 @@ def train_citations(
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"SFT step {row['step']}/{steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
-    key = resume_key(Path(sft_path).read_bytes(), repr(bundle.replay), start_dir)
+    key = resume_key(Path(sft_path).read_bytes(), repr(bundle.replay), weights_digest(start_dir))
     result = train(
         lm.model,
         sft_loss,

@@ -26,7 +26,7 @@ from realign.train.held_out import held_out, split_with_reference
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
 from tasks.antihallucination import AH_STAGES
-from tasks.cache import stage_task
+from tasks.cache import stage_task, weights_digest
 from tasks.dpo.dpo_optimization import step_line
 from tasks.stages import StageResult, one_row
 
@@ -53,9 +53,9 @@ class GroundingOptimizationResult(StageResult):
             "grounding_optimization": one_row(
                 kl=self.kl,
                 factuality_gain=f.difference,
-                factuality_gain_ci_high=f.ci_high if f.measured else 0.0,
+                factuality_gain_ci_high=f.ci_high if f.measured else math.nan,  # not measured: the gate says so
                 hallucination_change=h.difference,
-                hallucination_change_ci_low=h.ci_low if h.measured else 0.0,
+                hallucination_change_ci_low=h.ci_low if h.measured else math.nan,
             )
         }
 
@@ -125,7 +125,7 @@ def optimize_grounding(
         f"round {round}: {cfg.loss.method}/{cfg.loss.loss_type} beta={cfg.loss.beta} on {len(train_pairs)} pairs "
         f"({len(val_pairs)} held out), {steps} steps"
     )
-    key = resume_key(Path(pairs_path).read_bytes(), start_dir, cfg.loss.model_dump_json())
+    key = resume_key(Path(pairs_path).read_bytes(), weights_digest(start_dir), cfg.loss.model_dump_json())
     result = train(
         lm.model,
         preference_loss(cfg.loss),

@@ -67,9 +67,9 @@ def detect_hallucinations(
     lm = load_model(model_dir)
     split = bundle.dev or bundle.target
     outputs = answer_items(lm.model, lm.tokenizer, split.items, max_tokens)
-    heldout, conf, correct = grounded_report(lm.model, lm.tokenizer, split.items, outputs, cfg.calibration_bins)
+    heldout, conf, correct = grounded_report(lm.model, lm.tokenizer, split.items, outputs)
     plot = reliability_diagram(
-        calibration_bins(conf, correct, cfg.calibration_bins),
+        calibration_bins(conf, correct),
         out / "reliability.png",
         title=f"round {round}: {split.name}",
         ece=heldout["calibration_error"],
