@@ -120,6 +120,12 @@ def test_validate_reports_grounded_rows_line_by_line(tmp_path):
     kept = (tmp_path / "clean.jsonl").read_text().splitlines()
     assert len(kept) == 2  # the good row and the abstention
     assert len((tmp_path / "clean.rejects.jsonl").read_text().splitlines()) == 3  # rejected rows kept with reasons
+    # a recipe's own abstention text: the abstaining row is good with it, and rejected without it
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**good, "answer": "No answer."}) + "\n")
+    assert run_cli("validate", str(other), "--format", "grounded", "--abstention", "No answer.").returncode == 0
+    proc = run_cli("validate", str(other), "--format", "grounded")
+    assert proc.returncode == 1 and "is not the abstention" in proc.stdout
 
 
 def test_same_answer_ignores_citations_and_case_but_not_abstention():

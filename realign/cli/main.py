@@ -82,6 +82,9 @@ def validate(
         None, "--out", help="Write the good rows here (.jsonl keeps lines verbatim, or .parquet)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
+    abstention: str = typer.Option(
+        "I don't know", "--abstention", help="grounded: the answer that abstains (the recipe's data.abstention)."
+    ),
 ) -> None:
     """Check a data file line by line; exit 0 when clean, 1 when any row was rejected, 2 when the file itself
     cannot be validated (missing, a directory, empty, compressed, unreadable, unsafe output paths, disk full).
@@ -90,6 +93,7 @@ def validate(
     With --out and no --rejects, rejects go to OUT's name + .rejects.jsonl so no row is lost.
     """
     from realign.data.formats import FileProblem, canonical_format, validate_file
+    from realign.data.grounded import abstention_text
 
     try:
         fmt = canonical_format(fmt)
@@ -114,14 +118,15 @@ def validate(
     if status:
         status.start()
     try:
-        report = validate_file(
-            file,
-            fmt,
-            out=out_path,
-            rejects=rejects,
-            on_problem=show,
-            on_progress=(lambda n: status.update(f"validating {file}: {n:,} lines")) if status else None,
-        )
+        with abstention_text(abstention):
+            report = validate_file(
+                file,
+                fmt,
+                out=out_path,
+                rejects=rejects,
+                on_problem=show,
+                on_progress=(lambda n: status.update(f"validating {file}: {n:,} lines")) if status else None,
+            )
     except FileProblem as exc:
         _fail(str(exc))
     except OSError as exc:  # disk full, permissions, a vanished folder
