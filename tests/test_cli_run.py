@@ -49,3 +49,10 @@ def test_a_failed_run_never_prints_a_previous_runs_summary(tmp_path):
     assert "run failed" in proc.stderr and "perplexity" in proc.stderr
     assert "dpo run: HIGH" not in proc.stdout and "old" not in proc.stdout.split()
     assert json.loads((tmp_path / "runs" / "again" / "summary.json").read_text()) == old  # not clobbered either
+
+
+def test_summary_values_read_as_a_person_reads_them():
+    from realign.cli.main import _shown
+
+    assert _shown(float("nan")) == "not computed" and _shown(None) == "not computed"
+    assert _shown(0.123456) == "0.1235" and _shown([0.5, None, float("nan")]) == "0.5, not computed, not computed"

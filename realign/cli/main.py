@@ -719,9 +719,9 @@ def server(
 
 
 def _shown(value) -> str:
-    """A summary value as a person reads it: floats to 4 significant digits, per-round lists joined, None as
+    """A summary value as a person reads it: floats to 4 significant digits, per-round lists joined, None and NaN as
     'not computed'."""
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN: nothing to show
         return "not computed"
     if isinstance(value, float):
         return f"{value:.4g}"
