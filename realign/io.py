@@ -15,9 +15,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: the only way POSIX offers)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode(base: int) -> int:
+    """Permissions a plain open() or mkdir() would give: temporary files are 0600 and directories 0700, which would
+    hide every output from the group on the shared storage two machines use."""
+    return base & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path, mode: str = "wb"):
-    """Open a temporary file beside `path`; on success rename it over `path`, on error remove it."""
+    """Open a temporary file beside `path`; on success rename it over `path` (with the permissions the umask gives
+    a new file), on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -26,6 +40,7 @@ def atomic_path(path: str | Path, mode: str = "wb"):
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        os.chmod(tmp, _mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,7 +58,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)
+        tmp.chmod(_mode(0o777))
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
