@@ -40,7 +40,14 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram
     with Run(
-        "antihallucination", "antihallucination", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour
+        "antihallucination",
+        "antihallucination",
+        c.run_name,
+        c.runs_root,
+        th,
+        c.approve_medium,
+        c.price_per_hour,
+        recipe=c,
     ) as run:
         # 1. SFT preparation: the stage-1 model, its benchmarks and its baseline hallucination rate and calibration.
         s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens, JUDGE), sft_baseline_suite)

@@ -33,7 +33,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     min_gap, max_kl = th.preference.min_preference_gap, th.optimization.max_kl
     ngram = th.evaluation.decontamination_ngram
-    with Run("dpo", "DPO", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour) as run:
+    with Run("dpo", "DPO", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour, recipe=c) as run:
         # 1. SFT preparation: the stage-1 model and its baseline (round 0 of stage 6's measurements).
         s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens), sft_baseline_suite)
         start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens)

@@ -33,7 +33,7 @@ from tasks.shared.sft_preparation import prepare_sft
 def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram
-    with Run("rlvr", "RLVR", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour) as run:
+    with Run("rlvr", "RLVR", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour, recipe=c) as run:
         # 1. SFT preparation: the stage-1 model and its baseline (round 0 of stage 6's measurements).
         # Stages 1, 6 and 7 judge answers with the workflow's verifier, the criterion RL optimises.
         kind = c.verifier.kind

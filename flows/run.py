@@ -8,6 +8,7 @@ they add to the summary, so the flow itself only lists the stages in order.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import socket
@@ -18,9 +19,12 @@ from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from gates.gate import GateFailed, gate
 from gates.validate import suite_name
+from realign.io import write_json
+from realign.provenance import provenance
 from realign.recipes.common import RUN_NAME_PATTERN
 from realign.thresholds import TIER_ORDER, ThresholdsConfig
 from tasks.shared.evaluation import EvaluationResult
@@ -54,6 +58,7 @@ class Run:
         thresholds: ThresholdsConfig,
         approve_medium: bool,
         price_per_hour: float | None,
+        recipe: BaseModel | None = None,
     ) -> None:
         # A retried flow run keeps its name, so it finds its earlier stage outputs.
         name = run_name or _as_name(flow_run.get_name()) or time.strftime(f"{workflow}-%Y%m%d-%H%M%S")
@@ -66,10 +71,32 @@ class Run:
             get_run_logger().info(f"run directory: {self.dir}")
         self.workflow, self.data_type = workflow, data_type
         self.thresholds, self.approve_medium, self.price_per_hour = thresholds, approve_medium, price_per_hour
+        if recipe is not None:
+            self._record(recipe)
         self.tiers: dict[str, str] = {}
         self.stage_seconds: dict[str, float] = {}
         self.totals: dict[str, Any] = {}
         self.t0 = time.perf_counter()
+
+    def _record(self, recipe: BaseModel) -> None:
+        """RUN_DIR/recipe.json (the resolved recipe, every default filled in) and provenance.json (versions, git
+        commit), so a run can be reproduced; a retry with another recipe keeps the earlier one beside it."""
+        run_dir = Path(self.dir)
+        resolved = recipe.model_dump(mode="json")
+        path = run_dir / "recipe.json"
+        if path.is_file():
+            try:
+                earlier = json.loads(path.read_text())
+            except (OSError, ValueError):
+                earlier = None
+            if earlier != resolved:
+                stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+                kept, n = run_dir / f"recipe.{stamp}.json", 1
+                while kept.exists():  # two retries within a second: never overwrite an earlier recipe
+                    kept, n = run_dir / f"recipe.{stamp}-{n}.json", n + 1
+                path.rename(kept)
+        write_json(path, resolved)
+        write_json(run_dir / "provenance.json", provenance())
 
     @staticmethod
     def _acquire(path: Path):

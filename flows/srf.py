@@ -34,7 +34,7 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
         th.optimization.max_kl,
         th.evaluation.decontamination_ngram,
     )
-    with Run("srf", "SRF", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour) as run:
+    with Run("srf", "SRF", c.run_name, c.runs_root, th, c.approve_medium, c.price_per_hour, recipe=c) as run:
         # 1. SFT preparation: the stage-1 model and its baseline (round 0 of stage 6's measurements).
         s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens), sft_baseline_suite)
         start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens)

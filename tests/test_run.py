@@ -147,3 +147,33 @@ def test_the_run_summary_artifact_shows_per_round_numbers_and_every_gates_tier()
     assert "| rl_kl | 0.0208, 0.031 |" in md and "| reward_verifier_spearman | not computed |" in md
     assert "| 5-rl-fine-tuning | MEDIUM |" in md and "| 1-sft-preparation | HIGH |" in md
     assert "shards" not in md and "a.jsonl" not in md  # empty lists and lists of paths are not table rows
+
+
+def test_the_run_directory_keeps_the_resolved_recipe_and_what_produced_it(tmp_path):
+    import json
+
+    from realign.recipes.dpo import DPOWorkflowConfig
+
+    first = DPOWorkflowConfig(run_name="rec", runs_root=str(tmp_path))
+    with Run("demo", "DEMO", "rec", str(tmp_path), ThresholdsConfig(), False, None, recipe=first):
+        pass
+    run = tmp_path / "rec"
+    saved = json.loads((run / "recipe.json").read_text())
+    assert saved == first.model_dump(mode="json") and saved["dpo"]["train"]["steps"] == 120  # defaults filled in
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["versions"]["mlx-lm"] and prov["versions"]["realign"] and prov["python"]
+    assert prov["git"]["commit"] is None or len(prov["git"]["commit"]) == 40
+    # a retry with the same recipe keeps one file; another recipe keeps the earlier one beside it
+    with Run("demo", "DEMO", "rec", str(tmp_path), ThresholdsConfig(), False, None, recipe=first):
+        pass
+    assert sorted(p.name for p in run.glob("recipe*.json")) == ["recipe.json"]
+    changed = first.model_copy(update={"control": False})
+    with Run("demo", "DEMO", "rec", str(tmp_path), ThresholdsConfig(), False, None, recipe=changed):
+        pass
+    names = sorted(p.name for p in run.glob("recipe*.json"))
+    assert len(names) == 2 and json.loads((run / "recipe.json").read_text())["control"] is False
+    earlier = next(p for p in run.glob("recipe.*.json"))
+    assert json.loads(earlier.read_text())["control"] is True
+    with Run("demo", "DEMO", "rec", str(tmp_path), ThresholdsConfig(), False, None, recipe=first):  # within a second
+        pass
+    assert len(list(run.glob("recipe*.json"))) == 3  # nothing overwritten
