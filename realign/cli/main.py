@@ -513,6 +513,60 @@ def calibrate(
 
 run_app = typer.Typer(no_args_is_help=True, help="Run a workflow.")
 app.add_typer(run_app, name="run")
+runs_app = typer.Typer(help="The runs under a runs root: `realign runs` lists them, `realign runs compare A B`.")
+app.add_typer(runs_app, name="runs")
+_ROOT = typer.Option(Path("runs"), "--root", help="The runs root (a recipe's runs_root; default runs/).")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(ctx: typer.Context, root: Path = _ROOT, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the runs, newest first: workflow, tier, key metrics, wall time."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from realign.cli.runs import KEY_METRICS, SHORT_HEADERS, RunsError, list_runs, shown
+
+    try:
+        rows = list_runs(root)
+    except RunsError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out.print(f"no runs under {root}")
+        return
+    table = Table(title=f"runs under {root}")
+    columns = ["run", "workflow", "tier", *KEY_METRICS, "wall_time_s"]
+    for c in columns:  # short headers: the full names are in --json
+        table.add_column(SHORT_HEADERS.get(c, c), overflow="fold", no_wrap=c in ("tier", "run"))
+    for r in rows:
+        table.add_row(*(shown(r.get(c)) for c in columns))
+    out.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: str = typer.Argument(..., help="A run directory, or a run name under --root."),
+    b: str = typer.Argument(..., help="The other run."),
+    root: Path = _ROOT,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Two runs' summaries side by side: results, gate tiers, time."""
+    from realign.cli.runs import RunsError, compare_runs, shown
+
+    try:
+        names, rows = compare_runs(a, b, root)
+    except RunsError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({"runs": names, "rows": [{"metric": m, names[0]: x, names[1]: y} for m, x, y in rows]}))
+        return
+    table = Table(title=f"{names[0]} vs {names[1]}")
+    for c in ("metric", *names):
+        table.add_column(c, overflow="fold")
+    for m, x, y in rows:
+        table.add_row(m, shown(x), shown(y))
+    out.print(table)
 
 
 # workflow -> (its demo recipe, the recipe loader's module and function, the flow's module and function)
