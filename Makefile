@@ -78,5 +78,5 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-clean:
-	rm -rf $(VENV) runs/demo .pytest_cache
+clean:  ## remove the virtualenv and caches; runs/ (your runs) is kept
+	rm -rf $(VENV) .pytest_cache .ruff_cache
