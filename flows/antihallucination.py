@@ -22,7 +22,6 @@ from gates.suites.antihallucination import (
 from gates.suites.shared import evaluation_suite, iteration_suite, sft_baseline_suite
 from realign.data.datasets import TrainingFile
 from realign.eval.control import ControlArm
-from realign.eval.probes import probe_examples
 from realign.recipes.antihallucination import AntiHallucinationWorkflowConfig
 from tasks.antihallucination.citation_training import train_citations
 from tasks.antihallucination.factuality_data_collection import collect_factuality_data
@@ -59,7 +58,7 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
         # Round 0 of stage 6 is the citation-trained model: the rounds must improve on it.
         baseline = measure_baseline(data, s3.model_dir, tokens, JUDGE)
 
-        model_dir, rounds, first, steps = s3.model_dir, [], None, 0
+        model_dir, rounds, first, steps, chosen = s3.model_dir, [], None, 0, None
         for rnd in range(1, c.iterations.max_rounds + 1):
             # 4. Hallucination detection: the rate on held-out questions; pairs from the model's own samples.
             s4 = run.gate(
@@ -73,8 +72,8 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
                 grounding_optimization_suite,
             )
             steps += s5.steps
-            # 6. Iterative training: measure the round, decide whether to go on.
-            probe = probe_examples(TrainingFile(path=first.pairs_path).records())
+            chosen = chosen or (s4.pairs_path if s5.steps else None)  # the control's data: the first pairs trained on
+            # 6. Iterative training: measure the round, decide whether to go on (KL on the first round's probe texts).
             score = assess_round(
                 data,
                 s5.model_dir,
@@ -83,7 +82,7 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
                 baseline,
                 c.iterations,
                 s3.model_dir,
-                probe,
+                first.probe,
                 max_kl,
                 s5.reason,
                 tokens,
@@ -100,13 +99,13 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
         # answers for as many steps as stage 5 took.
         control = (
             ControlArm(
-                data=TrainingFile(path=first.pairs_path),
+                data=TrainingFile(path=chosen, format="dpo"),
                 train=c.optimization.train,
                 steps=steps,
                 start_dir=s3.model_dir,
                 description="continued SFT of the citation-trained model on the chosen answers",
             )
-            if c.control and steps
+            if c.control and chosen
             else None
         )
         if c.control and control is None:
@@ -117,7 +116,7 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
             kl_reference_dir=s3.model_dir,
             final_model_dir=s6.best_model_dir,
             baseline=s1.baseline,
-            probe=probe,
+            probe=first.probe,
             trained_on=[s2.sft_path, *run.totals["train_jsonl"]],
             training_metrics=run.totals["training_metrics"],
             run_dir=run.dir,

@@ -14,6 +14,7 @@ from realign.data.datasets import GroundedDataConfig, load_data, read_grounded, 
 from realign.eval.grounding import answer_items, grounded_report, preference_pairs, sample_verdict
 from realign.eval.metrics import calibration_bins
 from realign.eval.plots import reliability_diagram
+from realign.eval.probes import probe_examples
 from realign.io import write_json
 from realign.model.generate import generate
 from realign.model.load import load_model
@@ -29,6 +30,7 @@ class DetectionResult(StageResult):
     heldout: dict[str, float]  # grounded metrics of the current model on the dev split
     counts: dict[str, int]
     plot: str
+    probe: list[tuple[str, str]]  # fixed texts for KL in stages 6-7: pairs' chosen and rejected, else cited answers
 
     def tables(self) -> dict[str, pd.DataFrame]:
         h = self.heldout
@@ -44,7 +46,7 @@ class DetectionResult(StageResult):
     def summary(self) -> dict:
         return {
             "examples_processed": self.counts["samples"],
-            "train_jsonl": [self.pairs_path],
+            "train_jsonl": [self.pairs_path] if self.counts["pairs"] else [],
             "heldout_hallucination_rate": [self.heldout["hallucination_rate"]],
             "preference_pairs": [self.counts["pairs"]],
         }
@@ -110,4 +112,6 @@ def detect_hallucinations(
         heldout=heldout,
         counts=counts,
         plot=str(plot),
+        # no pairs (nothing hallucinated in the samples): the cited answers and abstentions stand in as KL texts
+        probe=probe_examples(pairs) if pairs else [(i.prompt(), i.target()) for i in items[:128]],
     )
