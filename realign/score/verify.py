@@ -311,8 +311,8 @@ class TaskVerifier:
 
 def judge(kind: str | None) -> Callable[[str, str], bool] | None:
     """`is_correct(prediction, answer)` by the `kind` verifier, for evaluation sets (None: exact match of trimmed
-    strings, the default of the shared stages; 'grounded': the answer of a grounded output, its citations aside, or
-    the abstention where the reference abstains)."""
+    strings, the default of the shared stages; 'grounded': the output says what the reference says, citations, case
+    and a final period aside, so an abstention counts whatever its text)."""
     if kind is None:
         return None
     if kind == "grounded":
