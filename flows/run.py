@@ -26,7 +26,7 @@ from gates.validate import suite_name
 from realign.io import write_json
 from realign.provenance import provenance
 from realign.recipes.common import RUN_NAME_PATTERN
-from realign.thresholds import TIER_ORDER, ThresholdsConfig
+from realign.thresholds import TIER_ORDER, ThresholdsConfig, WorkflowThresholds
 from tasks.shared.evaluation import EvaluationResult
 from tasks.shared.summary import machine_description, write_summary
 from tasks.stages import StageResult
@@ -55,7 +55,7 @@ class Run:
         data_type: str,
         run_name: str | None,
         runs_root: str,
-        thresholds: ThresholdsConfig,
+        thresholds: ThresholdsConfig | WorkflowThresholds,
         approve_medium: bool,
         price_per_hour: float | None,
         recipe: BaseModel | None = None,
@@ -70,7 +70,9 @@ class Run:
         if flow_run.get_id():
             get_run_logger().info(f"run directory: {self.dir}")
         self.workflow, self.data_type = workflow, data_type
-        self.thresholds, self.approve_medium, self.price_per_hour = thresholds, approve_medium, price_per_hour
+        # A recipe holds its workflow's thresholds only; the gates read the full table (defaults for the rest).
+        self.thresholds = thresholds.full() if isinstance(thresholds, WorkflowThresholds) else thresholds
+        self.approve_medium, self.price_per_hour = approve_medium, price_per_hour
         if recipe is not None:
             self._record(recipe)
         self.tiers: dict[str, str] = {}

@@ -7,7 +7,7 @@ Prefect UI's parameter form) and never inlined in code.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,29 +56,79 @@ class TierBand(_Strict):
         return "HIGH" if value <= self.high + eps else "MEDIUM" if value <= self.medium + eps else "REJECT"
 
 
+# Each band once, as an annotated type, so the full table and each workflow's own table share defaults and words.
+PreferenceGapBand = Annotated[
+    TierBand,
+    Field(
+        TierBand(direction="higher", high=0.15, medium=0.10),
+        description="DPO: mean score(chosen) - score(rejected); HIGH >= 0.15, MEDIUM 0.10-0.15, REJECT < 0.10.",
+    ),
+]
+AgreementRateBand = Annotated[
+    TierBand,
+    Field(
+        TierBand(direction="higher", high=0.90, medium=0.80),
+        description="DPO: fraction of pairs a second judgement agrees on; HIGH >= 90%, MEDIUM 80-90%, REJECT < 80%.",
+    ),
+]
+VerifiabilityBand = Annotated[
+    TierBand,
+    Field(
+        TierBand(direction="higher", high=0.80, medium=0.70),
+        description="RLVR: fraction of tasks a verifier can check; HIGH >= 80%, MEDIUM 70-80%, REJECT < 70%.",
+    ),
+]
+QualityScoreBand = Annotated[
+    TierBand,
+    Field(
+        TierBand(direction="higher", high=8.0, medium=6.0),
+        description="SFT/SRF: quality score on a 0-10 scale; HIGH >= 8.0, MEDIUM 6.0-8.0, REJECT < 6.0.",
+    ),
+]
+CalibrationErrorBand = Annotated[
+    TierBand,
+    Field(
+        TierBand(direction="lower", high=0.10, medium=0.15),
+        description="Anti-hallucination: expected calibration error; HIGH <= 0.10, MEDIUM 0.10-0.15, REJECT > 0.15.",
+    ),
+]
+
+
 class TiersConfig(_Strict):
     """The curator's tier table (SPEC.md "Quality tiers")."""
 
-    preference_gap: TierBand = Field(
-        default_factory=lambda: TierBand(direction="higher", high=0.15, medium=0.10),
-        description="DPO: mean score(chosen) - score(rejected); HIGH >= 0.15, MEDIUM 0.10-0.15, REJECT < 0.10.",
-    )
-    agreement_rate: TierBand = Field(
-        default_factory=lambda: TierBand(direction="higher", high=0.90, medium=0.80),
-        description="DPO: fraction of pairs a second judgement agrees on; HIGH >= 90%, MEDIUM 80-90%, REJECT < 80%.",
-    )
-    verifiability: TierBand = Field(
-        default_factory=lambda: TierBand(direction="higher", high=0.80, medium=0.70),
-        description="RLVR: fraction of tasks a verifier can check; HIGH >= 80%, MEDIUM 70-80%, REJECT < 70%.",
-    )
-    quality_score: TierBand = Field(
-        default_factory=lambda: TierBand(direction="higher", high=8.0, medium=6.0),
-        description="SFT/SRF: quality score on a 0-10 scale; HIGH >= 8.0, MEDIUM 6.0-8.0, REJECT < 6.0.",
-    )
-    calibration_error: TierBand = Field(
-        default_factory=lambda: TierBand(direction="lower", high=0.10, medium=0.15),
-        description="Anti-hallucination: expected calibration error; HIGH <= 0.10, MEDIUM 0.10-0.15, REJECT > 0.15.",
-    )
+    preference_gap: PreferenceGapBand
+    agreement_rate: AgreementRateBand
+    verifiability: VerifiabilityBand
+    quality_score: QualityScoreBand
+    calibration_error: CalibrationErrorBand
+
+
+class DPOTiers(_Strict):
+    """The tier bands the DPO workflow's gates use."""
+
+    preference_gap: PreferenceGapBand
+    agreement_rate: AgreementRateBand
+
+
+class SRFTiers(_Strict):
+    """The tier bands the SRF workflow's gates use (its stage 2 is the DPO workflow's)."""
+
+    preference_gap: PreferenceGapBand
+    agreement_rate: AgreementRateBand
+    quality_score: QualityScoreBand
+
+
+class RLVRTiers(_Strict):
+    """The tier band the RLVR workflow's gates use."""
+
+    verifiability: VerifiabilityBand
+
+
+class GroundedTiers(_Strict):
+    """The tier band the anti-hallucination workflow's gates use."""
+
+    calibration_error: CalibrationErrorBand
 
 
 # --- stage thresholds ----------------------------------------------------------
@@ -210,19 +260,83 @@ class EvaluationThresholds(_Strict):
     )
 
 
-class ThresholdsConfig(_Strict):
-    """Every threshold of SPEC.md's stage table and tier table."""
+# Each section once, as an annotated type, shared by the full table and each workflow's own.
+SFTSection = Annotated[SFTThresholds, Field(SFTThresholds(), description="Stage 1.")]
+PreferenceSection = Annotated[
+    PreferenceThresholds, Field(PreferenceThresholds(), description="Stage 2: preference pairs (DPO, SRF).")
+]
+ReferenceSection = Annotated[ReferenceThresholds, Field(ReferenceThresholds(), description="Stage 3 (DPO).")]
+RewardModelSection = Annotated[
+    RewardModelThresholds, Field(RewardModelThresholds(), description="Reward accuracy (DPO 4, SRF 3-4).")
+]
+OptimizationSection = Annotated[OptimizationThresholds, Field(OptimizationThresholds(), description="Stage 5.")]
+VerifiableSection = Annotated[VerifiableThresholds, Field(VerifiableThresholds(), description="RLVR stages 2-5.")]
+FactualitySection = Annotated[
+    FactualityThresholds, Field(FactualityThresholds(), description="Anti-hallucination stages 2-5.")
+]
+EvaluationSection = Annotated[EvaluationThresholds, Field(EvaluationThresholds(), description="Stage 7.")]
 
-    sft: SFTThresholds = Field(default_factory=SFTThresholds, description="Stage 1.")
-    preference: PreferenceThresholds = Field(default_factory=PreferenceThresholds, description="Stage 2 (DPO, SRF).")
-    reference: ReferenceThresholds = Field(default_factory=ReferenceThresholds, description="Stage 3 (DPO).")
-    reward_model: RewardModelThresholds = Field(
-        default_factory=RewardModelThresholds, description="Reward accuracy (DPO 4, SRF 3-4)."
-    )
-    optimization: OptimizationThresholds = Field(default_factory=OptimizationThresholds, description="Stage 5.")
-    verifiable: VerifiableThresholds = Field(default_factory=VerifiableThresholds, description="RLVR stages 2-5.")
-    factuality: FactualityThresholds = Field(
-        default_factory=FactualityThresholds, description="Anti-hallucination stages 2-5."
-    )
-    evaluation: EvaluationThresholds = Field(default_factory=EvaluationThresholds, description="Stage 7.")
-    tiers: TiersConfig = Field(default_factory=TiersConfig, description="HIGH / MEDIUM / REJECT bands.")
+
+class ThresholdsConfig(_Strict):
+    """Every threshold of SPEC.md's stage table and tier table (what the gates read; `realign gate check` takes it)."""
+
+    sft: SFTSection
+    preference: PreferenceSection
+    reference: ReferenceSection
+    reward_model: RewardModelSection
+    optimization: OptimizationSection
+    verifiable: VerifiableSection
+    factuality: FactualitySection
+    evaluation: EvaluationSection
+    tiers: TiersConfig = Field(TiersConfig(), description="HIGH / MEDIUM / REJECT bands.")
+
+
+class WorkflowThresholds(_Strict):
+    """A workflow's own thresholds (its recipe shows only these); `full()` is the table the gates read."""
+
+    def full(self) -> ThresholdsConfig:
+        """Every threshold: this workflow's values, the defaults of sections it does not use."""
+        return ThresholdsConfig.model_validate(self.model_dump())
+
+
+class DPOThresholds(WorkflowThresholds):
+    """The DPO workflow's gates: stages 1-7 and the preference tiers."""
+
+    sft: SFTSection
+    preference: PreferenceSection
+    reference: ReferenceSection
+    reward_model: RewardModelSection
+    optimization: OptimizationSection
+    evaluation: EvaluationSection
+    tiers: DPOTiers = Field(DPOTiers(), description="HIGH / MEDIUM / REJECT bands of the preference data.")
+
+
+class SRFThresholds(WorkflowThresholds):
+    """The SRF workflow's gates: stages 1-7, the preference and quality-score tiers."""
+
+    sft: SFTSection
+    preference: PreferenceSection
+    reward_model: RewardModelSection
+    optimization: OptimizationSection
+    evaluation: EvaluationSection
+    tiers: SRFTiers = Field(SRFTiers(), description="HIGH / MEDIUM / REJECT bands.")
+
+
+class RLVRThresholds(WorkflowThresholds):
+    """The RLVR workflow's gates: stages 1-7 and the verifiability tier."""
+
+    sft: SFTSection
+    verifiable: VerifiableSection
+    optimization: OptimizationSection
+    evaluation: EvaluationSection
+    tiers: RLVRTiers = Field(RLVRTiers(), description="HIGH / MEDIUM / REJECT band of verifiability.")
+
+
+class GroundedThresholds(WorkflowThresholds):
+    """The anti-hallucination workflow's gates: stages 1-7 and the calibration tier."""
+
+    sft: SFTSection
+    factuality: FactualitySection
+    optimization: OptimizationSection
+    evaluation: EvaluationSection
+    tiers: GroundedTiers = Field(GroundedTiers(), description="HIGH / MEDIUM / REJECT band of calibration error.")

@@ -45,9 +45,7 @@ class DataConfig(_Config):
     sft: str | None = Field(
         None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1."
     )
-    eval_sets: list[EvalSet] = Field(
-        default_factory=list, description="files: held-out evaluation sets (one 'target' at least)."
-    )
+    eval_sets: list[EvalSet] = Field([], description="files: held-out evaluation sets (one 'target' at least).")
     n_prompts: int = Field(1200, ge=1, le=10_000_000, description="embedded: prompts for preference data per round.")
     n_sft_target: int = Field(1000, ge=0, description="embedded: SFT examples of the target skill (reverse).")
     n_sft_benchmark: int = Field(2000, ge=0, description="embedded: SFT examples of the benchmark skill (copy).")

@@ -20,7 +20,7 @@ from realign.recipes.common import (
     load_recipe,
 )
 from realign.recipes.dpo import DPOStageConfig
-from realign.thresholds import ThresholdsConfig
+from realign.thresholds import GroundedThresholds
 from realign.train.loop import TrainConfig
 from realign.train.objectives import PreferenceLossConfig
 
@@ -59,31 +59,49 @@ class AntiHallucinationWorkflowConfig(Recipe):
         description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
     )
     runs_root: str = Field("runs", description="Where run directories are created.")
-    model: ModelSpec = Field(ModelSpec(), description="Base model.")
-    data: GroundedDataConfig = Field(
-        GroundedDataConfig(), description="Grounded questions (embedded world or files), SFT data, eval sets."
+    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
     )
-    sft: SFTStageConfig = Field(SFTStageConfig(), description="Stage 1.")
-    citation: CitationStageConfig = Field(CitationStageConfig(), description="Stage 3: citation training.")
-    detection: DetectionStageConfig = Field(DetectionStageConfig(), description="Stage 4: hallucination detection.")
+    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
+    data: GroundedDataConfig = Field(
+        GroundedDataConfig(),
+        title="Data",
+        description="Grounded questions (embedded world or files), SFT data, eval sets.",
+    )
+    sft: SFTStageConfig = Field(SFTStageConfig(), title="Stage 1 · SFT preparation", description="Stage 1.")
+    citation: CitationStageConfig = Field(
+        CitationStageConfig(), title="Stage 3 · Citation training", description="Stage 3: citation training."
+    )
+    detection: DetectionStageConfig = Field(
+        DetectionStageConfig(),
+        title="Stage 4 · Hallucination detection",
+        description="Stage 4: hallucination detection.",
+    )
     optimization: DPOStageConfig = Field(
         DPOStageConfig(
             loss=PreferenceLossConfig(beta=0.1, rpo_alpha=1.0),
             train=TrainConfig(steps=60, batch_size=16, learning_rate=1e-5, warmup_steps=5, lora=None, metrics_every=10),
         ),
+        title="Stage 5 · Grounding optimization",
         description="Stage 5: preference optimisation on the pairs of stage 4.",
     )
-    iterations: IterationConfig = Field(IterationConfig(max_rounds=1), description="Stage 6.")
+    iterations: IterationConfig = Field(
+        IterationConfig(max_rounds=1), title="Stage 6 · Iterative training", description="Stage 6."
+    )
     control: bool = Field(
         True,
+        title="Stage 7 · Control arm",
         description="Stage 7: also train the citation-trained model with continued SFT on the chosen answers for as "
         "many steps as stage 5, as a control.",
     )
-    eval_max_tokens: int = Field(12, ge=1, le=4096, description="Max new tokens of evaluation answers (greedy).")
-    thresholds: ThresholdsConfig = Field(ThresholdsConfig(), description="Gate thresholds and tiers.")
-    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    eval_max_tokens: int = Field(
+        12, ge=1, le=4096, title="Stage 7 · Answer length", description="Max new tokens of evaluation answers (greedy)."
+    )
+    thresholds: GroundedThresholds = Field(
+        GroundedThresholds(),
+        title="Thresholds",
+        description="The gates' thresholds and tier bands (this workflow's only).",
     )
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ class ModelSpec(Recipe):
     """The base model: 'tiny' builds the tiny kit inside the run directory; otherwise a local dir or hub id."""
 
     path: str = Field("tiny", description="'tiny', a local model directory, or a Hugging Face hub id (online only).")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape and seed when path is 'tiny'.")
+    tiny: TinyModelConfig = Field(TinyModelConfig(), description="Shape and seed when path is 'tiny'.")
 
 
 class SFTStageConfig(Recipe):
@@ -37,9 +37,7 @@ class SFTStageConfig(Recipe):
 
     enabled: bool = Field(True, description="Run SFT; when off, the base model is the stage-1 model.")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None, metrics_every=50
-        ),
+        TrainConfig(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=10, lora=None, metrics_every=50),
         description="SFT optimisation (full fine-tuning by default for the tiny model).",
     )
 

@@ -18,7 +18,7 @@ from realign.recipes.common import (
     load_recipe,
 )
 from realign.score.sampling import PairsConfig
-from realign.thresholds import ThresholdsConfig
+from realign.thresholds import DPOThresholds
 from realign.train.loop import TrainConfig
 from realign.train.objectives import PreferenceLossConfig
 
@@ -36,11 +36,11 @@ class DPOStageConfig(Recipe):
     """Stage 5: preference optimisation."""
 
     loss: PreferenceLossConfig = Field(
-        default_factory=lambda: PreferenceLossConfig(beta=1.0, rpo_alpha=1.0),
+        PreferenceLossConfig(beta=1.0, rpo_alpha=1.0),
         description="Objective (sigmoid DPO + RPO NLL by default; chosen by measurement on the demo).",
     )
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
+        TrainConfig(
             steps=120,
             batch_size=16,
             learning_rate=5e-6,
@@ -64,23 +64,33 @@ class DPOWorkflowConfig(Recipe):
         description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
     )
     runs_root: str = Field("runs", description="Where run directories are created.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Prompts, SFT data and evaluation sets.")
-    sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="Stage 1.")
-    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage 2.")
-    reward_model: RewardModelStageConfig = Field(default_factory=RewardModelStageConfig, description="Stage 4.")
-    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig, description="Stage 5.")
-    iterations: IterationConfig = Field(default_factory=IterationConfig, description="Stage 6.")
-    control: bool = Field(
-        True, description="Stage 7: also train continued SFT on the chosen answers for the same steps, as a control."
-    )
-    eval_max_tokens: int = Field(
-        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
-    )
-    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="Gate thresholds and tiers.")
     approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
     price_per_hour: float | None = Field(
         None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
+    data: DataConfig = Field(DataConfig(), title="Data", description="Prompts, SFT data and evaluation sets.")
+    sft: SFTStageConfig = Field(SFTStageConfig(), title="Stage 1 · SFT preparation", description="Stage 1.")
+    pairs: PairsConfig = Field(PairsConfig(), title="Stage 2 · Preference data", description="Stage 2.")
+    reward_model: RewardModelStageConfig = Field(
+        RewardModelStageConfig(), title="Stage 4 · Preference modeling", description="Stage 4."
+    )
+    dpo: DPOStageConfig = Field(DPOStageConfig(), title="Stage 5 · DPO optimization", description="Stage 5.")
+    iterations: IterationConfig = Field(IterationConfig(), title="Stage 6 · Iterative training", description="Stage 6.")
+    control: bool = Field(
+        True,
+        title="Stage 7 · Control arm",
+        description="Stage 7: also train continued SFT on the chosen answers for the same steps, as a control.",
+    )
+    eval_max_tokens: int = Field(
+        12,
+        ge=1,
+        le=4096,
+        title="Stage 7 · Answer length",
+        description="Stage 7: max new tokens of evaluation answers (greedy).",
+    )
+    thresholds: DPOThresholds = Field(
+        DPOThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )
 
     @model_validator(mode="after")

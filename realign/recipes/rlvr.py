@@ -20,7 +20,7 @@ from realign.recipes.common import (
     load_recipe,
 )
 from realign.score.verify import KINDS
-from realign.thresholds import ThresholdsConfig
+from realign.thresholds import RLVRThresholds
 from realign.train.loop import TrainConfig
 from realign.train.rl import RLConfig
 
@@ -84,25 +84,40 @@ class RLVRWorkflowConfig(Recipe):
         description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
     )
     runs_root: str = Field("runs", description="Where run directories are created.")
-    model: ModelSpec = Field(ModelSpec(), description="Base model.")
-    data: DataConfig = Field(DataConfig(), description="Tasks (prompts with reference answers), SFT data, eval sets.")
-    sft: SFTStageConfig = Field(SFTStageConfig(), description="Stage 1.")
-    verifier: VerifierConfig = Field(VerifierConfig(), description="Stages 2-3: the verifier.")
-    samples: SamplesConfig = Field(SamplesConfig(), description="Stage 4: graded samples.")
-    rl: RLVRStageConfig = Field(RLVRStageConfig(), description="Stage 5: GRPO.")
-    iterations: IterationConfig = Field(IterationConfig(max_rounds=1), description="Stage 6.")
+    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
+    data: DataConfig = Field(
+        DataConfig(), title="Data", description="Tasks (prompts with reference answers), SFT data, eval sets."
+    )
+    sft: SFTStageConfig = Field(SFTStageConfig(), title="Stage 1 · SFT preparation", description="Stage 1.")
+    verifier: VerifierConfig = Field(
+        VerifierConfig(), title="Stages 2-3 · Verifier", description="Stages 2-3: the verifier."
+    )
+    samples: SamplesConfig = Field(
+        SamplesConfig(), title="Stage 4 · Graded samples", description="Stage 4: graded samples."
+    )
+    rl: RLVRStageConfig = Field(RLVRStageConfig(), title="Stage 5 · GRPO", description="Stage 5: GRPO.")
+    iterations: IterationConfig = Field(
+        IterationConfig(max_rounds=1), title="Stage 6 · Iterative training", description="Stage 6."
+    )
     control: bool = Field(
         True,
+        title="Stage 7 · Control arm",
         description="Stage 7: also train continued SFT on the verified-correct samples for as many steps, as a "
         "control (rejection-sampling fine-tuning).",
     )
     eval_max_tokens: int = Field(
-        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
+        12,
+        ge=1,
+        le=4096,
+        title="Stage 7 · Answer length",
+        description="Stage 7: max new tokens of evaluation answers (greedy).",
     )
-    thresholds: ThresholdsConfig = Field(ThresholdsConfig(), description="Gate thresholds and tiers.")
-    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    thresholds: RLVRThresholds = Field(
+        RLVRThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from realign.recipes.common import (
     load_recipe,
 )
 from realign.score.sampling import PairsConfig
-from realign.thresholds import ThresholdsConfig
+from realign.thresholds import SRFThresholds
 from realign.train.reward import RewardTrainingConfig
 from realign.train.rl import RLConfig
 
@@ -69,23 +69,39 @@ class SRFWorkflowConfig(Recipe):
         description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
     )
     runs_root: str = Field("runs", description="Where run directories are created.")
-    model: ModelSpec = Field(ModelSpec(), description="Base model.")
-    data: DataConfig = Field(DataConfig(), description="Prompts, SFT data and evaluation sets.")
-    sft: SFTStageConfig = Field(SFTStageConfig(), description="Stage 1.")
-    pairs: PairsConfig = Field(PairsConfig(), description="Stage 2: preference pairs (as the DPO workflow's).")
-    reward_model: RewardModelStageConfig = Field(RewardModelStageConfig(), description="Stages 3-4.")
-    rl: RLStageConfig = Field(RLStageConfig(), description="Stage 5.")
-    iterations: SRFIterationConfig = Field(SRFIterationConfig(max_rounds=1), description="Stage 6.")
-    control: bool = Field(
-        True, description="Stage 7: also train continued SFT on the chosen answers for as many steps, as a control."
-    )
-    eval_max_tokens: int = Field(
-        12, ge=1, le=4096, description="Stage 7: max new tokens of evaluation answers (greedy)."
-    )
-    thresholds: ThresholdsConfig = Field(ThresholdsConfig(), description="Gate thresholds and tiers.")
     approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
     price_per_hour: float | None = Field(
         None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
+    data: DataConfig = Field(DataConfig(), title="Data", description="Prompts, SFT data and evaluation sets.")
+    sft: SFTStageConfig = Field(SFTStageConfig(), title="Stage 1 · SFT preparation", description="Stage 1.")
+    pairs: PairsConfig = Field(
+        PairsConfig(),
+        title="Stage 2 · Preference data",
+        description="Stage 2: preference pairs (as the DPO workflow's).",
+    )
+    reward_model: RewardModelStageConfig = Field(
+        RewardModelStageConfig(), title="Stages 3-4 · Reward model", description="Stages 3-4."
+    )
+    rl: RLStageConfig = Field(RLStageConfig(), title="Stage 5 · RL fine-tuning", description="Stage 5.")
+    iterations: SRFIterationConfig = Field(
+        SRFIterationConfig(max_rounds=1), title="Stage 6 · Iterative training", description="Stage 6."
+    )
+    control: bool = Field(
+        True,
+        title="Stage 7 · Control arm",
+        description="Stage 7: also train continued SFT on the chosen answers for as many steps, as a control.",
+    )
+    eval_max_tokens: int = Field(
+        12,
+        ge=1,
+        le=4096,
+        title="Stage 7 · Answer length",
+        description="Stage 7: max new tokens of evaluation answers (greedy).",
+    )
+    thresholds: SRFThresholds = Field(
+        SRFThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )
 
     @model_validator(mode="after")

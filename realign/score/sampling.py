@@ -28,12 +28,12 @@ class ShardingConfig(_Config):
     """Stage 2 across machines: one shard per work pool, sized by measured throughput."""
 
     pools: list[str] = Field(
-        default_factory=list,
+        [],
         max_length=64,
         description="Work pools to fan out to (e.g. [m4-max, m3-ultra]); empty: run in this process.",
     )
     throughput: dict[str, float] = Field(
-        default_factory=dict,
+        {},
         description="Measured examples/s per pool (`realign calibrate` "
         "on that machine); a pool not listed takes its hardware profile's scoring rate.",
     )
@@ -64,7 +64,7 @@ class PairsConfig(_Config):
     """Stage 2: sampling and scoring."""
 
     generation: GenerationConfig = Field(
-        default_factory=lambda: GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
+        GenerationConfig(n=8, batch_size=128, temperature=1.0, max_tokens=12, seed=0),
         description="How candidate answers are sampled (n per prompt).",
     )
     scorer: Literal["verifier", "judge", "reward_model"] = Field(
@@ -79,7 +79,7 @@ class PairsConfig(_Config):
     use_calibration: bool = Field(
         True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one."
     )
-    sharding: ShardingConfig = Field(default_factory=ShardingConfig, description="Fan the sampling out to work pools.")
+    sharding: ShardingConfig = Field(ShardingConfig(), description="Fan the sampling out to work pools.")
 
     @model_validator(mode="after")
     def _scorer_model_named(self) -> "PairsConfig":

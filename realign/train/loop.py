@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None disables.")
     seed: int = Field(0, ge=0, description="Seed for adapter init, data order and dropout.")
     max_seq_len: int = Field(512, ge=8, le=131072, description="Longest tokenized example; longer ones are cut.")
-    lora: LoRAConfig | None = Field(default_factory=LoRAConfig, description="LoRA adapters; None trains all weights.")
+    lora: LoRAConfig | None = Field(LoRAConfig(), description="LoRA adapters; None trains all weights.")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps; 0 only at the end.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     metrics_every: int = Field(1, ge=1, description="Compute KL and entropy every N steps (two extra forward passes).")
