@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.run import Run
+from gates.gate import stops_at_gates
 from gates.suites.antihallucination import (
     calibration_suite,
     citation_training_suite,
@@ -35,6 +36,7 @@ JUDGE = "grounded"  # stages 1, 6 and 7: the right answer (citations aside) or t
 
 
 @flow(name="antihallucination", log_prints=True, persist_result=True)
+@stops_at_gates
 def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinationWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram

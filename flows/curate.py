@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from flows.dpo import dpo
+from gates.gate import stops_at_gates
 from hardware.plan import make_plan
 from hardware.sizing import parse_size
 from realign.data.curation import WORKFLOW_OF, curated_dir, data_type_of
@@ -36,6 +37,7 @@ def plan_for(request: str, model_dir: str | None, examples: int) -> dict:
 
 
 @flow(name="curate", log_prints=True)
+@stops_at_gates
 def curate(
     request: str,
     config: DPOWorkflowConfig = DPOWorkflowConfig(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.run import Run
+from gates.gate import stops_at_gates
 from gates.suites.dpo import (
     dpo_optimization_suite,
     preference_metrics_suite,
@@ -29,6 +30,7 @@ from tasks.shared.sft_preparation import prepare_sft
 
 
 @flow(name="dpo", log_prints=True, persist_result=True)
+@stops_at_gates
 def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     min_gap, max_kl = th.preference.min_preference_gap, th.optimization.max_kl

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.run import Run
+from gates.gate import stops_at_gates
 from gates.suites.rlvr import (
     rlvr_optimization_suite,
     verifiable_data_suite,
@@ -30,6 +31,7 @@ from tasks.shared.sft_preparation import prepare_sft
 
 
 @flow(name="rlvr", log_prints=True, persist_result=True)
+@stops_at_gates
 def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram

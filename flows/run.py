@@ -77,6 +77,7 @@ class Run:
             self._record(recipe)
         self.tiers: dict[str, str] = {}
         self.stage_seconds: dict[str, float] = {}
+        self.reports: dict[str, str | None] = {}  # stage -> its gate report's artifact id
         self.totals: dict[str, Any] = {}
         self.t0 = time.perf_counter()
 
@@ -146,6 +147,7 @@ class Run:
             suite_kwargs=result.suite_kwargs(),
         )
         self.tiers[result.stage] = report.tier
+        self.reports[result.stage] = report.artifact_id
         for key, value in result.summary().items():
             if isinstance(value, list):
                 self.totals[key] = self.totals.get(key, []) + value
@@ -162,6 +164,7 @@ class Run:
             self.gate(evaluation, *suites)
         except GateFailed as exc:
             self.tiers[evaluation.stage] = "REJECT"
+            self.reports[evaluation.stage] = exc.report.artifact_id
             write_summary(self.dir, self.summary(evaluation, details, failure=str(exc)))
             raise
         return write_summary(self.dir, self.summary(evaluation, details))
@@ -199,6 +202,8 @@ class Run:
                 **e.metrics,
             },
             "gate_tiers": self.tiers,
+            "gate_reports": self.reports,
+            "stage_seconds": {k: round(v, 1) for k, v in self.stage_seconds.items()},
             "run_dir": self.dir,
             "final_model": e.final_model_dir,
             "plots": e.plots,

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.run import Run
+from gates.gate import stops_at_gates
 from gates.suites.dpo import preference_metrics_suite, preference_pairs_suite
 from gates.suites.shared import evaluation_suite, iteration_suite, sft_baseline_suite
 from gates.suites.srf import reward_model_training_suite, reward_model_validation_suite, rl_optimization_suite
@@ -27,6 +28,7 @@ from tasks.srf.rl_fine_tuning import optimize_rl
 
 
 @flow(name="srf", log_prints=True, persist_result=True)
+@stops_at_gates
 def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     min_gap, max_kl, ngram = (

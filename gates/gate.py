@@ -9,7 +9,10 @@ Flows call it through flows/run.py (`run.gate(stage_result, *suites)`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -20,9 +23,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Failed
 from pydantic import Field
 
-from gates.report import GateReport
+from gates.report import GateReport, md_escape
 from gates.validate import evaluate
 from realign.thresholds import ThresholdsConfig
 
@@ -37,6 +41,29 @@ class GateFailed(Exception):
         if reason:
             msg = f"{msg}\n{reason}"
         super().__init__(msg)
+
+    def __reduce__(self):
+        # Prefect stores a failed run's exception; keep the report when it is pickled and read back.
+        return (GateFailed, (self.report, self.reason))
+
+
+def stops_at_gates(fn: Callable) -> Callable:
+    """Under @flow: a gate's REJECT ends the run Failed with the gate's message as the run's state message, without
+    the tracebacks Prefect logs for an unexpected exception (a REJECT is an expected outcome, not a crash). Calling
+    the flow still raises GateFailed."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GateFailed as exc:
+            return Failed(message=str(exc), data=exc)
+
+    # Resolved types, not the strings of `from __future__ import annotations`: Prefect reads the parameters' types
+    # from this wrapper, whose module does not import the flow's recipe class.
+    run.__annotations__ = typing.get_type_hints(fn)
+    run.__signature__ = inspect.signature(fn, eval_str=True)
+    return run
 
 
 class GateApproval(RunInput):
@@ -54,19 +81,18 @@ def artifact_key(stage: str, suffix: str = "") -> str:
 
 
 def publish(report: GateReport, out_dir: Path | None = None) -> None:
-    """Write gate_<stage>.json beside the stage outputs and, inside a Prefect run, the artifacts."""
+    """Inside a Prefect run, the artifacts (a table and a markdown report; the report's id is kept on `report` so the
+    run summary links to it); then gate_<stage>.json beside the stage outputs."""
+    if FlowRunContext.get() is not None:
+        headline = md_escape(report.headline())  # the UI renders descriptions as markdown too
+        create_table_artifact(key=artifact_key(report.stage), table=report.table_rows(), description=headline)
+        report.artifact_id = str(
+            create_markdown_artifact(
+                key=artifact_key(report.stage, "-summary"), markdown=report.markdown(), description=headline
+            )
+        )
     if out_dir is not None:
         report.write_json(Path(out_dir) / f"gate_{report.stage}.json")
-    if FlowRunContext.get() is None:
-        return
-    create_table_artifact(
-        key=artifact_key(report.stage),
-        table=report.table_rows(),
-        description=report.headline(),
-    )
-    create_markdown_artifact(
-        key=artifact_key(report.stage, "-summary"), markdown=report.markdown(), description=report.headline()
-    )
 
 
 @task(name="gate", task_run_name="gate-{stage}", cache_policy=NO_CACHE)
@@ -77,12 +103,13 @@ def check_gate(
     out_dir: Path | None = None,
     suite_kwargs: Mapping[str, dict] | None = None,
 ) -> GateReport:
-    """Validate the stage outputs, publish the report, raise GateFailed on REJECT."""
+    """Validate the stage outputs, publish the report; on REJECT the task ends Failed with the gate's message (a
+    state, not an exception: one clear line in the log, no traceback) and the report as its data."""
     logger = get_run_logger()
     report = evaluate(stage, tables, thresholds, suite_kwargs)
     publish(report, out_dir)
     if report.tier == "REJECT":
-        raise GateFailed(report)
+        return Failed(message=report.failure_message(), data=report)
     if report.tier == "MEDIUM":
         logger.warning(report.failure_message())
     else:
@@ -107,7 +134,12 @@ def gate(
     flow until a reviewer submits GateApproval on the run's page (rejecting fails the
     run); REJECT fails the gate task and so the flow, with GateFailed's message.
     """
-    report = check_gate(stage, tables, thresholds, out_dir, suite_kwargs)
+    state = check_gate(stage, tables, thresholds, out_dir, suite_kwargs, return_state=True)
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, GateReport):  # the gate itself broke (a bug, a bad table): that is an exception
+        raise report if isinstance(report, BaseException) else RuntimeError(f"gate {stage}: {state.message}")
+    if report.tier == "REJECT":
+        raise GateFailed(report)
     if report.tier != "MEDIUM" or not approve_medium:
         return report
     logger = get_run_logger()

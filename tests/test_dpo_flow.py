@@ -154,6 +154,40 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch):
     import mlx_lm
 
     mlx_lm.load(str(run / "07_evaluation" / "final_model"))
+    check_every_file_the_run_wrote(run)
+
+
+def check_every_file_the_run_wrote(run):
+    """`realign gate check` on each file of the run: a verdict (with the run's own thresholds), or an error that
+    names the file to check instead; never a REJECT that only means 'wrong file'."""
+    from gates.cli import GateInputError, check_file, run_thresholds
+
+    th, _ = run_thresholds(run / "02_preference_data" / "pairs.parquet")
+    assert th.preference.min_pairs == SMALL["thresholds"]["preference"]["min_pairs"]
+    checked, pointed = [], []
+    for path in sorted(p for p in run.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            report = check_file(None, path, th)
+        except GateInputError as exc:
+            assert "gate check" in str(exc) or "check instead" in str(exc), (path, str(exc))
+            pointed.append(path.relative_to(run))
+            continue
+        assert report.tier != "REJECT", (path, report.failure_message())
+        checked.append(str(path.relative_to(run)))
+    for name in (
+        "01_sft_preparation/baseline_metrics.json",
+        "02_preference_data/pairs.parquet",
+        "02_preference_data/stats.json",
+        "03_model_initialization/reference.json",
+        "04_preference_modeling/reward_model.json",
+        "05_dpo_optimization/held_out.json",
+        "06_iterative_training/rounds.json",
+        "07_evaluation/evaluation.json",
+        "07_evaluation/gate_7-evaluation.json",
+    ):
+        assert name in checked, (name, checked)
+    with pytest.raises(GateInputError, match=r"reads chosen_score.*check instead: .*pairs.parquet"):
+        check_file("preference_pairs", run / "02_preference_data" / "train.jsonl", th)
 
 
 @pytest.mark.slow

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
 from prefect.flow_runs import resume_flow_run
 from prefect.testing.utilities import prefect_test_harness
 
-from gates.gate import GateFailed, artifact_key, gate
+from gates.gate import GateFailed, artifact_key, gate, stops_at_gates
 from gates.suites.dpo import preference_pairs_suite
 from realign.thresholds import ThresholdsConfig
 
@@ -42,6 +42,7 @@ SMALL = ThresholdsConfig.model_validate({"preference": {"min_pairs": 10}})
 
 
 @flow(name="gate-probe")
+@stops_at_gates
 def gate_probe(chosen: float, rejected: float, approve_medium: bool, out_dir: str, stage: str) -> str:
     report = gate(
         stage,
@@ -69,15 +70,31 @@ def test_reject_fails_the_run_with_the_gate_message(tmp_path):
         return_state=True,
     )
     assert state.is_failed()
-    assert "GateFailed: Gate 2-preference-data: REJECT" in state.message  # what the UI shows on the run
+    assert state.message.startswith("Gate 2-preference-data: REJECT\n- [REJECT] preference_gap")  # the UI shows it
     with pytest.raises(GateFailed) as info:
         state.result()
     msg = str(info.value)
     assert "Gate 2-preference-data: REJECT" in msg
     assert "preference_gap (mean) = 0.05 (threshold: >= 0.15 HIGH, >= 0.1 MEDIUM)" in msg
     assert "Remedy: Weak preference signal" in msg
+    assert info.value.report.tier == "REJECT" and info.value.report.stage == "2-preference-data"
     saved = json.loads((tmp_path / "gate_2-preference-data.json").read_text())
     assert saved["tier"] == "REJECT"
+    # An expected REJECT is one message, not traceback noise: no log line of the run carries a traceback.
+    logs = _run_logs(state.state_details.flow_run_id, until="Finished in state Failed")
+    assert logs and not [log.message for log in logs if "Traceback" in log.message]
+    assert any("Gate 2-preference-data: REJECT" in log.message for log in logs)
+
+
+def _run_logs(run_id, until: str, timeout: float = 30.0) -> list:
+    """The run's log lines, once the one containing `until` has arrived (logs are shipped in batches)."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as c:
+        while True:
+            logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            if any(until in log.message for log in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
 
 
 def test_high_gate_continues_without_pausing(tmp_path):
@@ -143,11 +160,14 @@ def test_table_artifact_reads_back_through_the_client(tmp_path):
         arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(stage)])))
         assert len(arts) == 1 and arts[0].type == "table"
         rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
+        # Reading order, cells escaped for the UI's markdown (">=" would start a block quote, "_" emphasis).
+        assert list(rows[0])[:5] == ["metric", "value", "threshold", "tier", "remedy"]
         by_metric = {r["metric"]: r for r in rows}
-        assert by_metric["preference_gap (mean)"]["observed"] == "0.4"
-        assert by_metric["preference_gap (mean)"]["tier"] == "HIGH"
-        assert by_metric["pairs"]["observed"] == "20"
+        assert by_metric["preference\\_gap (mean)"]["value"] == "0.4"
+        assert by_metric["preference\\_gap (mean)"]["threshold"] == "\\>= 0.15 HIGH, \\>= 0.1 MEDIUM"
+        assert by_metric["preference\\_gap (mean)"]["tier"] == "HIGH"
+        assert by_metric["pairs"]["value"] == "20"
         summary = c.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(stage, "-summary")]))
         )
-        assert summary[0].type == "markdown" and "Gate `" + stage + "`: **HIGH**" in summary[0].data
+        assert summary[0].type == "markdown" and f"Gate {stage}: **HIGH**" in summary[0].data

@@ -210,6 +210,22 @@ def test_worst_tier_wins_across_suites():
 def test_headline_names_every_metric_that_is_not_high():
     th = ThresholdsConfig.model_validate({"reward_model": {"min_accuracy": 0.7}})
     bad = evaluate("4-preference-modeling", {reward_model_suite: pd.DataFrame({"accuracy": [0.55]})}, th)
-    assert bad.headline() == "Gate 4-preference-modeling: REJECT: reward_accuracy = 0.55 (needs >= 0.7)"
+    # the failing metric first, so a card cut short still names it in full
+    assert bad.headline() == "REJECT: reward_accuracy = 0.55 (needs >= 0.7) · gate 4-preference-modeling"
     good = evaluate("4-preference-modeling", {reward_model_suite: pd.DataFrame({"accuracy": [0.9]})}, th)
-    assert good.headline().startswith("Gate 4-preference-modeling: HIGH (") and "checks passed" in good.headline()
+    assert good.headline() == "HIGH: 2 checks passed · gate 4-preference-modeling"
+
+
+def test_reports_escape_markdown_and_round_for_display_only():
+    from gates.report import md_escape
+
+    assert md_escape(">= 0.15 HIGH | a_b *c* [d]") == "\\>= 0.15 HIGH \\| a\\_b \\*c\\* \\[d\\]"
+    assert md_escape("- x") == "\\- x" and md_escape("1. x") == "1\\. x" and md_escape("1.5") == "1.5"
+    assert md_escape("-3") == "-3" and md_escape("two\nlines") == "two lines"
+    th = ThresholdsConfig.model_validate({"reward_model": {"min_accuracy": 0.7}})
+    r = evaluate("4-preference-modeling", {reward_model_suite: pd.DataFrame({"accuracy": [0.8268333333333334]})}, th)
+    row = next(row for row in r.table_rows() if row["metric"] == "reward\\_accuracy")
+    assert list(row)[:5] == ["metric", "value", "threshold", "tier", "remedy"]
+    assert row["value"] == "0.8268" and row["threshold"] == "\\>= 0.7"
+    assert "| reward\\_accuracy | 0.8268 | \\>= 0.7 | HIGH |" in r.markdown()
+    assert r.model_dump()["outcomes"][-1]["observed"] == 0.8268333333333334  # the JSON keeps full precision

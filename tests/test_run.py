@@ -144,9 +144,35 @@ def test_the_run_summary_artifact_shows_per_round_numbers_and_every_gates_tier()
             "results": {"kl": 0.02},
         },
     )
-    assert "| rl_kl | 0.0208, 0.031 |" in md and "| reward_verifier_spearman | not computed |" in md
+    assert "| rl\\_kl | 0.0208, 0.031 |" in md and "| reward\\_verifier\\_spearman | not computed |" in md
     assert "| 5-rl-fine-tuning | MEDIUM |" in md and "| 1-sft-preparation | HIGH |" in md
     assert "shards" not in md and "a.jsonl" not in md  # empty lists and lists of paths are not table rows
+
+
+def test_the_run_summary_embeds_its_plots_and_links_each_stage_to_its_gate_report(tmp_path):
+    import base64
+
+    from tasks.shared.summary import summary_markdown
+
+    png = tmp_path / "training_curves.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n fake image bytes")
+    md = summary_markdown(
+        str(tmp_path / "run"),
+        {
+            "workflow": "dpo",
+            "tier": "HIGH",
+            "accuracy": 0.8268333333333334,
+            "gate_tiers": {"1-sft-preparation": "HIGH", "2-preference-data": "MEDIUM"},
+            "gate_reports": {"1-sft-preparation": "0f0e", "2-preference-data": None},
+            "stage_seconds": {"1-sft-preparation": 12.345, "2-preference-data": 3.0},
+            "plots": [str(png), str(tmp_path / "gone.png")],
+        },
+    )
+    assert f"![training\\_curves](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})" in md
+    assert "(plot gone.png could not be read" in md  # said, not silently dropped
+    assert "| 1-sft-preparation | HIGH | 12.3 | [gate report](/artifacts/artifact/0f0e) |" in md
+    assert "| 2-preference-data | MEDIUM | 3 |  |" in md
+    assert "| accuracy | 0.8268 |" in md  # rounded for a person; summary.json keeps every digit
 
 
 def test_the_run_directory_keeps_the_resolved_recipe_and_what_produced_it(tmp_path):

@@ -147,8 +147,12 @@ def validate(
 
 @gate_app.command("check")
 def gate_check(
-    file: Path = typer.Argument(..., help="JSONL or Parquet table (rows, or one row of metrics)."),
-    suite: str = typer.Option(..., "--suite", help="Suite name, e.g. preference_pairs, dpo_optimization, evaluation."),
+    file: Path = typer.Argument(
+        ..., help="A file a run wrote (JSONL, Parquet, a JSON of metrics, or a gate_<stage>.json to show), or your own."
+    ),
+    suite: Optional[str] = typer.Option(
+        None, "--suite", help="Suite name, e.g. preference_pairs, evaluation (default: the one the file's columns fit)."
+    ),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="YAML/JSON of ThresholdsConfig overrides."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Stage name for the report (default: the suite)."),
     benchmarks: Optional[list[str]] = typer.Option(
@@ -157,11 +161,17 @@ def gate_check(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write gate_<stage>.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
-    """Run one suite on a file; exit 0 for HIGH, 0 with a warning for MEDIUM, 2 for REJECT."""
-    from gates.cli import GateInputError, check_file, load_thresholds, print_report
+    """Run one suite on a file (or show a gate_<stage>.json); exit 0 for HIGH, 0 with a warning for MEDIUM, 2 for
+    REJECT. A file the suite cannot check is named with what it lacks and the file beside it to check instead."""
+    from gates.cli import GateInputError, check_file, load_thresholds, print_report, run_thresholds
 
     try:
-        report = check_file(suite, file, load_thresholds(thresholds), stage, benchmarks)
+        th = load_thresholds(thresholds)
+        from_run = None if thresholds else run_thresholds(file)
+        if from_run:  # a run's own file is checked against the thresholds its gates used
+            th = from_run[0]
+            err.print(f"thresholds: the run's ({from_run[1]})")
+        report = check_file(suite, file, th, stage, benchmarks)
     except GateInputError as exc:
         _fail(str(exc))
     if out_dir is not None:

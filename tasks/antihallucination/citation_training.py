@@ -21,6 +21,7 @@ from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
 from tasks.antihallucination import AH_STAGES
 from tasks.cache import stage_task, weights_digest
+from tasks.progress import Progress, training_line
 from tasks.stages import StageResult, one_row
 
 
@@ -69,7 +70,10 @@ def train_citations(
     steps = cfg.train.steps
     log.info(f"citation SFT: {len(rows)} rows ({len(bundle.replay)} capability rows), {steps} steps")
 
+    bar = Progress(AH_STAGES.name(3), "citation SFT step", steps)
+
     def progress(row):
+        bar.update(row["step"], training_line(row))
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"SFT step {row['step']}/{steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 

@@ -28,6 +28,7 @@ from realign.train.objectives import preference_loss
 from tasks.antihallucination import AH_STAGES
 from tasks.cache import stage_task, weights_digest
 from tasks.dpo.dpo_optimization import step_line
+from tasks.progress import Progress, training_line
 from tasks.stages import StageResult, one_row
 
 
@@ -117,7 +118,10 @@ def optimize_grounding(
     prepare_model(lm.model, cfg.train)
     steps = cfg.train.steps
 
+    bar = Progress(AH_STAGES.name(5, round), f"round {round} optimisation step", steps)
+
     def progress(row):
+        bar.update(row["step"], training_line(row))
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"round {round} " + step_line(row, steps))
 

@@ -18,6 +18,7 @@ from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
+from tasks.progress import Progress, training_line
 from tasks.stages import StageResult, one_row
 
 
@@ -76,7 +77,10 @@ def optimize_dpo(
     prepare_model(lm.model, cfg.train)
     steps = cfg.train.steps
 
+    bar = Progress(DPO_STAGES.name(5, round), f"round {round} DPO step", steps)
+
     def progress(row):
+        bar.update(row["step"], training_line(row))
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"round {round} " + step_line(row, steps))
 

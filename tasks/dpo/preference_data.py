@@ -16,6 +16,7 @@ from realign.io import write_json, write_parquet
 from realign.score.sampling import PairsConfig
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
+from tasks.progress import Progress
 from tasks.shards import run_shards
 from tasks.stages import StageResult, one_row
 
@@ -75,7 +76,10 @@ def generate_pairs(
         f"(batch {gen_cfg.batch_size})"
     )
 
+    bar = Progress(DPO_STAGES.name(2, round), f"round {round} answers generated", total)
+
     def progress(done, all_):
+        bar.update(done)
         if done == all_ or done % (gen_cfg.batch_size * 10) == 0:
             log.info(f"generated {done}/{all_} answers")
 

@@ -20,6 +20,7 @@ from realign.score.verify import TaskVerifier
 from realign.train.loop import prepare_model, resume_key
 from realign.train.rl import rl_train
 from tasks.cache import stage_task
+from tasks.progress import Progress, training_line
 from tasks.rlvr import RLVR_STAGES
 from tasks.srf.rl_fine_tuning import step_line
 from tasks.stages import StageResult, one_row
@@ -91,7 +92,10 @@ def optimize_rlvr(
         f"{rl.num_generations} samples, reward {reward.name}, beta {rl.beta}; held-out verified rate {before:.3f}"
     )
 
+    bar = Progress(RLVR_STAGES.name(5, round), f"round {round} GRPO step", tc.steps)
+
     def progress(row):
+        bar.update(row["step"], training_line(row))
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(f"round {round} " + step_line(row, tc.steps))
 

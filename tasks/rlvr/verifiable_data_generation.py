@@ -17,6 +17,7 @@ from realign.model.load import load_model
 from realign.recipes.rlvr import SamplesConfig, VerifierConfig
 from realign.score.verify import check_many
 from tasks.cache import stage_task
+from tasks.progress import Progress
 from tasks.rlvr import RLVR_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -65,7 +66,10 @@ def generate_verifiable_data(
     )
     lm = load_model(model_dir)
 
+    bar = Progress(RLVR_STAGES.name(4, round), f"round {round} answers generated", len(tasks) * gen.n)
+
     def progress(done, total):
+        bar.update(done)
         if done == total or done % (gen.batch_size * 10) == 0:
             log.info(f"generated {done}/{total} answers")
 

@@ -57,8 +57,10 @@ def measure_round(
 
 
 def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12, verifier: str | None = None) -> RoundScore:
-    """Round 0: the stage-1 model's target metric, the bar round 1 must clear (judged by `verifier` when given)."""
-    return measure_round(data, model_dir, 0, max_tokens, verifier=verifier)
+    """Round 0: the stage-1 model's target metric, the bar round 1 must clear (judged by `verifier` when given).
+    Named as part of stage 1 in the UI, where it runs (before stage 2), so the task list reads in stage order."""
+    as_stage_1 = measure_round.with_options(task_run_name="1-sft-preparation-baseline")
+    return as_stage_1(data, model_dir, 0, max_tokens, verifier=verifier)
 
 
 def assess_round(

@@ -19,6 +19,7 @@ from realign.train.batches import sft_batches
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
 from tasks.cache import stage_task
+from tasks.progress import Progress, training_line
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
 
@@ -67,7 +68,10 @@ def prepare_sft(
         prepare_model(lm.model, cfg)
         log.info(f"SFT: {len(bundle.sft)} examples, {cfg.steps} steps, batch {cfg.batch_size}")
 
+        bar = Progress(SHARED_STAGES.name(1), "SFT step", cfg.steps)
+
         def progress(row):
+            bar.update(row["step"], training_line(row))
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 

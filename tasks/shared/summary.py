@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import math
 import platform
 import socket
 from pathlib import Path
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from gates.report import md_escape
 from realign.io import write_json
 
 
@@ -18,44 +19,73 @@ def machine_description() -> str:
     return f"{socket.gethostname()} ({platform.system()} {platform.machine()}, {platform.processor() or 'cpu'})"
 
 
-def _cell(value) -> str:
-    """A summary value in a table cell; per-round lists of numbers (SRF's reward model and RL figures) joined."""
-    if isinstance(value, list):
-        return ", ".join("not computed" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+def _number(value) -> str:
+    """A number for a person: 4 significant digits (summary.json keeps full precision)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not computed"
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 
-def summary_markdown(run_dir: str, summary: dict) -> str:
-    """The `run-summary` artifact: verdict, comparisons with intervals, the scalar facts (and per-round lists of
-    numbers), the results and the plots."""
+def _cell(value) -> str:
+    """A summary value in a table cell; per-round lists of numbers (SRF's reward model and RL figures) joined."""
+    if isinstance(value, list):
+        return ", ".join(_number(v) for v in value)
+    return md_escape(_number(value))
+
+
+def _embedded(path: str) -> str:
+    """A PNG plot inline (the UI shows it; a path on the worker's disk would be nothing to a person in a browser)."""
+    p = Path(path)
+    try:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+    except OSError as exc:
+        return f"(plot {md_escape(p.name)} could not be read: {md_escape(str(exc))})"
+    return f"### {md_escape(p.stem.replace('_', ' '))}\n\n![{md_escape(p.stem)}](data:image/png;base64,{data})"
+
+
+def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> str:
+    """The `run-summary` artifact: verdict, comparisons with intervals, every stage's gate (tier, time, a link to its
+    report), the scalar facts (and per-round lists of numbers), the results, and the plots inline."""
     rows = "\n".join(
-        f"| {k} | {_cell(v)} |"
+        f"| {md_escape(k)} | {_cell(v)} |"
         for k, v in summary.items()
         if not isinstance(v, dict)
+        and k not in ("verdict", "comparisons", "plots")
         and not (isinstance(v, list) and not (v and all(isinstance(x, (int, float, type(None))) for x in v)))
     )
-    gates = "\n".join(f"| {stage} | {tier} |" for stage, tier in summary.get("gate_tiers", {}).items())
-    nums = summary.get("results", {})
-    res = "\n".join(f"| {k} | {v} |" for k, v in nums.items())
-    compared = "\n".join(f"- {c['text']}" for c in summary.get("comparisons", []))
+    seconds, links = summary.get("stage_seconds", {}), summary.get("gate_reports", {})
+    gates = "\n".join(
+        f"| {md_escape(stage)} | {tier} | {_number(round(seconds[stage], 1)) if stage in seconds else ''} | "
+        + (f"[gate report](/artifacts/artifact/{links[stage]})" if links.get(stage) else "")
+        + " |"
+        for stage, tier in summary.get("gate_tiers", {}).items()
+    )
+    res = "\n".join(f"| {md_escape(k)} | {md_escape(_number(v))} |" for k, v in summary.get("results", {}).items())
+    compared = "\n".join(f"- {md_escape(c['text'])}" for c in summary.get("comparisons", []))
+    plots = summary.get("plots", [])
+    shown = "\n\n".join(_embedded(p) for p in plots) if embed_plots else ", ".join(f"`{p}`" for p in plots)
+    failure = f"**Failed:** {md_escape(summary['failure'])}\n\n" if summary.get("failure") else ""
     return (
-        f"# {summary['workflow']} run `{Path(run_dir).name}`: **{summary['tier']}**\n\n"
-        f"{summary.get('verdict', '')}\n\n"
+        f"# {summary['workflow']} run {md_escape(Path(run_dir).name)}: **{summary['tier']}**\n\n{failure}"
+        f"{md_escape(summary.get('verdict') or '')}\n\n"
         f"## comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
-        f"## gates\n\n| stage | tier |\n|---|---|\n{gates}\n\n"
-        f"| field | value |\n|---|---|\n{rows}\n\n## results\n\n| metric | value |\n|---|---|\n{res}\n\n"
-        f"Plots: " + ", ".join(f"`{p}`" for p in summary.get("plots", []))
+        f"## stages\n\n| stage | gate | seconds | report |\n|---|---|---|---|\n{gates}\n\n"
+        f"## run\n\n| field | value |\n|---|---|\n{rows}\n\n"
+        f"## results\n\n| metric | value |\n|---|---|\n{res}\n\n"
+        f"## plots\n\n{shown or 'none'}\n"
     )
 
 
-@task(name="summary", cache_policy=NO_CACHE)
 def write_summary(run_dir: str, summary: dict) -> dict:
-    """Write RUN_DIR/summary.json and, inside a flow run, a markdown artifact `run-summary`."""
+    """Write RUN_DIR/summary.json and, inside a flow run, the markdown artifact `run-summary` on the flow run itself
+    (called from the flow, not a task, so the run's page shows it first, not among the tasks' gate reports)."""
     path = write_json(Path(run_dir) / "summary.json", summary)
     if FlowRunContext.get() is not None:
         create_markdown_artifact(
             key="run-summary",
             markdown=summary_markdown(run_dir, summary),
-            description=f"{summary['workflow']} summary",
+            description=f"{summary['workflow']} run {Path(run_dir).name}: {summary['tier']}",
         )
     return {**summary, "summary_path": str(path)}

@@ -16,6 +16,7 @@ from realign.train.held_out import split_pairs
 from realign.train.loop import resume_key
 from realign.train.reward import fit_reward_model, score_pairs
 from tasks.cache import stage_task
+from tasks.progress import Progress
 from tasks.srf import SRF_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -59,7 +60,10 @@ def train_reward_model(
         f"round {round}: reward model on {len(train_pairs)} pairs ({len(val_idx)} held out), {tc.steps} steps, {mode}"
     )
 
+    bar = Progress(SRF_STAGES.name(3, round), f"round {round} reward model step", tc.steps)
+
     def progress(row):
+        bar.update(row["step"], f"loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}")
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(
                 f"reward model step {row['step']}/{tc.steps}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}, "

@@ -21,6 +21,7 @@ from realign.score.verifiers import Verifier
 from realign.train.loop import prepare_model, resume_key
 from realign.train.rl import rl_train
 from tasks.cache import stage_task
+from tasks.progress import Progress, training_line
 from tasks.srf import SRF_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -87,7 +88,10 @@ def optimize_rl(
         f"{rl.num_generations} samples, reward {reward.name}, beta {rl.beta}"
     )
 
+    bar = Progress(SRF_STAGES.name(5, round), f"round {round} RL step", tc.steps)
+
     def progress(row):
+        bar.update(row["step"], training_line(row))
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(f"round {round} " + step_line(row, tc.steps))
 
