@@ -1,6 +1,7 @@
 """`realign gate check` and `realign gates docs` from the command line."""
 
 import json
+import re
 
 import pandas as pd
 
@@ -99,6 +100,14 @@ def test_data_docs_for_a_run(tmp_path):
     html = "".join(p.read_text() for p in pages)
     assert "expect_column_mean_to_be_between" in html or "mean" in html.lower()
     assert "preference_pairs_suite" in index.read_text()
+    # offline: nothing loads from the network, every page links the local stylesheet, the run's name is shown
+    for page in [index, *pages]:
+        text = page.read_text()
+        assert not re.search(r"<(link|script|img)\b[^>]*(href|src)=[\"']https?://", text), page
+        assert "static/realign/gate_docs.css" in text
+    assert (run / "gate_docs" / "static" / "realign" / "gate_docs.css").stat().st_size > 1000
+    assert "__none__" not in html and "2b-low-gap" in html  # GX's Run Name is the stage, not __none__
+    assert "Gate reports of run run" in index.read_text() and 'class="realign-tier-REJECT"' in index.read_text()
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # temporary build dirs removed
     empty = run_cli("gates", "docs", str(tmp_path / "nothing"))
     assert empty.returncode == 2 and "no gate_<stage>.json files found" in empty.stderr
