@@ -35,8 +35,8 @@ from tasks.shared.sft_preparation import prepare_sft
 JUDGE = "grounded"  # stages 1, 6 and 7: the right answer (citations aside) or the abstention where one is due
 
 
-@flow(name="antihallucination", log_prints=True, persist_result=True)
 @stops_at_gates
+@flow(name="antihallucination", log_prints=True, persist_result=True)
 def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinationWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram
@@ -58,7 +58,7 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
         # 3. Citation training: SFT on the cited answers and abstentions; factuality on held-out questions.
         s3 = run.gate(train_citations(c.citation, data, s2.sft_path, start, run.dir, tokens), citation_training_suite)
         # Round 0 of stage 6 is the citation-trained model: the rounds must improve on it.
-        baseline = measure_baseline(data, s3.model_dir, tokens, JUDGE)
+        baseline = measure_baseline(data, s3.model_dir, tokens, JUDGE, after=s3.stage)
 
         model_dir, rounds, first, steps, chosen = s3.model_dir, [], None, 0, None
         for rnd in range(1, c.iterations.max_rounds + 1):

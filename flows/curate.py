@@ -36,8 +36,8 @@ def plan_for(request: str, model_dir: str | None, examples: int) -> dict:
     return make_plan(model, examples).as_dict() if model else {}
 
 
-@flow(name="curate", log_prints=True)
 @stops_at_gates
+@flow(name="curate", log_prints=True)
 def curate(
     request: str,
     config: DPOWorkflowConfig = DPOWorkflowConfig(),

@@ -29,8 +29,8 @@ from tasks.shared.iterative_training import assess_round, measure_baseline, reco
 from tasks.shared.sft_preparation import prepare_sft
 
 
-@flow(name="dpo", log_prints=True, persist_result=True)
 @stops_at_gates
+@flow(name="dpo", log_prints=True, persist_result=True)
 def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     min_gap, max_kl = th.preference.min_preference_gap, th.optimization.max_kl

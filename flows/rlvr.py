@@ -30,8 +30,8 @@ from tasks.shared.iterative_training import assess_round, measure_baseline, reco
 from tasks.shared.sft_preparation import prepare_sft
 
 
-@flow(name="rlvr", log_prints=True, persist_result=True)
 @stops_at_gates
+@flow(name="rlvr", log_prints=True, persist_result=True)
 def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     max_kl, ngram = th.optimization.max_kl, th.evaluation.decontamination_ngram

@@ -27,8 +27,8 @@ from tasks.srf.reward_model_validation import validate_reward_model
 from tasks.srf.rl_fine_tuning import optimize_rl
 
 
-@flow(name="srf", log_prints=True, persist_result=True)
 @stops_at_gates
+@flow(name="srf", log_prints=True, persist_result=True)
 def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
     c, th, data, tokens = config, config.thresholds, config.data, config.eval_max_tokens
     min_gap, max_kl, ngram = (

@@ -140,7 +140,8 @@ def run_thresholds(file: Path) -> tuple[ThresholdsConfig, Path] | None:
         recipe = parent / "recipe.json"
         if recipe.is_file():
             try:
-                th = json.loads(recipe.read_text()).get("thresholds")
+                saved = json.loads(recipe.read_text())
+                th = saved.get("thresholds") if isinstance(saved, dict) else None
                 return (ThresholdsConfig.model_validate(th), recipe) if isinstance(th, dict) else None
             except (OSError, ValueError):
                 return None
@@ -221,7 +222,10 @@ def check_file(
     if suite is not None and suite not in SUITES:
         raise GateInputError(f"unknown suite '{suite}'; known: {', '.join(SUITES)}")
     if is_gate_report(file):
-        return GateReport.model_validate(_read_json(file))
+        try:
+            return GateReport.model_validate(_read_json(file))
+        except ValueError as exc:
+            raise GateInputError(f"{file}: not a readable gate report ({exc})") from exc
     if file.suffix.lower() not in (".jsonl", ".json", ".parquet", ".pq"):
         raise GateInputError(f"{file}: not a table (gate check reads JSONL, Parquet or JSON); {instead(file, suite)}")
     candidates = load_frames(file)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import re
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import Flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -47,10 +48,14 @@ class GateFailed(Exception):
         return (GateFailed, (self.report, self.reason))
 
 
-def stops_at_gates(fn: Callable) -> Callable:
-    """Under @flow: a gate's REJECT ends the run Failed with the gate's message as the run's state message, without
+def stops_at_gates(target: Flow | Callable) -> Flow | Callable:
+    """Over @flow: a gate's REJECT ends the run Failed with the gate's message as the run's state message, without
     the tracebacks Prefect logs for an unexpected exception (a REJECT is an expected outcome, not a crash). Calling
-    the flow still raises GateFailed."""
+    the flow still raises GateFailed.
+
+    Given a Flow, only the function it calls is wrapped: its parameters, name and version (a hash of the flow's own
+    file) stay the flow's. Given a function (a test's flow), the wrapper is returned."""
+    fn = target.fn if isinstance(target, Flow) else target
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -63,7 +68,23 @@ def stops_at_gates(fn: Callable) -> Callable:
     # from this wrapper, whose module does not import the flow's recipe class.
     run.__annotations__ = typing.get_type_hints(fn)
     run.__signature__ = inspect.signature(fn, eval_str=True)
+    if isinstance(target, Flow):
+        target.fn = run
+        return target
     return run
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect logs a task that returned a Failed state with exc_info=True and no exception, which prints a
+    'NoneType: None' line under the gate's message; drop the empty exception info, keep the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 
 
 class GateApproval(RunInput):
@@ -81,18 +102,23 @@ def artifact_key(stage: str, suffix: str = "") -> str:
 
 
 def publish(report: GateReport, out_dir: Path | None = None) -> None:
-    """Inside a Prefect run, the artifacts (a table and a markdown report; the report's id is kept on `report` so the
-    run summary links to it); then gate_<stage>.json beside the stage outputs."""
-    if FlowRunContext.get() is not None:
-        headline = md_escape(report.headline())  # the UI renders descriptions as markdown too
-        create_table_artifact(key=artifact_key(report.stage), table=report.table_rows(), description=headline)
-        report.artifact_id = str(
-            create_markdown_artifact(
-                key=artifact_key(report.stage, "-summary"), markdown=report.markdown(), description=headline
-            )
+    """gate_<stage>.json beside the stage outputs (first: the verdict is on disk whatever the API does) and, inside a
+    Prefect run, the artifacts (a table and a markdown report, whose id is kept on `report` and in the JSON so the run
+    summary links to it)."""
+    path = Path(out_dir) / f"gate_{report.stage}.json" if out_dir is not None else None
+    if path is not None:
+        report.write_json(path)
+    if FlowRunContext.get() is None:
+        return
+    headline = md_escape(report.headline())  # the UI renders descriptions as markdown too
+    create_table_artifact(key=artifact_key(report.stage), table=report.table_rows(), description=headline)
+    report.artifact_id = str(
+        create_markdown_artifact(
+            key=artifact_key(report.stage, "-summary"), markdown=report.markdown(), description=headline
         )
-    if out_dir is not None:
-        report.write_json(Path(out_dir) / f"gate_{report.stage}.json")
+    )
+    if path is not None:
+        report.write_json(path)
 
 
 @task(name="gate", task_run_name="gate-{stage}", cache_policy=NO_CACHE)
@@ -150,7 +176,9 @@ def gate(
     decision = "approved" if approval.approve else "rejected"
     note = f"MEDIUM gate {decision} by {approval.reviewer}" + (f": {approval.comment}" if approval.comment else "")
     report = report.model_copy(update={"approval": note})
-    create_markdown_artifact(key=artifact_key(stage, "-approval"), markdown=f"**{note}**\n\n{report.markdown()}")
+    create_markdown_artifact(
+        key=artifact_key(stage, "-approval"), markdown=f"**{md_escape(note)}**\n\n{report.markdown()}"
+    )
     if out_dir is not None:
         report.write_json(Path(out_dir) / f"gate_{stage}.json")
     if not approval.approve:

@@ -116,7 +116,6 @@ class SRFTiers(_Strict):
 
     preference_gap: PreferenceGapBand
     agreement_rate: AgreementRateBand
-    quality_score: QualityScoreBand
 
 
 class RLVRTiers(_Strict):
@@ -292,7 +291,24 @@ class ThresholdsConfig(_Strict):
 
 
 class WorkflowThresholds(_Strict):
-    """A workflow's own thresholds (its recipe shows only these); `full()` is the table the gates read."""
+    """A workflow's own thresholds (its recipe shows only these); `full()` is the table the gates read.
+
+    A recipe written with the full table (an earlier run's recipe.json, `realign gate check --thresholds` files) still
+    loads: sections and bands of other workflows, which this one never reads, are dropped; an unknown name is still an
+    error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_other_workflows(cls, data):
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields)
+        data = {k: v for k, v in data.items() if k in own or k not in ThresholdsConfig.model_fields}
+        tiers, tier_cls = data.get("tiers"), cls.model_fields["tiers"].annotation
+        if isinstance(tiers, dict):
+            keep = set(tier_cls.model_fields)
+            data["tiers"] = {k: v for k, v in tiers.items() if k in keep or k not in TiersConfig.model_fields}
+        return data
 
     def full(self) -> ThresholdsConfig:
         """Every threshold: this workflow's values, the defaults of sections it does not use."""

@@ -104,10 +104,7 @@ def test_each_workflow_form_shows_only_its_own_thresholds():
         common | {"preference", "reference", "reward_model"},
         {"preference_gap", "agreement_rate"},
     )
-    assert sections["srf-demo"] == (
-        common | {"preference", "reward_model"},
-        {"preference_gap", "agreement_rate", "quality_score"},
-    )
+    assert sections["srf-demo"] == (common | {"preference", "reward_model"}, {"preference_gap", "agreement_rate"})
     assert sections["rlvr-demo"] == (common | {"verifiable"}, {"verifiability"})
     assert sections["antihallucination-demo"] == (common | {"factuality"}, {"calibration_error"})
 
@@ -129,3 +126,18 @@ def test_the_form_is_grouped_model_data_stages_thresholds():
         "Thresholds",
     ]
     assert all(p.get("description") for p in props.values())
+
+
+def test_a_recipe_with_the_full_threshold_table_still_loads():
+    """An earlier run's recipe.json (or a thresholds file written for `gate check`) holds every workflow's sections:
+    the other workflows' are dropped, never an error; a misspelt name still is."""
+    from realign.recipes.dpo import DPOWorkflowConfig
+    from realign.thresholds import ThresholdsConfig
+
+    saved = DPOWorkflowConfig().model_dump(mode="json")
+    saved["thresholds"] = ThresholdsConfig.model_validate({"preference": {"min_pairs": 7}}).model_dump(mode="json")
+    loaded = DPOWorkflowConfig.model_validate(saved)
+    assert loaded.thresholds.preference.min_pairs == 7 and not hasattr(loaded.thresholds, "verifiable")
+    saved["thresholds"]["prefrence"] = {"min_pairs": 7}
+    with pytest.raises(ValueError, match="prefrence"):
+        DPOWorkflowConfig.model_validate(saved)

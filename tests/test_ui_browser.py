@@ -6,6 +6,7 @@ Screenshots of every step go to test-output/browser/<test>/.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -131,9 +132,23 @@ def test_rejected_gate_fixed_in_the_data_and_retried_from_the_ui(stack, client, 
         open_run(page, stack, run.id, "Failed")
         shot("failed")
         page.get_by_text("Artifacts", exact=True).first.click()
-        card = page.get_by_text(re.compile(r"Gate 2-preference-data: REJECT: pairs = 0 \(needs >= 20\)")).first
+        # the card names the failing metric first, in full
+        card = page.get_by_text(re.compile(r"^REJECT: pairs = 0 \(needs >= 20\)")).first
         card.wait_for(timeout=30_000)
-        shot("gate-report-artifact")
+        shot("gate-report-artifacts")
+        page.get_by_text("gate-2-preference-data", exact=True).first.click()
+        table = page.locator("table").first
+        table.wait_for(timeout=30_000)
+        headers = [h.strip().lower() for h in table.locator("th").all_inner_texts()]
+        assert headers[:5] == ["metric", "value", "threshold", "tier", "remedy"], headers
+        row = table.locator("tr", has=page.get_by_text("pairs", exact=True)).first
+        cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+        assert cells[:4] == ["pairs", "0", ">= 20", "REJECT"], cells  # ">= 20" as text, not a block quote
+        assert cells[4].startswith("Insufficient data"), cells
+        assert table.locator("blockquote").count() == 0
+        shot("gate-report-table")
+        page.go_back()
+        page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text("gate-2-preference-data-summary", exact=True).first.click()
         page.get_by_text(re.compile(r"Insufficient data")).first.wait_for(timeout=30_000)
         shot("gate-report-opened")
@@ -150,6 +165,20 @@ def test_rejected_gate_fixed_in_the_data_and_retried_from_the_ui(stack, client, 
         page.get_by_text("Task Runs", exact=True).first.click()
         page.get_by_text("Cached", exact=True).first.wait_for(timeout=30_000)
         shot("completed-after-retry")
+        # the run's summary sits on the flow run, its plots drawn on the page
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("Flow run", exact=True).first.wait_for(timeout=30_000)  # the summary is the flow run's own
+        shot("run-artifacts")
+        (summary,) = artifacts(client, "run-summary", run.id)
+        assert summary.task_run_id is None
+        page.goto(f"{stack.ui_url}/artifacts/artifact/{summary.id}")
+        page.locator("img[alt='training_curves']").first.wait_for(timeout=30_000)
+        widths = page.evaluate(
+            "Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).map(i => i.naturalWidth)"
+        )
+        assert len(widths) >= 2 and min(widths) > 100, widths
+        page.get_by_text("gate report", exact=True).first.wait_for(timeout=30_000)
+        shot("run-summary-plots")
 
     second = [(name, state) for name, state, count in task_states(client, run.id) if count == 2]
     states = dict(second)
@@ -193,3 +222,168 @@ def test_medium_gate_pauses_and_is_approved_in_the_resume_form(stack, client, tm
         shot("completed")
     approval = artifacts(client, "gate-2-preference-data-approval", run.id)
     assert approval and "approved by ci-reviewer: agreement is fine for this task" in approval[0].data
+
+
+DEMOS = {"dpo-demo": "dpo", "srf-demo": "srf", "rlvr-demo": "rlvr", "antihallucination-demo": "antihallucination"}
+
+
+def open_form(page, stack, client, deployment: str):
+    """The deployment's Run -> Custom run form, loaded."""
+    dep = client.read_deployment_by_name(f"{DEMOS[deployment]}/{deployment}")
+    page.goto(f"{stack.ui_url}/deployments/deployment/{dep.id}/run")
+    page.get_by_text("Parameters", exact=True).first.wait_for(timeout=30_000)
+    page.get_by_text("Stage 1 · SFT preparation (Optional)").first.wait_for(timeout=30_000)
+    return dep
+
+
+def runs_of(client, deployment_id) -> set:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    flt = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    return {r.id for r in client.read_flow_runs(deployment_filter=flt, limit=200)}
+
+
+def submit_form(page, client, deployment_id):
+    """Press the form's Submit (the UI then shows the deployment's runs): the id of the run it created."""
+    before = runs_of(client, deployment_id)
+    page.locator("button[type=submit]").last.click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = runs_of(client, deployment_id) - before
+        if new:
+            (run_id,) = new
+            return run_id
+        time.sleep(0.5)
+    raise AssertionError("submitting the form created no run")
+
+
+def wait_for_task(client, run_id, name: str, timeout: float = 600):
+    """Until the run's task `name` has Completed (AssertionError naming what happened otherwise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {n: s for n, s, _ in task_states(client, run_id)}
+        if states.get(name) == "Completed":
+            return
+        run = client.read_flow_run(run_id)
+        if run.state and run.state.is_final():
+            raise AssertionError(f"run ended {run.state.name} before {name} completed: {run.state.message}")
+        time.sleep(2)
+    raise AssertionError(f"{name} not completed after {timeout}s: {task_states(client, run_id)}")
+
+
+def cancel(client, run_id):
+    """Stop a run the test has seen enough of (the worker kills its process), and wait until it has."""
+    from prefect.states import Cancelling
+
+    client.set_flow_run_state(run_id, Cancelling(), force=True)
+    wait_for(client, run_id, {"Cancelled"}, timeout=120)
+
+
+@pytest.mark.timeout(1500)  # four demos' stage 1, one after the other (about 2.5 minutes each on 2 cores)
+def test_each_demo_form_submitted_unchanged_runs_the_recipe_and_passes_gate_1(stack, client, tmp_path):
+    """The Custom run form of every demo, submitted as it opens: the run gets the deployment's recipe (not each
+    class's own defaults) and passes gate 1; while stage 1 trains, its progress is on the run's page."""
+    from realign.recipes.antihallucination import AntiHallucinationWorkflowConfig
+    from realign.recipes.dpo import DPOWorkflowConfig
+    from realign.recipes.rlvr import RLVRWorkflowConfig
+    from realign.recipes.srf import SRFWorkflowConfig
+
+    recipes = {
+        "dpo-demo": DPOWorkflowConfig,
+        "srf-demo": SRFWorkflowConfig,
+        "rlvr-demo": RLVRWorkflowConfig,
+        "antihallucination-demo": AntiHallucinationWorkflowConfig,
+    }
+    with browser(tmp_path / "chromium") as page:
+        shot = Shots(page, "demo-forms")
+        for deployment, cls in recipes.items():
+            dep = open_form(page, stack, client, deployment)
+            shot(f"{deployment}-form")
+            run_id = submit_form(page, client, dep.id)
+            run = client.read_flow_run(run_id)
+            run_dir = REPO / "runs" / run.name  # runs_root is the demo's own: the worker's checkout
+            try:
+                submitted = cls.model_validate(run.parameters["config"])
+                assert submitted == cls.model_validate(dep.parameters["config"]), deployment
+                if deployment == "dpo-demo":
+                    # progress during training: the stage-1 progress artifact, updated while SFT runs
+                    open_run(page, stack, run_id, "Running")
+                    page.get_by_text("Artifacts", exact=True).first.click()
+                    page.get_by_text("progress-1-sft-preparation", exact=True).first.click(timeout=180_000)
+                    page.get_by_text(re.compile(r"SFT step \d+/300")).first.wait_for(timeout=60_000)
+                    page.get_by_text(re.compile(r"Progress: \d+%")).first.wait_for(timeout=30_000)
+                    shot("training-progress")
+                wait_for_task(client, run_id, "gate-1-sft-preparation")
+                open_run(page, stack, run_id, "Running")
+                page.get_by_text("Task Runs", exact=True).first.click()
+                page.get_by_text("gate-1-sft-preparation", exact=True).first.wait_for(timeout=30_000)
+                shot(f"{deployment}-gate-1-passed")
+                saved = json.loads((run_dir / "recipe.json").read_text())
+                assert saved == submitted.model_dump(mode="json")
+            finally:
+                cancel(client, run_id)
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_field_changed_in_the_form_is_in_the_runs_saved_recipe(stack, client, tmp_path):
+    runs_root = tmp_path / "my-runs"
+    with browser(tmp_path / "chromium") as page:
+        shot = Shots(page, "changed-form")
+        dep = open_form(page, stack, client, "dpo-demo")
+        field = page.get_by_label("Runs Root (Optional)")
+        field.fill(str(runs_root))
+        shot("runs-root-changed")
+        run_id = submit_form(page, client, dep.id)
+    try:
+        run = client.read_flow_run(run_id)
+        assert run.parameters["config"]["runs_root"] == str(runs_root)
+        recipe = runs_root / run.name / "recipe.json"
+        deadline = time.monotonic() + 180
+        while not recipe.is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+        saved = json.loads(recipe.read_text())
+        assert saved["runs_root"] == str(runs_root) and saved["sft"]["train"]["steps"] == 300
+    finally:
+        cancel(client, run_id)
+
+
+def test_a_cli_run_reports_to_the_server_in_prefect_api_url(stack, client, tmp_path):
+    """`make demo` / `realign run` with PREFECT_API_URL set: the run, its gate's REJECT (one message, no
+    traceback) and its artifacts are in that server's UI."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "fail.yaml"  # quick: no SFT, a perplexity bound nothing meets, so gate 1 REJECTs
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "sft": {"enabled": False},
+                "data": {"n_eval": 10, "n_dev": 10, "n_prompts": 10, "n_prompts_benchmark": 0},
+                "thresholds": {"sft": {"max_perplexity": 1.0001}},
+            }
+        )
+    )
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    cmd = [sys.executable, "-m", "realign.cli", "run", "dpo", "--config", str(recipe), "--run-name", "from-cli"]
+    proc = subprocess.run(
+        [*cmd, "--runs-root", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"reporting to the Prefect server at {stack.api_url}" in proc.stdout
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    (run,) = [
+        r for r in client.read_flow_runs(limit=200) if r.parameters.get("config", {}).get("run_name") == "from-cli"
+    ]
+    assert run.state.name == "Failed" and run.state.message.startswith("Gate 1-sft-preparation: REJECT")
+    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert not [log.message for log in logs if "Traceback" in log.message]
+    with browser(tmp_path / "chromium") as page:
+        shot = Shots(page, "cli-run")
+        open_run(page, stack, run.id, "Failed")
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text(re.compile(r"^REJECT: perplexity = [\d.]+ \(needs < 1\.0001\)")).first.wait_for(timeout=30_000)
+        shot("rejected-at-gate-1")

@@ -163,11 +163,11 @@ def gate_check(
 ) -> None:
     """Run one suite on a file (or show a gate_<stage>.json); exit 0 for HIGH, 0 with a warning for MEDIUM, 2 for
     REJECT. A file the suite cannot check is named with what it lacks and the file beside it to check instead."""
-    from gates.cli import GateInputError, check_file, load_thresholds, print_report, run_thresholds
+    from gates.cli import GateInputError, check_file, is_gate_report, load_thresholds, print_report, run_thresholds
 
     try:
         th = load_thresholds(thresholds)
-        from_run = None if thresholds else run_thresholds(file)
+        from_run = None if thresholds or is_gate_report(file) else run_thresholds(file)
         if from_run:  # a run's own file is checked against the thresholds its gates used
             th = from_run[0]
             err.print(f"thresholds: the run's ({from_run[1]})")
@@ -684,6 +684,20 @@ def _run_workflow(workflow: str, recipe: Path, run_name: str | None, runs_root: 
 
     run_flow = getattr(importlib.import_module(flow_module), flow_name)
     start_watchdog()  # killed by any means, this command leaves no temporary Prefect server behind
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()  # the environment's, or the active Prefect profile's
+    if api:
+        # Prefect reports to the server PREFECT_API_URL names: the run shows in its UI like a deployment's run.
+        out.print(f"reporting to the Prefect server at {api}: the run appears under Runs in its UI")
+    else:
+        from realign.cli.server import who_listens
+
+        if who_listens(4200) == "a Prefect server (its /api/health answers)":
+            out.print(
+                "a Prefect server answers on 127.0.0.1:4200, but this run reports to a temporary one; to watch it in "
+                "that UI: export PREFECT_API_URL=http://127.0.0.1:4200/api (then make demo / realign run again)"
+            )
     state = run_flow(cfg, return_state=True)
     if not state.is_completed():
         # Only this run's own summary (written when its last gate rejected), never one a previous run left there.

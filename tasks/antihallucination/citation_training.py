@@ -73,7 +73,7 @@ def train_citations(
     bar = Progress(AH_STAGES.name(3), "citation SFT step", steps)
 
     def progress(row):
-        bar.update(row["step"], training_line(row))
+        bar.update(row["step"], training_line(row), row)
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"SFT step {row['step']}/{steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
@@ -87,6 +87,7 @@ def train_citations(
         callback=progress,
         resume_key=key,
     )
+    bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
     history = pd.DataFrame(result.history)

@@ -121,7 +121,7 @@ def optimize_grounding(
     bar = Progress(AH_STAGES.name(5, round), f"round {round} optimisation step", steps)
 
     def progress(row):
-        bar.update(row["step"], training_line(row))
+        bar.update(row["step"], training_line(row), row)
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"round {round} " + step_line(row, steps))
 
@@ -140,6 +140,7 @@ def optimize_grounding(
         callback=progress,
         resume_key=key,
     )
+    bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
     history = pd.DataFrame(result.history)

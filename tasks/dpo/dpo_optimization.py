@@ -80,7 +80,7 @@ def optimize_dpo(
     bar = Progress(DPO_STAGES.name(5, round), f"round {round} DPO step", steps)
 
     def progress(row):
-        bar.update(row["step"], training_line(row))
+        bar.update(row["step"], training_line(row), row)
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
             log.info(f"round {round} " + step_line(row, steps))
 
@@ -103,6 +103,7 @@ def optimize_dpo(
         callback=progress,
         resume_key=key,
     )
+    bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
     if result.resumed_from:

@@ -95,7 +95,7 @@ def optimize_rlvr(
     bar = Progress(RLVR_STAGES.name(5, round), f"round {round} GRPO step", tc.steps)
 
     def progress(row):
-        bar.update(row["step"], training_line(row))
+        bar.update(row["step"], training_line(row), row)
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(f"round {round} " + step_line(row, tc.steps))
 
@@ -114,6 +114,7 @@ def optimize_rlvr(
         callback=progress,
         resume_key=key,
     )
+    bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
     history = pd.DataFrame(result.history)

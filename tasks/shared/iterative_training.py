@@ -56,11 +56,18 @@ def measure_round(
     return score
 
 
-def measure_baseline(data: DataConfig, model_dir: str, max_tokens: int = 12, verifier: str | None = None) -> RoundScore:
-    """Round 0: the stage-1 model's target metric, the bar round 1 must clear (judged by `verifier` when given).
-    Named as part of stage 1 in the UI, where it runs (before stage 2), so the task list reads in stage order."""
-    as_stage_1 = measure_round.with_options(task_run_name="1-sft-preparation-baseline")
-    return as_stage_1(data, model_dir, 0, max_tokens, verifier=verifier)
+def measure_baseline(
+    data: DataConfig,
+    model_dir: str,
+    max_tokens: int = 12,
+    verifier: str | None = None,
+    after: str = "1-sft-preparation",
+) -> RoundScore:
+    """Round 0: the target metric of the model the rounds start from, the bar round 1 must clear (judged by
+    `verifier` when given). Named in the UI after the stage whose model it measures (`after`), where it runs, so the
+    task list reads in stage order."""
+    as_stage = measure_round.with_options(task_run_name=f"{after}-baseline")
+    return as_stage(data, model_dir, 0, max_tokens, verifier=verifier)
 
 
 def assess_round(

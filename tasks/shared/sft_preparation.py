@@ -71,13 +71,14 @@ def prepare_sft(
         bar = Progress(SHARED_STAGES.name(1), "SFT step", cfg.steps)
 
         def progress(row):
-            bar.update(row["step"], training_line(row))
+            bar.update(row["step"], training_line(row), row)
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
         key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
         batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
         result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
+        bar.finish(result.steps_done, result.reason)
         if result.resume_warning:
             log.warning(result.resume_warning)
         steps = result.steps_done

@@ -19,6 +19,10 @@ def machine_description() -> str:
     return f"{socket.gethostname()} ({platform.system()} {platform.machine()}, {platform.processor() or 'cpu'})"
 
 
+# Summary fields that are not measurements: None there means "none", not "not computed".
+_NOT_METRICS = ("flow_run_id", "final_model", "cost_note", "run_dir", "machine")
+
+
 def _number(value) -> str:
     """A number for a person: 4 significant digits (summary.json keeps full precision)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -49,10 +53,10 @@ def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> s
     """The `run-summary` artifact: verdict, comparisons with intervals, every stage's gate (tier, time, a link to its
     report), the scalar facts (and per-round lists of numbers), the results, and the plots inline."""
     rows = "\n".join(
-        f"| {md_escape(k)} | {_cell(v)} |"
+        f"| {md_escape(k)} | {_cell(v) if v is not None or k not in _NOT_METRICS else 'none'} |"
         for k, v in summary.items()
         if not isinstance(v, dict)
-        and k not in ("verdict", "comparisons", "plots")
+        and k not in ("verdict", "comparisons", "plots", "failure")  # shown above the tables
         and not (isinstance(v, list) and not (v and all(isinstance(x, (int, float, type(None))) for x in v)))
     )
     seconds, links = summary.get("stage_seconds", {}), summary.get("gate_reports", {})

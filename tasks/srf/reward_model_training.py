@@ -63,7 +63,7 @@ def train_reward_model(
     bar = Progress(SRF_STAGES.name(3, round), f"round {round} reward model step", tc.steps)
 
     def progress(row):
-        bar.update(row["step"], f"loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}")
+        bar.update(row["step"], f"loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}", row)
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(
                 f"reward model step {row['step']}/{tc.steps}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}, "

@@ -91,7 +91,7 @@ def optimize_rl(
     bar = Progress(SRF_STAGES.name(5, round), f"round {round} RL step", tc.steps)
 
     def progress(row):
-        bar.update(row["step"], training_line(row))
+        bar.update(row["step"], training_line(row), row)
         if row["step"] % max(1, tc.steps // 10) == 0 or row["step"] == tc.steps:
             log.info(f"round {round} " + step_line(row, tc.steps))
 
@@ -109,6 +109,7 @@ def optimize_rl(
         callback=progress,
         resume_key=key,
     )
+    bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
     if result.resumed_from:
