@@ -168,7 +168,7 @@ def test_the_run_summary_embeds_its_plots_and_links_each_stage_to_its_gate_repor
             "plots": [str(png), str(tmp_path / "gone.png")],
         },
     )
-    assert f"![training\\_curves](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})" in md
+    assert f"![training_curves](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})" in md
     assert "(plot gone.png could not be read" in md  # said, not silently dropped
     assert "| 1-sft-preparation | HIGH | 12.3 | [gate report](/artifacts/artifact/0f0e) |" in md
     assert "| 2-preference-data | MEDIUM | 3 |  |" in md

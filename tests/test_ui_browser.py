@@ -330,7 +330,11 @@ def test_a_field_changed_in_the_form_is_in_the_runs_saved_recipe(stack, client, 
     with browser(tmp_path / "chromium") as page:
         shot = Shots(page, "changed-form")
         dep = open_form(page, stack, client, "dpo-demo")
-        field = page.get_by_label("Runs Root (Optional)")
+        # the input of the form property whose label is "Runs Root"
+        field = page.locator(
+            "xpath=//span[contains(@class, 'schema-form-property__label') and normalize-space()='Runs Root (Optional)']"
+            "/ancestor::div[contains(concat(' ', @class, ' '), ' schema-form-property ')][1]//textarea"
+        )
         field.fill(str(runs_root))
         shot("runs-root-changed")
         run_id = submit_form(page, client, dep.id)
@@ -387,3 +391,46 @@ def test_a_cli_run_reports_to_the_server_in_prefect_api_url(stack, client, tmp_p
         page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text(re.compile(r"^REJECT: perplexity = [\d.]+ \(needs < 1\.0001\)")).first.wait_for(timeout=30_000)
         shot("rejected-at-gate-1")
+
+
+def test_data_docs_render_styled_with_the_network_off(tmp_path):
+    """`realign gates docs`: opened from disk with every network request refused, the pages are styled by the local
+    stylesheet and the index lists every gate with its tier."""
+    from test_gate_cli import write_pairs
+
+    from gates.cli import check_file
+    from realign.thresholds import ThresholdsConfig
+
+    run = tmp_path / "run"
+    for stage, gap in (("2-preference-data", 0.2), ("2b-low-gap", 0.05)):
+        report = check_file(
+            "preference_pairs", write_pairs(tmp_path / f"{stage}.jsonl", 1000, gap), ThresholdsConfig(), stage
+        )
+        report.write_json(run / stage / f"gate_{stage}.json")
+    from gates.docs import build_data_docs
+
+    index = build_data_docs(run)
+    with browser(tmp_path / "chromium") as page:
+        shot = Shots(page, "data-docs")
+        refused = []
+
+        def offline(route):
+            if route.request.url.startswith("file:"):
+                return route.continue_()
+            refused.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", offline)
+        page.goto(index.as_uri())
+        page.locator("#realign-gates tbody tr").nth(1).wait_for(timeout=30_000)
+        sheets = page.evaluate("Array.from(document.styleSheets).map(s => s.href)")
+        assert any(h and h.startswith("file:") and h.endswith("static/realign/gate_docs.css") for h in sheets), sheets
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(245, 247, 250)"
+        assert page.get_by_text("REJECT", exact=True).count() == 1 and page.get_by_text("HIGH", exact=True).count() == 1
+        shot("index")
+        page.get_by_role("link", name="preference_pairs_suite").first.click()
+        page.get_by_text("Run Name").first.wait_for(timeout=30_000)
+        assert page.evaluate("getComputedStyle(document.querySelector('.card')).borderTopLeftRadius") == "6px"
+        assert page.get_by_text("__none__").count() == 0
+        shot("validation-page")
+    assert refused == []  # nothing even tried the network

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 import platform
+import re
 import socket
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def _embedded(path: str) -> str:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
     except OSError as exc:
         return f"(plot {md_escape(p.name)} could not be read: {md_escape(str(exc))})"
-    return f"### {md_escape(p.stem.replace('_', ' '))}\n\n![{md_escape(p.stem)}](data:image/png;base64,{data})"
+    alt = re.sub(r"[^\w -]", "", p.stem)  # the UI shows alt text literally: no escapes, nothing markdown reads
+    return f"### {md_escape(p.stem.replace('_', ' '))}\n\n![{alt}](data:image/png;base64,{data})"
 
 
 def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> str:
