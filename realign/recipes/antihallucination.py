@@ -6,17 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from realign.data.datasets import GroundedDataConfig
 from realign.model.generate import GenerationConfig
 from realign.recipes.common import (
+    EvalMaxTokens,
     IterationConfig,
-    ModelSpec,
     Recipe,
-    RunName,
     SFTStageConfig,
-    input_problems,
+    WorkflowRecipe,
     load_recipe,
 )
 from realign.recipes.dpo import DPOStageConfig
@@ -50,20 +49,10 @@ class DetectionStageConfig(Recipe):
     )
 
 
-class AntiHallucinationWorkflowConfig(Recipe):
+class AntiHallucinationWorkflowConfig(WorkflowRecipe):
     """Everything an anti-hallucination run needs: grounded questions, citation training, then preference
     optimisation against the model's own hallucinations."""
 
-    run_name: RunName | None = Field(
-        None,
-        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
-    )
-    runs_root: str = Field("runs", description="Where run directories are created.")
-    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Machine price per hour, for cost per example in the summary."
-    )
-    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
     data: GroundedDataConfig = Field(
         GroundedDataConfig(),
         title="Data",
@@ -95,21 +84,12 @@ class AntiHallucinationWorkflowConfig(Recipe):
         description="Stage 7: also train the citation-trained model with continued SFT on the chosen answers for as "
         "many steps as stage 5, as a control.",
     )
-    eval_max_tokens: int = Field(
-        12, ge=1, le=4096, title="Stage 7 · Answer length", description="Max new tokens of evaluation answers (greedy)."
-    )
+    eval_max_tokens: EvalMaxTokens
     thresholds: GroundedThresholds = Field(
         GroundedThresholds(),
         title="Thresholds",
         description="The gates' thresholds and tier bands (this workflow's only).",
     )
-
-    @model_validator(mode="after")
-    def _inputs_exist(self) -> "AntiHallucinationWorkflowConfig":
-        problems = input_problems(self.model, self.data)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 def load_antihallucination_recipe(path: str | Path) -> AntiHallucinationWorkflowConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from realign.data.datasets import DataConfig
 from realign.model.load import looks_like_path
@@ -52,6 +52,42 @@ class IterationConfig(Recipe):
         le=1,
         description="Continue only while the target metric improves by at least this (negative: go on if it drops).",
     )
+
+
+# Stage 7's answer length, the same field in every workflow's recipe.
+EvalMaxTokens = Annotated[
+    int,
+    Field(
+        12,
+        ge=1,
+        le=4096,
+        title="Stage 7 · Answer length",
+        description="Stage 7: max new tokens of evaluation answers (greedy).",
+    ),
+]
+
+
+class WorkflowRecipe(Recipe):
+    """What every workflow's recipe starts with (the form's first group): where the run goes, approvals, price, and
+    the base model; the local paths a recipe names are checked when it is validated."""
+
+    run_name: RunName | None = Field(
+        None,
+        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
+    )
+    runs_root: str = Field("runs", description="Where run directories are created.")
+    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
+
+    @model_validator(mode="after")
+    def _inputs_exist(self):
+        problems = input_problems(self.model, self.data)  # every workflow's recipe has its `data`
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def input_problems(model: ModelSpec, data: DataConfig) -> list[str]:

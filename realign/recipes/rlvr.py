@@ -11,12 +11,11 @@ from pydantic import Field, model_validator
 from realign.data.datasets import DataConfig
 from realign.model.generate import GenerationConfig
 from realign.recipes.common import (
+    EvalMaxTokens,
     IterationConfig,
-    ModelSpec,
     Recipe,
-    RunName,
     SFTStageConfig,
-    input_problems,
+    WorkflowRecipe,
     load_recipe,
 )
 from realign.score.verify import KINDS
@@ -76,19 +75,9 @@ class RLVRStageConfig(Recipe):
     )
 
 
-class RLVRWorkflowConfig(Recipe):
+class RLVRWorkflowConfig(WorkflowRecipe):
     """Everything an RLVR run needs: a trusted verifier, graded samples, then GRPO on the verifier's reward."""
 
-    run_name: RunName | None = Field(
-        None,
-        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
-    )
-    runs_root: str = Field("runs", description="Where run directories are created.")
-    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Machine price per hour, for cost per example in the summary."
-    )
-    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
     data: DataConfig = Field(
         DataConfig(), title="Data", description="Tasks (prompts with reference answers), SFT data, eval sets."
     )
@@ -109,23 +98,10 @@ class RLVRWorkflowConfig(Recipe):
         description="Stage 7: also train continued SFT on the verified-correct samples for as many steps, as a "
         "control (rejection-sampling fine-tuning).",
     )
-    eval_max_tokens: int = Field(
-        12,
-        ge=1,
-        le=4096,
-        title="Stage 7 · Answer length",
-        description="Stage 7: max new tokens of evaluation answers (greedy).",
-    )
+    eval_max_tokens: EvalMaxTokens
     thresholds: RLVRThresholds = Field(
         RLVRThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )
-
-    @model_validator(mode="after")
-    def _inputs_exist(self) -> "RLVRWorkflowConfig":
-        problems = input_problems(self.model, self.data)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 def load_rlvr_recipe(path: str | Path) -> RLVRWorkflowConfig:

@@ -10,12 +10,11 @@ from pydantic import Field, model_validator
 
 from realign.data.datasets import DataConfig
 from realign.recipes.common import (
+    EvalMaxTokens,
     IterationConfig,
-    ModelSpec,
     Recipe,
-    RunName,
     SFTStageConfig,
-    input_problems,
+    WorkflowRecipe,
     load_recipe,
 )
 from realign.score.sampling import PairsConfig
@@ -61,19 +60,9 @@ class SRFIterationConfig(IterationConfig):
     )
 
 
-class SRFWorkflowConfig(Recipe):
+class SRFWorkflowConfig(WorkflowRecipe):
     """Everything an SRF run needs: reward model from preference pairs, then RL against it."""
 
-    run_name: RunName | None = Field(
-        None,
-        description="Run directory name under runs_root (letters, digits, . _ -; not a path); default: the run's name.",
-    )
-    runs_root: str = Field("runs", description="Where run directories are created.")
-    approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Machine price per hour, for cost per example in the summary."
-    )
-    model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
     data: DataConfig = Field(DataConfig(), title="Data", description="Prompts, SFT data and evaluation sets.")
     sft: SFTStageConfig = Field(SFTStageConfig(), title="Stage 1 · SFT preparation", description="Stage 1.")
     pairs: PairsConfig = Field(
@@ -93,23 +82,10 @@ class SRFWorkflowConfig(Recipe):
         title="Stage 7 · Control arm",
         description="Stage 7: also train continued SFT on the chosen answers for as many steps, as a control.",
     )
-    eval_max_tokens: int = Field(
-        12,
-        ge=1,
-        le=4096,
-        title="Stage 7 · Answer length",
-        description="Stage 7: max new tokens of evaluation answers (greedy).",
-    )
+    eval_max_tokens: EvalMaxTokens
     thresholds: SRFThresholds = Field(
         SRFThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )
-
-    @model_validator(mode="after")
-    def _inputs_exist(self) -> "SRFWorkflowConfig":
-        problems = input_problems(self.model, self.data)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 def load_srf_recipe(path: str | Path) -> SRFWorkflowConfig:
