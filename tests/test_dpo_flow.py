@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -221,7 +222,7 @@ def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
         runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     by_stage: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.expected_start_time):
-        by_stage.setdefault(r.name.rsplit("-", 1)[0] if r.name[0].isdigit() else r.name, []).append(r.state.name)
+        by_stage.setdefault(re.sub(r"-[0-9a-f]{3}$", "", r.name), []).append(r.state.name)
     for stage in ("1-sft-preparation", "2-preference-data", "3-model-initialization", "4-preference-modeling"):
         assert by_stage[stage] == ["Completed", "Cached"], (
             stage,

@@ -4,6 +4,7 @@ reuses stages 1-3 and then runs all seven stages to the summary."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,8 @@ def task_runs(flow_run_id) -> dict[str, list[str]]:
         runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     out: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.expected_start_time):
-        # stage task runs carry a random suffix ('3-reward-model-training-05b'), gate task runs do not
-        out.setdefault(r.name.rsplit("-", 1)[0] if r.name[0].isdigit() else r.name, []).append(r.state.name)
+        # stage task runs carry a random suffix (3-reward-model-training-05b), named ones (gates, baselines) do not
+        out.setdefault(re.sub(r"-[0-9a-f]{3}$", "", r.name), []).append(r.state.name)
     return out
 
 
