@@ -20,8 +20,13 @@ BAD = [
     ('{"prompt": "p", "chosen": "a"}', "missing field 'rejected' (expected a non-empty string)"),
     ('{"prompt": "", "chosen": "a", "rejected": "b"}', "field 'prompt' is empty (expected non-empty text)"),
     (
+        '{"prompt": "p", "chosen": 3, "rejected": "b"}',
+        "field 'chosen' has the wrong type: number (expected a non-empty string)",
+    ),
+    (
         '{"prompt": "p", "chosen": ["a"], "rejected": "b"}',
-        "field 'chosen' has the wrong type: list (expected a non-empty string)",
+        "field 'chosen' is a message list but not one assistant message (expected a list holding one message with "
+        "role 'assistant', or a string)",
     ),
     (
         '{"prompt": "p", "chosen": "same", "rejected": "same"}',

@@ -13,6 +13,7 @@ from realign.data.formats import (
     SFTRow,
     canonical_format,
     check_line,
+    check_object,
     guess_format,
     read_rows,
     validate_file,
@@ -178,7 +179,8 @@ def test_validate_parquet_input_reports_row_numbers(tmp_path):
     assert (report.valid, report.rejected) == (1, 2)
     assert seen == [
         f"{path}:2: chosen is identical to rejected (expected two different responses)",
-        f"{path}:3: missing field 'prompt' (expected a non-empty string)",
+        f"{path}:3: missing field 'prompt', and chosen and rejected do not both start with one (expected a 'prompt' "
+        "field, or TRL's implicit prompt: chosen and rejected that start with the same prompt)",
     ]
     assert pq.read_table(tmp_path / "clean.parquet").to_pylist() == [{"prompt": "p", "chosen": "a", "rejected": "x"}]
     rej = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
@@ -244,3 +246,60 @@ def test_rlvr_rows_may_carry_tests_for_code_tasks():
     assert problems and "tests" in problems[0] and "list" in problems[0]
     _, problems, _ = check_object({**row, "tests": []}, "rlvr")
     assert problems and "tests" in problems[0]
+
+
+# TRL's preference formats (docs/source/dataset_formats.md): standard, conversational, and implicit prompt in both.
+USER, SYSTEM = {"role": "user", "content": "What color is the sky?"}, {"role": "system", "content": "Be brief."}
+
+
+def _says(text):
+    return [{"role": "assistant", "content": text}]
+
+
+@pytest.mark.parametrize(
+    "obj, record",
+    [
+        ({"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}, ("The sky is", " blue.", " green.")),
+        # TRL's extract_prompt keeps the space that starts both answers on the answers
+        ({"chosen": "The sky is blue.", "rejected": "The sky is green."}, ("The sky is", " blue.", " green.")),
+        (
+            {"prompt": [USER], "chosen": _says("It is blue."), "rejected": _says("It is green.")},
+            ("What color is the sky?", "It is blue.", "It is green."),
+        ),
+        (
+            {"chosen": [USER, *_says("It is blue.")], "rejected": [USER, *_says("It is green.")]},
+            ("What color is the sky?", "It is blue.", "It is green."),
+        ),
+        (
+            {"prompt": [SYSTEM, USER], "chosen": _says("Blue."), "rejected": _says("Green.")},
+            ([SYSTEM, USER], "Blue.", "Green."),
+        ),
+    ],
+)
+def test_trl_preference_formats_become_prompt_and_two_answers(obj, record):
+    row, problems, _ = check_object(obj, "dpo")
+    assert problems == []
+    assert row.to_record() == dict(zip(("prompt", "chosen", "rejected"), record))
+
+
+def test_trl_conversational_file_validates_and_reads(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = [
+        {"prompt": [USER], "chosen": _says("It is blue."), "rejected": _says("It is green.")},
+        {"prompt": [USER], "chosen": [{"role": "user", "content": "x"}], "rejected": _says("no")},
+        {"prompt": [USER, *_says("Blue.")], "chosen": _says("a"), "rejected": _says("b")},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    report = validate_file(
+        path, "dpo", out=tmp_path / "ok.jsonl", rejects=tmp_path / "bad.jsonl", on_problem=seen.append
+    )
+    assert (report.valid, report.rejected) == (1, 2)
+    assert seen == [
+        f"{path}:2: field 'chosen' is a message list but not one assistant message (expected a list holding one "
+        "message with role 'assistant', or a string)",
+        f"{path}:3: prompt ends with an assistant message (expected the conversation up to the answer, e.g. ending "
+        "with the user's turn)",
+    ]
+    [good] = list(read_rows(tmp_path / "ok.jsonl", "dpo"))
+    assert (good.prompt, good.chosen, good.prompt_text) == ("What color is the sky?", "It is blue.", USER["content"])

@@ -105,21 +105,104 @@ class SFTRow(_Row):
         return {"instruction": self.instruction, "output": self.completion}
 
 
-class DPORow(_Row):
-    """Preference pair (DPO, ORPO, CPO)."""
+def _shared_prefix(a: str, b: str) -> int:
+    """Length of the prompt two implicit-prompt texts share: their common prefix, without a space that starts both
+    completions (TRL's extract_prompt keeps that space on the completions)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n < min(len(a), len(b)) and n and a[n - 1] == " ":
+        n -= 1
+    return n
 
-    prompt: Text
+
+def _assistant_text(value: list, name: str) -> str:
+    """The text of a conversational completion: one assistant message (TRL's conversational preference format)."""
+    if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+        raise PydanticCustomError(
+            "conversation",
+            "field '{name}' is a message list but not one assistant message (expected a list holding one message "
+            "with role 'assistant', or a string)",
+            {"name": name},
+        )
+    content = value[0].get("content")
+    if not isinstance(content, str):
+        raise PydanticCustomError(
+            "conversation",
+            "field '{name}[0].content' has the wrong type: {kind} (expected a non-empty string)",
+            {"name": name, "kind": type(content).__name__},
+        )
+    return content
+
+
+class DPORow(_Row):
+    """Preference pair (DPO, ORPO, CPO) in any of TRL's preference formats, held as prompt + two completions.
+
+    standard: prompt, chosen, rejected strings. conversational: prompt a message list, chosen and rejected one assistant
+    message each. implicit prompt (either format): no prompt field; chosen and rejected both start with it (the
+    longest common prefix, of characters or of messages). A prompt of a single user message is held as its text.
+    """
+
+    prompt: Text | list[Message] = Field(min_length=1)
     chosen: Text
     rejected: Text
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_forms(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        row, chosen, rejected = dict(data), data.get("chosen"), data.get("rejected")
+        if "prompt" not in row and type(chosen) is type(rejected) and isinstance(chosen, (str, list)):
+            if isinstance(chosen, str):
+                cut = _shared_prefix(chosen, rejected)
+            else:
+                cut = next(
+                    (i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected))
+                )
+            if cut == 0 or cut in (len(chosen), len(rejected)):
+                raise PydanticCustomError(
+                    "implicit_prompt",
+                    "missing field 'prompt', and chosen and rejected do not both start with one (expected a 'prompt' "
+                    "field, or TRL's implicit prompt: chosen and rejected that start with the same prompt)",
+                )
+            row.update(prompt=chosen[:cut], chosen=chosen[cut:], rejected=rejected[cut:])
+        for name in ("chosen", "rejected"):
+            if isinstance(row.get(name), list):
+                row[name] = _assistant_text(row[name], name)
+        prompt = row.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
+            if prompt[0].get("role") == "user" and isinstance(prompt[0].get("content"), str):
+                row["prompt"] = prompt[0]["content"]  # the same tokens: a text prompt is one user turn
+        return row
+
     @model_validator(mode="after")
     def _different(self) -> "DPORow":
+        if isinstance(self.prompt, list) and self.prompt[-1].role == "assistant":
+            raise PydanticCustomError(
+                "conversation",
+                "prompt ends with an assistant message (expected the conversation up to the answer, e.g. ending with "
+                "the user's turn)",
+            )
         if self.chosen.strip() == self.rejected.strip():
             raise PydanticCustomError("identical", "chosen is identical to rejected")
         return self
 
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one text (message contents, one per line): for decontamination and display."""
+        return prompt_text(self.prompt)
+
     def to_record(self) -> dict:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        prompt = self.prompt if isinstance(self.prompt, str) else [m.model_dump() for m in self.prompt]
+        return {"prompt": prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+def prompt_text(prompt: str | list) -> str:
+    """A prompt (text or message list, as models or dicts) as one text: message contents, one per line."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m.content if isinstance(m, Message) else m["content"] for m in prompt)
 
 
 class ScoredResponse(_Row):
@@ -390,7 +473,13 @@ def describe_errors(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into `what is wrong (expected what)` phrases, one per problem."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if p not in ("function-after[_not_blank(), str]",))
+        # A text-or-messages field (a DPO prompt) fails both union branches: report the branch the value was meant for.
+        as_list = "list[Message]" in err["loc"]
+        if as_list and err["type"] == "list_type":
+            continue
+        if not as_list and err["type"] == "string_type" and isinstance(err["input"], list) and len(err["loc"]) > 1:
+            continue
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[_not_blank(), str]", "list[Message]"))
         name = _loc(loc)
         leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
         expect = _FIELD_EXPECT.get(leaf, "a non-empty string")
@@ -401,6 +490,8 @@ def describe_errors(exc: ValidationError) -> list[str]:
             out.append(f"{err['msg']} (expected {REQUIRED_FIELDS['sft']})")
         elif kind == "empty":
             out.append(f"field '{name}' is empty (expected non-empty text)")
+        elif kind in ("conversation", "implicit_prompt"):
+            out.append(err["msg"])
         elif kind == "identical":
             out.append("chosen is identical to rejected (expected two different responses)")
         elif kind == "no_assistant":
