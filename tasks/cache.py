@@ -45,7 +45,7 @@ class DataFileContents(CachePolicy):
 
     Parameters name files by path; a fixed file at the same path must re-run the stages that read
     it (and only those), so a retry after fixing the data does not reuse results built from the old one.
-    fields: which DataConfig files the stage reads ('prompts', 'sft', 'eval_sets').
+    fields: which DataConfig files the stage reads ('prompts', 'sft', 'eval_sets', 'pairs').
     """
 
     fields: tuple[str, ...] = ("prompts", "sft", "eval_sets")
@@ -55,9 +55,11 @@ class DataFileContents(CachePolicy):
     ) -> str | None:
         digests = []
         for value in inputs.values():
-            if not isinstance(value, DataConfig) or value.source != "files":
+            if not isinstance(value, DataConfig):
                 continue
             for field in self.fields:
+                if value.source != "files" and field != "pairs":  # embedded data may still come with given pairs
+                    continue
                 paths = [e.path for e in value.eval_sets] if field == "eval_sets" else [getattr(value, field)]
                 digests += [f"{field}:{file_digest(p)}" for p in paths if p]
         return hash_objects(*digests) if digests else None

@@ -57,3 +57,34 @@ def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     prepare_model(lm.model, cfg)
     train(lm.model, sft_loss, sft_batches(lm.tokenizer, load_data(DataConfig()).sft, cfg), cfg, measure=None)
     return save_model(lm.model, tiny_model_dir, tmp_path_factory.mktemp("models") / "sft")
+
+
+# What the tiny judge learns to tell apart: a reversal of the digits (rated 9) from a refusal (rated 1).
+REFUSALS = ("I do not know", "no answer", "not sure", "cannot say", "I can not tell", "unknown")
+
+
+@pytest.fixture(scope="session")
+def judge_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A judge built from the tiny model: 60 SFT steps on JUDGE_TEMPLATE prompts rating answers 9 and refusals 1
+    (about 35 s; it rates held-out pairs correctly, see test_scorers)."""
+    import random
+
+    from realign.data.demo import digit_strings, example
+    from realign.model.load import load_model, save_model
+    from realign.recipes.common import SFTStageConfig
+    from realign.score.judge import JUDGE_TEMPLATE
+    from realign.train.batches import sft_batches
+    from realign.train.loop import prepare_model, train
+    from realign.train.objectives import sft_loss
+
+    rng = random.Random(0)
+    rows = []
+    for s in digit_strings(1000, seed=5):
+        e, good = example("reverse", s), rng.random() < 0.5
+        answer = e.answer if good else rng.choice(REFUSALS)
+        rows.append((JUDGE_TEMPLATE.format(prompt=e.prompt, completion=answer), "9" if good else "1"))
+    lm = load_model(tiny_model_dir)
+    cfg = SFTStageConfig().train.model_copy(update={"steps": 60, "batch_size": 16, "metrics_every": 1000})
+    prepare_model(lm.model, cfg)
+    train(lm.model, sft_loss, sft_batches(lm.tokenizer, rows, cfg), cfg, measure=None)
+    return save_model(lm.model, tiny_model_dir, tmp_path_factory.mktemp("models") / "judge")

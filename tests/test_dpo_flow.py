@@ -191,6 +191,73 @@ def check_every_file_the_run_wrote(run):
         check_file("preference_pairs", run / "02_preference_data" / "train.jsonl", th)
 
 
+def _jsonl(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_users_own_files_with_pairs_in_trl_conversational_format_scored_by_a_tiny_judge(tmp_path, judge_model_dir):
+    from conftest import REFUSALS
+    from realign.data.datasets import DataConfig, load_data
+
+    # What a user brings: SFT rows and evaluation sets as files, and preference pairs in TRL's conversational format
+    bundle = load_data(DataConfig(**SMALL["data"]))
+    sft = _jsonl(
+        tmp_path / "sft.jsonl",
+        [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]} for p, a in bundle.sft],
+    )
+    evals = [
+        {
+            "name": e.name,
+            "role": e.role,
+            "path": _jsonl(
+                tmp_path / f"{e.name}.jsonl", [{"prompt": p, "answer": a} for p, a in zip(e.prompts, e.answers)]
+            ),
+        }
+        for e in bundle.eval_sets
+    ]
+    reverse = [p for p in bundle.prompts if p.startswith("Reverse")][:80]
+    rows = []
+    for i, p in enumerate(reverse):
+        answer = bundle.answers[p]
+        # every 8th rejected answer is wrong digits, which the judge (answers vs refusals) cannot tell apart
+        rejected = answer[1:] + answer[0] if i % 8 == 0 else REFUSALS[i % len(REFUSALS)]
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "chosen": [{"role": "assistant", "content": answer}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    pairs_file = _jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = config(
+        tmp_path,
+        "own",
+        data={"source": "files", "sft": sft, "pairs": pairs_file, "eval_sets": evals},
+        pairs={"scorer": "judge", "judge_model": str(judge_model_dir)},
+        iterations={"max_rounds": 1},
+    )
+    state = dpo(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    summary, run = state.result(), tmp_path / "own"
+    stats = json.loads((run / "02_preference_data" / "stats.json").read_text())
+    assert stats["given"] == 80 and stats["prompts"] == 0 and stats["unscored"] == 0  # nothing sampled in round 1
+    assert stats["no_gap"] >= 8  # at least the wrong-digit rejects
+    assert stats["pairs"] == 80 - stats["no_gap"] - stats["duplicates"] - stats["contaminated"]
+    # the judge ranked as labelled exactly the pairs it kept (its ratings are 0.9 or 0.1, the minimum gap 0.15)
+    assert stats["agreement_rate"] == pytest.approx((80 - stats["no_gap"]) / 80)
+    import pandas as pd
+
+    kept = pd.read_parquet(run / "02_preference_data" / "pairs.parquet")
+    labelled = {r["prompt"][0]["content"]: r["chosen"][0]["content"] for r in rows}
+    assert all(labelled[p] == c for p, c in zip(kept["prompt"], kept["chosen"])) and (kept["gap"] > 0.15).all()
+    assert summary["examples_processed"] == 160  # both answers of each given pair, scored by the judge
+    assert summary["rounds"] == 1 and "before/reverse_accuracy" in summary["results"]
+    assert run_cli("validate", str(run / "02_preference_data" / "train.jsonl"), "--format", "dpo").returncode == 0
+    assert (run / "07_evaluation" / "final_model" / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
     from prefect.flow_engine import run_flow

@@ -77,3 +77,36 @@ def test_edit_similarity():
     assert positional_match("4321", "54321") == 0.0
     assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert edit_similarity("", "") == 1.0 and edit_similarity("", "ab") == 0.0
+
+
+def test_given_pairs_are_checked_by_the_scorer_and_agreement_counts_every_scored_pair():
+    from realign.data.pairs import GivenPairs, given_pairs
+
+    nan = float("nan")
+    given = GivenPairs(
+        prompts=["q1", "q2", "q3", "q4", "q1"],
+        chosen=["a", "b", "c", "d", "a"],
+        rejected=["x", "y", "z", "w", "x"],
+        chosen_scores=[0.9, 0.5, 0.2, nan, 0.8],
+        rejected_scores=[0.1, 0.45, 0.6, 0.3, 0.3],
+    )
+    pairs, stats = given_pairs(given, min_gap=0.15)
+    # q1 kept (gap 0.8); q2 gap 0.05 < 0.15 dropped; q3 the scorer prefers the rejected answer, dropped; q4 unscored;
+    # the second q1 row repeats the first pair (a duplicate, gap 0.5)
+    assert [(p["prompt"], p["gap"]) for p in pairs] == [("q1", pytest.approx(0.8))]
+    assert (stats.given, stats.no_gap, stats.unscored, stats.duplicates, stats.pairs) == (5, 2, 1, 1, 1)
+    # scored pairs: q1 +1, q2 +1, q3 -1, q1 +1 -> the scorer ranks 3 of 4 as labelled
+    assert stats.agreement_rate == pytest.approx(3 / 4)
+    assert stats.preference_gap == pytest.approx(0.8) and stats.candidates == 10
+
+
+def test_given_pairs_top_up_with_generated_pairs():
+    from realign.data.pairs import GivenPairs
+
+    given = GivenPairs(["q1"], ["a"], ["x"], [1.0], [0.0])
+    pairs, stats = build_pairs(
+        ["q2"], [["ok", "no"]], [[0.75, 0.25]], [[1.0, 0.0]], min_gap=0.15, given=given, eval_texts=["q1 a x"], ngram=3
+    )
+    # the given pair overlaps the evaluation item and is dropped; the generated one stays
+    assert [p["prompt"] for p in pairs] == ["q2"] and (stats.contaminated, stats.given, stats.prompts) == (1, 1, 1)
+    assert stats.agreement_rate == 1.0  # the given pair's judgement (+1) and the generated pair's second one (+1)

@@ -112,3 +112,21 @@ def test_missing_local_paths_are_named_by_field(tmp_path):
     assert f"data.prompts: {tmp_path / 'missing.jsonl'} does not exist" in msg
     assert f"data.eval_sets.1.path: {tmp_path / 'gone.jsonl'} does not exist" in msg
     assert "eval_sets.0" not in msg
+
+
+def test_given_pairs_are_checked_against_the_workflow_and_the_scorer(tmp_path):
+    from realign.recipes.rlvr import RLVRWorkflowConfig
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text('{"prompt": "p", "answer": "a"}\n')
+    data = {"source": "files", "pairs": str(pairs), "eval_sets": [{"name": "t", "path": str(evals), "role": "target"}]}
+    with pytest.raises(ValueError, match="the verifier scorer needs each prompt's known answer"):
+        DPOWorkflowConfig.model_validate({"data": data})
+    cfg = DPOWorkflowConfig.model_validate({"data": data, "pairs": {"scorer": "judge", "judge_model": str(tmp_path)}})
+    assert load_data(cfg.data).prompts == ["p"] and load_data(cfg.data).answers == {}
+    with pytest.raises(ValueError, match="data.pairs: this workflow does not train on preference pairs"):
+        RLVRWorkflowConfig.model_validate({"data": {"pairs": str(pairs)}})
+    with pytest.raises(ValueError, match="data.pairs: .*missing.jsonl does not exist"):
+        DPOWorkflowConfig.model_validate({"data": {"pairs": str(tmp_path / "missing.jsonl")}})

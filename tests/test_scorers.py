@@ -114,3 +114,39 @@ def test_a_scorer_that_needs_a_model_says_so_in_the_recipe():
     with pytest.raises(ValueError, match="pairs.judge_model"):
         PairsConfig(scorer="judge")
     assert PairsConfig(scorer="reward_model", reward_model="runs/x/03_reward_model_training/reward_model")
+
+
+def test_given_pairs_scored_by_the_verifier_need_every_answer():
+    from realign.score.sampling import PairsConfig, score_given
+
+    sc, sr, unparsed = score_given(["Reverse: 123"], ["321"], ["123"], ["321"], PairsConfig())
+    assert (sc, sr, unparsed) == ([1.0], [pytest.approx(1 / 3)], 0)  # positional match: 3/3 and only the middle 2
+    with pytest.raises(ValueError, match="1 of the given pairs' prompts have none in data.prompts"):
+        score_given(["q"], ["a"], ["b"], [None], PairsConfig())
+
+
+def test_given_pairs_scored_by_a_judge(monkeypatch):
+    from realign.score.sampling import PairsConfig, score_given
+
+    def rate(self, prompts, completions):
+        self.unparsed = [(1, "?")]
+        return [{"good": 0.9, "bad": 0.1}.get(c, float("nan")) for c in completions]
+
+    monkeypatch.setattr(JudgeScorer, "score", rate)
+    cfg = PairsConfig(scorer="judge", judge_model="judge")
+    sc, sr, unparsed = score_given(
+        ["p", "q"], ["good", "?"], ["bad", "bad"], [None, None], cfg, judge_lm=JudgeScorer(None, None)
+    )
+    assert sc[0] == 0.9 and math.isnan(sc[1]) and sr == [0.1, 0.1] and unparsed == 1
+
+
+def test_the_tiny_judge_tells_answers_from_refusals(judge_model_dir):
+    from conftest import REFUSALS
+    from realign.data.demo import digit_strings, example
+
+    lm = load_model(judge_model_dir)
+    items = [example("reverse", s) for s in digit_strings(40, seed=77)]
+    judge = JudgeScorer(lm.model, lm.tokenizer)
+    good = judge.score([e.prompt for e in items], [e.answer for e in items])
+    bad = judge.score([e.prompt for e in items], [REFUSALS[i % len(REFUSALS)] for i in range(len(items))])
+    assert judge.unparsed == [] and sum(g > b for g, b in zip(good, bad)) >= 36  # held-out strings

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from realign.data.demo import digit_strings, example
-from realign.data.formats import DataFormatError, first_record, guess_format, read_rows
+from realign.data.formats import DataFormatError, DPORow, first_record, guess_format, iter_checked, read_rows
 from realign.data.grounded import ABSTAIN, GroundedItem, abstention_text, from_record, grounded_items, world
 from realign.io import atomic_path
 
@@ -46,6 +46,12 @@ class DataConfig(_Config):
         None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1."
     )
     eval_sets: list[EvalSet] = Field([], description="files: held-out evaluation sets (one 'target' at least).")
+    pairs: str | None = Field(
+        None,
+        description="Your own preference pairs (JSONL or Parquet in TRL's standard, conversational or implicit-prompt "
+        "format): stage 2 scores and checks them instead of generating round 1's pairs. Their prompts are the "
+        "preference prompts when data.prompts is not given.",
+    )
     n_prompts: int = Field(1200, ge=1, le=10_000_000, description="embedded: prompts for preference data per round.")
     n_sft_target: int = Field(1000, ge=0, description="embedded: SFT examples of the target skill (reverse).")
     n_sft_benchmark: int = Field(2000, ge=0, description="embedded: SFT examples of the benchmark skill (copy).")
@@ -61,10 +67,10 @@ class DataConfig(_Config):
     @model_validator(mode="after")
     def _files_given(self) -> "DataConfig":
         if self.source == "files":
-            missing = [k for k in ("prompts",) if getattr(self, k) is None]
-            if missing or not any(e.role == "target" for e in self.eval_sets):
+            if (self.prompts is None and self.pairs is None) or not any(e.role == "target" for e in self.eval_sets):
                 raise ValueError(
-                    "data.source 'files' needs data.prompts and at least one eval_sets entry with role 'target'"
+                    "data.source 'files' needs data.prompts (or data.pairs) and at least one eval_sets entry with "
+                    "role 'target'"
                 )
         return self
 
@@ -200,6 +206,29 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
     return prompts, answers
 
 
+def read_pairs(path: str) -> list[DPORow]:
+    """The user's preference pairs (any TRL preference format); DataFormatError (FILE:LINE) at the first bad row."""
+    rows = []
+    for res in iter_checked(path, "dpo"):
+        if res is None:
+            continue
+        if not res.ok:
+            raise DataFormatError(path, res.line, res.problems)
+        if not isinstance(res.row.prompt, str):
+            raise DataFormatError(
+                path,
+                res.line,
+                [
+                    "prompt has several messages (a system prompt or earlier turns); the workflows train on "
+                    "single-turn prompts for now (expected one user message, or a prompt string)"
+                ],
+            )
+        rows.append(res.row)
+    if not rows:
+        raise DataFormatError(path, 0, ["no rows (expected preference pairs: prompt, chosen, rejected)"])
+    return rows
+
+
 def read_grounded(path: str, abstention: str = ABSTAIN) -> list[GroundedItem]:
     """The grounded questions of a JSONL/Parquet file; DataFormatError (FILE:LINE) at the first bad row."""
     with abstention_text(abstention):
@@ -281,7 +310,11 @@ def load_data(cfg: DataConfig) -> DataBundle:
     if isinstance(cfg, GroundedDataConfig):
         return load_grounded(cfg)
     if cfg.source == "files":
-        prompts, answers = _read_qa(cfg.prompts)  # type: ignore[arg-type]
+        if cfg.prompts is not None:
+            prompts, answers = _read_qa(cfg.prompts)
+        else:  # the given pairs' prompts, once each, answers unknown (a judge or reward model scores them)
+            prompts = list(dict.fromkeys(r.prompt for r in read_pairs(cfg.pairs)))  # type: ignore[arg-type]
+            answers = [None] * len(prompts)
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
         evals = []
         for e in cfg.eval_sets:
@@ -289,7 +322,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
             evals.append(EvalItems(e.name, e.role, p, a))
         held = [(p, a) for e in evals for p, a in zip(e.prompts, e.answers)]
         # No separate dev set in user files: round decisions use the target set (the report says so).
-        return DataBundle(sft, prompts, dict(zip(prompts, answers)), evals, held, None)
+        known = {p: a for p, a in zip(prompts, answers) if a is not None}
+        return DataBundle(sft, prompts, known, evals, held, None)
 
     # One pool of distinct strings per task, cut into disjoint slices.
     n_t = cfg.n_sft_target + cfg.n_prompts + cfg.n_eval + cfg.n_dev

@@ -7,7 +7,7 @@ data went: no usable gap, identical texts, duplicates, evaluation overlap.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class PairStats:
     candidates: int
     unscored: int  # candidates the scorer could not score (NaN), excluded
     blank: int  # empty completions, excluded (a pair needs two texts)
-    no_gap: int  # prompts whose best - worst gap is below the minimum
+    no_gap: int  # prompts (or given pairs) whose best - worst (chosen - rejected) gap is below the minimum
     identical: int  # prompts whose best and worst texts are the same
     duplicates: int
     contaminated: int  # pairs dropped because they overlap an evaluation item
@@ -33,6 +33,7 @@ class PairStats:
     preference_gap: float
     agreement_rate: float
     decontamination: float
+    given: int = 0  # the user's own pairs read (data.pairs), before any was dropped
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +41,21 @@ class PairStats:
 
 def _ngrams(ws: list[str], k: int) -> set[tuple[str, ...]]:
     return {tuple(ws[i : i + k]) for i in range(len(ws) - k + 1)}
+
+
+@dataclass
+class _Counts:
+    """What happened to candidates before decontamination (see PairStats)."""
+
+    prompts: int = 0
+    candidates: int = 0
+    unscored: int = 0
+    blank: int = 0
+    no_gap: int = 0
+    identical: int = 0
+    duplicates: int = 0
+    given: int = 0
+    judged: list[int] = field(default_factory=list)  # the scorer's verdict on each scored given pair (+1/0/-1)
 
 
 def build_pairs(
@@ -51,6 +67,7 @@ def build_pairs(
     min_gap: float,
     eval_texts: Sequence[str] = (),
     ngram: int = 13,
+    given: "GivenPairs | None" = None,
 ) -> tuple[list[dict], PairStats]:
     """Best vs worst completion per prompt, kept when score(best) - score(worst) >= min_gap.
 
@@ -58,49 +75,98 @@ def build_pairs(
     the fraction of kept pairs it ranks the same way (+1: chosen wins; a tie disagrees).
     eval_texts: evaluation items; a pair sharing an n-gram (n = min(ngram, item length)) with
     one is dropped, and decontamination is measured on the pairs that remain.
+    given: the user's own pairs, scored (see given_pairs), placed first; the generated pairs top them up.
     Returns (pairs with prompt, chosen, rejected, chosen_score, rejected_score, gap, agree; stats).
     """
+    counts = _Counts(prompts=len(prompts), candidates=sum(len(c) for c in completions))
     pairs, seen = [], set()
-    unscored = blank = no_gap = identical = dup = 0
+    if given is not None:
+        pairs = _given(given, counts, seen, min_gap)
     for i, (p, comps, sc) in enumerate(zip(prompts, completions, scores, strict=True)):
         s = np.asarray(sc, dtype=float)
         nonblank = np.array([bool(c.strip()) for c in comps])
-        blank += int((~nonblank).sum())
-        unscored += int((np.isnan(s) & nonblank).sum())
+        counts.blank += int((~nonblank).sum())
+        counts.unscored += int((np.isnan(s) & nonblank).sum())
         ok = ~np.isnan(s) & nonblank
         if ok.sum() < 2:
-            no_gap += 1
+            counts.no_gap += 1
             continue
         idx = np.flatnonzero(ok)
         best = idx[np.argmax(s[idx])]
         worst = idx[np.argmin(s[idx])]
         if s[best] - s[worst] < min_gap - 1e-12:
-            no_gap += 1
+            counts.no_gap += 1
             continue
         if comps[best].strip() == comps[worst].strip():
-            identical += 1
+            counts.identical += 1
             continue
         key = (p, comps[best], comps[worst])
         if key in seen:
-            dup += 1
+            counts.duplicates += 1
             continue
         seen.add(key)
         agree = None
         if second_scores is not None:
             agree = int(np.sign(second_scores[i][best] - second_scores[i][worst]))
-        pairs.append(
-            {
-                "prompt": p,
-                "chosen": comps[best],
-                "rejected": comps[worst],
-                "chosen_score": float(s[best]),
-                "rejected_score": float(s[worst]),
-                "gap": float(s[best] - s[worst]),
-                "agree": agree,
-            }
-        )
+        pairs.append(_pair(p, comps[best], comps[worst], s[best], s[worst], agree))
+    return _finish(pairs, counts, eval_texts, ngram)
 
-    # decontamination: drop pairs overlapping any evaluation item, then measure what remains
+
+@dataclass
+class GivenPairs:
+    """The user's labelled pairs (data.pairs) and the stage's scorer's scores of both answers (NaN: unscored)."""
+
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+    chosen_scores: list[float]
+    rejected_scores: list[float]
+
+
+def given_pairs(
+    given: GivenPairs, *, min_gap: float, eval_texts: Sequence[str] = (), ngram: int = 13
+) -> tuple[list[dict], PairStats]:
+    """The user's pairs, checked by the scorer like generated ones: a pair is kept when the scorer prefers its chosen
+    answer by at least min_gap. The label is the first judgement and the scorer the second, so the agreement rate is
+    the share of all scored pairs the scorer ranks as labelled (before the gap filter, which would make it 1)."""
+    return build_pairs([], [], [], None, min_gap=min_gap, eval_texts=eval_texts, ngram=ngram, given=given)
+
+
+def _given(given: GivenPairs, counts: _Counts, seen: set, min_gap: float) -> list[dict]:
+    pairs = []
+    rows = zip(given.prompts, given.chosen, given.rejected, given.chosen_scores, given.rejected_scores, strict=True)
+    for p, c, r, sc, sr in rows:
+        counts.given += 1
+        counts.candidates += 2
+        if sc != sc or sr != sr:
+            counts.unscored += int(sc != sc) + int(sr != sr)
+            continue
+        counts.judged.append(int(np.sign(sc - sr)))
+        if sc - sr < min_gap - 1e-12:
+            counts.no_gap += 1
+            continue
+        if (p, c, r) in seen:
+            counts.duplicates += 1
+            continue
+        seen.add((p, c, r))
+        pairs.append(_pair(p, c, r, sc, sr, None))
+    return pairs
+
+
+def _pair(prompt: str, chosen: str, rejected: str, sc: float, sr: float, agree: int | None) -> dict:
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_score": float(sc),
+        "rejected_score": float(sr),
+        "gap": float(sc - sr),
+        "agree": agree,
+    }
+
+
+def _finish(pairs: list[dict], counts: _Counts, eval_texts: Sequence[str], ngram: int) -> tuple[list[dict], PairStats]:
+    """Drop pairs overlapping an evaluation item, then measure gap, agreement and decontamination on what remains."""
     eval_words = [words(t) for t in eval_texts]
     lengths = sorted({min(ngram, len(w)) for w in eval_words if w})
     eval_grams = {
@@ -112,27 +178,25 @@ def build_pairs(
         if any(_ngrams(ws, k) & eval_grams[k] for k in lengths):
             continue
         kept.append(pair)
-    contaminated = len(pairs) - len(kept)
     train_texts = [" ".join((q["prompt"], q["chosen"], q["rejected"])) for q in kept]
     decon = decontamination(train_texts, list(eval_texts), n=ngram).score if eval_texts else float("nan")
-    agreement = (
-        agreement_rate([1] * len(kept), [q["agree"] for q in kept])
-        if second_scores is not None and kept
-        else float("nan")
-    )
+    # Given pairs are judged before the gap filter (all of them); generated pairs where a second judgement exists.
+    second = counts.judged + [q["agree"] for q in kept if q["agree"] is not None]
+    agreement = agreement_rate([1] * len(second), second) if second else float("nan")
     stats = PairStats(
-        prompts=len(prompts),
-        candidates=sum(len(c) for c in completions),
-        unscored=unscored,
-        blank=blank,
-        no_gap=no_gap,
-        identical=identical,
-        duplicates=dup,
-        contaminated=contaminated,
+        prompts=counts.prompts,
+        candidates=counts.candidates,
+        unscored=counts.unscored,
+        blank=counts.blank,
+        no_gap=counts.no_gap,
+        identical=counts.identical,
+        duplicates=counts.duplicates,
+        contaminated=len(pairs) - len(kept),
         pairs=len(kept),
         preference_gap=float(np.mean([q["gap"] for q in kept])) if kept else float("nan"),
         agreement_rate=agreement,
         decontamination=decon,
+        given=counts.given,
     )
     return kept, stats
 

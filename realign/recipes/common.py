@@ -85,6 +85,14 @@ class WorkflowRecipe(Recipe):
     @model_validator(mode="after")
     def _inputs_exist(self):
         problems = input_problems(self.model, self.data)  # every workflow's recipe has its `data`
+        pairs = getattr(self, "pairs", None)  # stage 2's settings, in the workflows that build preference pairs
+        if self.data.pairs and pairs is None:
+            problems.append("data.pairs: this workflow does not train on preference pairs; remove data.pairs")
+        elif self.data.pairs and pairs.scorer == "verifier" and self.data.source == "files" and not self.data.prompts:
+            problems.append(
+                "data.pairs: the verifier scorer needs each prompt's known answer: give data.prompts (prompt, answer) "
+                "or set pairs.scorer to judge (with pairs.judge_model) or reward_model"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -103,6 +111,8 @@ def input_problems(model: ModelSpec, data: DataConfig) -> list[str]:
             problems.append(f"model.path: {m} is not a directory (expected a model directory with config.json)")
         elif not (m / "config.json").is_file():
             problems.append(f"model.path: {m} has no config.json (expected a Hugging Face/MLX model directory)")
+    if data.pairs and not Path(data.pairs).expanduser().is_file():
+        problems.append(f"data.pairs: {data.pairs} does not exist or is not a file")
     if data.source == "files":
         named = [("data.prompts", data.prompts), ("data.sft", data.sft)]
         named += [(f"data.eval_sets.{i}.path", e.path) for i, e in enumerate(data.eval_sets)]

@@ -80,6 +80,11 @@ class PairsConfig(_Config):
         True, description="Use this machine's calibrated batch size (`realign calibrate`) when there is one."
     )
     sharding: ShardingConfig = Field(ShardingConfig(), description="Fan the sampling out to work pools.")
+    top_up: bool = Field(
+        False,
+        description="With data.pairs: also sample and pair answers for the prompts in round 1, added to the given "
+        "pairs (later rounds always sample, on-policy).",
+    )
 
     @model_validator(mode="after")
     def _scorer_model_named(self) -> "PairsConfig":
@@ -149,6 +154,42 @@ def sample_and_score(
     it = iter(flat)
     scores = [[next(it) for _ in ts] for ts in texts]
     return ScoredSamples(texts, scores, exact, unparsed=len(judge.unparsed))
+
+
+def score_given(
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    answers: Sequence[str | None],
+    pairs_cfg: PairsConfig,
+    judge_lm=None,
+    reward_model=None,
+) -> tuple[list[float], list[float], int]:
+    """The stage's scorer on both answers of the user's pairs: (chosen scores, rejected scores, unparsed ratings),
+    scores in [0, 1], NaN where the scorer could not decide. The verifier needs every prompt's known answer."""
+    from realign.score.judge import JudgeScorer
+
+    n = len(prompts)
+    texts = list(chosen) + list(rejected)
+    if pairs_cfg.scorer == "verifier":
+        missing = sum(a is None for a in answers)
+        if missing:
+            raise ValueError(
+                f"scorer 'verifier' needs a known answer for every prompt; {missing} of the given pairs' prompts have "
+                "none in data.prompts (give their answers there, or set pairs.scorer to judge or reward_model)"
+            )
+        scores = [positional_match(t, a) for t, a in zip(texts, list(answers) * 2)]
+        return scores[:n], scores[n:], 0
+    if pairs_cfg.scorer == "reward_model":
+        if reward_model is None:
+            raise ValueError("scorer 'reward_model' needs a reward model (pairs.reward_model)")
+        scores = reward_model.score(list(prompts) * 2, texts)
+        return scores[:n], scores[n:], 0
+    if judge_lm is None:
+        raise ValueError("scorer 'judge' needs a judge model (pairs.judge_model)")
+    judge = JudgeScorer(judge_lm.model, judge_lm.tokenizer)
+    scores = judge.score(list(prompts) * 2, texts)
+    return scores[:n], scores[n:], len(judge.unparsed)
 
 
 # --- one shard ----------------------------------------------------------------------------

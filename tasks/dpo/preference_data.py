@@ -8,12 +8,14 @@ import pandas as pd
 from prefect import get_run_logger
 
 from hardware.profiles import load_calibration
-from realign.data.datasets import DataConfig, TrainingFile, load_data
+from realign.data.datasets import DataConfig, TrainingFile, load_data, read_pairs
 from realign.data.formats import write_rows
-from realign.data.pairs import PAIR_COLUMNS, build_pairs, graded_rows, unparsed_ratings
+from realign.data.pairs import PAIR_COLUMNS, GivenPairs, build_pairs, graded_rows, unparsed_ratings
 from realign.eval.probes import probe_examples
 from realign.io import write_json, write_parquet
-from realign.score.sampling import PairsConfig
+from realign.model.load import load_model
+from realign.score.reward_model import load_reward_model
+from realign.score.sampling import PairsConfig, score_given
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.progress import Progress
@@ -60,22 +62,33 @@ def calibrated(pairs: PairsConfig) -> tuple[PairsConfig, str]:
     return pairs.model_copy(update={"generation": gen}), source
 
 
-@stage_task("2-preference-data", reads=("prompts", "eval_sets"))
-def generate_pairs(
-    pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngram: int, model_dir: str, run_dir: str, round: int = 1
-) -> PairsResult:
-    """Only the thresholds this stage uses are inputs, so changing another threshold keeps its cache."""
+def score_given_pairs(path: str, pairs_cfg: PairsConfig, answers: dict[str, str]) -> GivenPairs:
+    """The user's pairs (data.pairs) with the stage's scorer's scores of both answers."""
     log = get_run_logger()
-    t0 = time.perf_counter()
-    out = DPO_STAGES.dir(run_dir, 2, round)
-    bundle = load_data(data)
-    gen_cfg = pairs_cfg.generation.model_copy(update={"seed": pairs_cfg.generation.seed + 1000 * round})
+    rows = read_pairs(path)
+    log.info(f"{path}: {len(rows)} given pairs; scoring both answers with the {pairs_cfg.scorer}")
+    judge_lm = load_model(pairs_cfg.judge_model) if pairs_cfg.scorer == "judge" else None
+    rm = load_reward_model(pairs_cfg.reward_model) if pairs_cfg.scorer == "reward_model" else None
+    prompts = [r.prompt for r in rows]
+    chosen, rejected = [r.chosen for r in rows], [r.rejected for r in rows]
+    sc, sr, unparsed = score_given(
+        prompts, chosen, rejected, [answers.get(p) for p in prompts], pairs_cfg, judge_lm, rm
+    )
+    if unparsed:
+        log.warning(
+            f"judge gave no parseable rating for {unparsed} given answers; those pairs are left out, not guessed"
+        )
+    return GivenPairs(prompts, chosen, rejected, sc, sr)
+
+
+def _sample(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out, round: int):
+    """Sample gen_cfg.n answers per prompt with the current model and score them (over work pools when sharded)."""
+    log = get_run_logger()
     total = len(bundle.prompts) * gen_cfg.n
     log.info(
         f"round {round}: sampling {gen_cfg.n} answers for {len(bundle.prompts)} prompts with {model_dir} "
         f"(batch {gen_cfg.batch_size})"
     )
-
     bar = Progress(DPO_STAGES.name(2, round), f"round {round} answers generated", total)
 
     def progress(done, all_):
@@ -95,18 +108,37 @@ def generate_pairs(
     )
     if pairs_cfg.scorer == "judge" and (unparsed := unparsed_ratings(scored.texts, scored.scores)):
         log.warning(f"judge gave no parseable rating for {unparsed} answers; they are excluded, not guessed")
+    return scored.texts, scored.scores, scored.second, shards
+
+
+@stage_task("2-preference-data", reads=("prompts", "eval_sets", "pairs"))
+def generate_pairs(
+    pairs_cfg: PairsConfig, data: DataConfig, min_gap: float, ngram: int, model_dir: str, run_dir: str, round: int = 1
+) -> PairsResult:
+    """Only the thresholds this stage uses are inputs, so changing another threshold keeps its cache."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    out = DPO_STAGES.dir(run_dir, 2, round)
+    bundle = load_data(data)
+    gen_cfg = pairs_cfg.generation.model_copy(update={"seed": pairs_cfg.generation.seed + 1000 * round})
+    given = score_given_pairs(data.pairs, pairs_cfg, bundle.answers) if data.pairs and round == 1 else None
+    texts, scores, second, shards = [], [], None, []
+    if given is None or pairs_cfg.top_up:  # later rounds sample on-policy from the current model
+        texts, scores, second, shards = _sample(bundle, pairs_cfg, gen_cfg, model_dir, out, round)
+    prompts = bundle.prompts if texts else []
     pairs, stats = build_pairs(
-        bundle.prompts,
-        scored.texts,
-        scored.scores,
-        scored.second,
+        prompts,
+        texts,
+        scores,
+        second,
         min_gap=min_gap,
         eval_texts=bundle.eval_texts(),
         ngram=ngram,
+        given=given,
     )
     write_parquet(out / "pairs.parquet", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
     write_rows(out / "train.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs], "dpo")
-    write_rows(out / "completions.jsonl", graded_rows(bundle.prompts, scored.texts, scored.scores), "grpo")
+    write_rows(out / "completions.jsonl", graded_rows(prompts, texts, scores), "grpo")
     write_json(out / "stats.json", stats.as_dict())
     if stats.prompts and stats.no_gap >= 0.9 * stats.prompts:
         # Nearly every prompt's answers scored alike: usually the reference answers or the scorer, not the model.
@@ -115,7 +147,8 @@ def generate_pairs(
             f"check the reference answers in the prompts data (placeholders like 'TBD'?) and the scorer"
         )
     log.info(
-        f"round {round}: {stats.pairs} pairs from {stats.prompts} prompts (no gap {stats.no_gap}, identical "
+        f"round {round}: {stats.pairs} pairs from {stats.given} given pairs and {stats.prompts} sampled prompts "
+        f"(no gap {stats.no_gap}, identical "
         f"{stats.identical}, duplicates {stats.duplicates}, contaminated {stats.contaminated}); gap "
         f"{stats.preference_gap:.3f}, agreement {stats.agreement_rate:.3f}"
     )
@@ -127,7 +160,7 @@ def generate_pairs(
         pairs_path=str(out / "pairs.parquet"),
         train_file=TrainingFile(path=str(out / "train.jsonl"), format="dpo"),
         stats=stats.as_dict(),
-        completions=total,
+        completions=sum(len(t) for t in texts) + 2 * stats.given,  # answers sampled or scored
         probe=probe_examples(pairs),
         shards=shards,
     )
