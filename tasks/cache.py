@@ -16,7 +16,7 @@ from prefect.utilities.hashing import hash_objects
 
 from realign.data.datasets import DataConfig
 from realign.io import write_json
-from realign.model.load import looks_like_path
+from realign.model.load import ADAPTER_CONFIG, looks_like_path
 from realign.recipes.common import ModelSpec
 
 
@@ -113,7 +113,7 @@ class EarlierOutputs(CachePolicy):
                 if not isinstance(v, str) or not v or len(v) > 4096:
                     continue
                 p = Path(v)
-                if p.is_file() or (p.is_dir() and (p / "config.json").is_file()):
+                if p.is_file() or (p.is_dir() and any((p / f).is_file() for f in ("config.json", ADAPTER_CONFIG))):
                     sig.append((name, _signature(p)))
         return hash_objects(*sig) if sig else None
 

@@ -259,6 +259,44 @@ def test_users_own_files_with_pairs_in_trl_conversational_format_scored_by_a_tin
 
 
 @pytest.mark.slow
+def test_a_lora_run_keeps_adapters_per_stage_and_round_and_one_fused_model(tmp_path, sft_model_dir):
+    import mlx_lm
+
+    # A trained model of the user's own (LoRA on the random tiny base would learn nothing), LoRA in every stage.
+    lora = {"rank": 4, "scale": 20.0}
+    cfg = config(
+        tmp_path,
+        "lora",
+        model={"path": str(sft_model_dir)},
+        sft={"train": {**SMALL["sft"]["train"], "steps": 50, "lora": lora}},
+        dpo={"train": {**SMALL["dpo"]["train"], "lora": lora}},
+    )
+    state = dpo(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    run = tmp_path / "lora"
+    stages = ["01_sft_preparation", "05_dpo_optimization", "05_dpo_optimization_round2"]
+    for stage in stages:
+        files = sorted(p.name for p in (run / stage / "model").iterdir())
+        assert files == ["adapter_config.json", "adapters.safetensors"], (stage, files)
+    # mlx-lm applies stage 1's adapters to the base model as they are
+    adapter_cfg = json.loads((run / "01_sft_preparation" / "model" / "adapter_config.json").read_text())
+    base = (run / "01_sft_preparation" / "model" / adapter_cfg["model"]).resolve()
+    mlx_lm.load(str(base), adapter_path=str(run / "01_sft_preparation" / "model"))
+    assert base == sft_model_dir.resolve()  # outside the run: named by its absolute path
+    # full weights: the one fused model at the end, nothing per stage
+    weights = sorted(str(p.relative_to(run)) for p in run.rglob("model*.safetensors"))
+    assert weights == ["07_evaluation/final_model/model.safetensors"]
+    model_bytes = (run / "07_evaluation" / "final_model" / "model.safetensors").stat().st_size
+    # rank-4 adapters, rank x (in + out) values per projection of each of the 2 blocks (hidden 128, 2 key/value
+    # heads of 32, MLP 512): q, o 4 x 256; k, v 4 x 192; gate, up, down 4 x 640 -> 11264 per block, 22528 float32
+    # values = 90112 bytes plus the safetensors header, against 3 MB for the model
+    for stage in stages:
+        size = (run / stage / "model" / "adapters.safetensors").stat().st_size
+        assert 90112 < size < 90112 + 4096 and size < model_bytes / 30, (stage, size, model_bytes)
+    mlx_lm.load(str(run / "07_evaluation" / "final_model"))
+
+
+@pytest.mark.slow
 def test_retrying_a_run_rejected_at_stage_5_reuses_stages_1_to_4(tmp_path):
     from prefect.flow_engine import run_flow
     from prefect.states import Scheduled

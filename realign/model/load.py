@@ -90,9 +90,12 @@ def resolve_model_path(path_or_repo: str | os.PathLike) -> Path:
 
 
 def load_model(path_or_repo: str | os.PathLike, *, adapter_path: str | None = None) -> LoadedModel:
-    """Load model + tokenizer from a local directory or a hub id (see resolve_model_path)."""
+    """Load model + tokenizer from a local directory or a hub id (see resolve_model_path), or a stage's adapter
+    directory (its base chain loaded and each level's adapters fused in memory; `path` is then the root model's)."""
     import mlx_lm
 
+    if is_adapter_dir(Path(path_or_repo).expanduser()) and adapter_path is None:
+        return _load_adapter_chain(Path(path_or_repo).expanduser())
     path = resolve_model_path(path_or_repo)
     try:
         model, tokenizer, config = mlx_lm.load(str(path), adapter_path=adapter_path, return_config=True)
@@ -128,24 +131,107 @@ def fuse_adapters(model) -> None:
         model.update_modules(tree_unflatten(fused))
 
 
-def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write `model` as a model directory (adapters fused) with `source_dir`'s config and tokenizer files.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapters.safetensors"
 
-    Written to a temporary sibling and renamed into place, so a crash leaves no half model.
-    Returns out_dir. Adapters in `model` are fused in place.
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """A stage's LoRA output: adapters in mlx-lm's layout on top of the model named in adapter_config.json."""
+    p = Path(path)
+    return (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> Path:
+    """The model directory (or adapter directory) the adapters in `path` were trained on."""
+    p = Path(path)
+    try:
+        base = json.loads((p / ADAPTER_CONFIG).read_text())["model"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{p / ADAPTER_CONFIG}: cannot read the base model it names ({exc})") from exc
+    return (p / base).resolve() if not Path(base).is_absolute() else Path(base)
+
+
+def model_root(path: str | os.PathLike) -> Path:
+    """The full model directory under a chain of adapter directories (where config and tokenizer files are)."""
+    p = Path(path)
+    seen = set()
+    while is_adapter_dir(p):
+        if p.resolve() in seen:
+            raise ModelLoadError(f"{p / ADAPTER_CONFIG}: its base model chain loops back to {p}")
+        seen.add(p.resolve())
+        p = adapter_base(p)
+    return p
+
+
+def _load_adapter_chain(path: Path) -> LoadedModel:
+    """The base model with each level of adapters applied and fused in memory, in order."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    lm = load_model(adapter_base(path))
+    try:
+        load_adapters(lm.model, str(path))
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"{path}: could not apply its adapters to {adapter_base(path)}: {exc}") from exc
+    fuse_adapters(lm.model)
+    return lm
+
+
+def _lora_config(model) -> dict | None:
+    """mlx-lm's adapter_config fields for the LoRA layers in `model` (None without adapters)."""
+    from mlx_lm.tuner.lora import LoRALinear
+
+    blocks = getattr(model, "layers", None) or getattr(getattr(model, "model", None), "layers", [])
+    keys, adapted, first = set(), 0, None
+    for block in blocks:
+        names = [n for n, m in block.named_modules() if isinstance(m, LoRALinear)]
+        if names:
+            adapted += 1
+            keys.update(names)
+            first = first or next(m for n, m in block.named_modules() if isinstance(m, LoRALinear))
+    if first is None:
+        return None
+    dropout = getattr(first.dropout, "p", 0.0)
+    params = {"rank": int(first.lora_a.shape[1]), "scale": float(first.scale), "dropout": float(dropout)}
+    return {"fine_tune_type": "lora", "num_layers": adapted, "lora_parameters": {**params, "keys": sorted(keys)}}
+
+
+def _base_reference(src: Path, out: Path) -> str:
+    """The base as adapter_config.json names it: relative inside the run directory (RUN/stage/model), so a moved or
+    copied run keeps its chain; absolute to a model outside it (the user's model directory stays where it is)."""
+    run_dir = out.resolve().parent.parent
+    if src.resolve().is_relative_to(run_dir):
+        return os.path.relpath(src.resolve(), out.resolve())
+    return str(src.resolve())
+
+
+def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fuse: bool = False) -> Path:
+    """Write `model`, trained from `source_dir`, to `out_dir`.
+
+    With LoRA adapters (and not `fuse`): only the adapters, in mlx-lm's layout (adapters.safetensors +
+    adapter_config.json naming `source_dir` as its base, relative when it can be), so a stage costs megabytes, not a
+    model copy; `load_model` applies the chain. Otherwise a full model directory (adapters fused in place) written by
+    mlx-lm's save_model (shards and index) with the root model's config and tokenizer files.
+    Written to a temporary sibling and renamed into place, so a crash leaves no half model. Returns out_dir.
     """
-
     import mlx.core as mx
     from mlx.utils import tree_flatten
+    from mlx_lm.utils import save_model as mlx_save_model
 
     src, out = Path(source_dir), Path(out_dir)
+    lora = None if fuse else _lora_config(model)
+    if lora is not None:
+        weights = {k: v for k, v in tree_flatten(model.parameters()) if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
+        with atomic_dir(out) as tmp:
+            mx.save_safetensors(str(tmp / ADAPTER_WEIGHTS), weights, metadata={"format": "mlx"})
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps({**lora, "model": _base_reference(src, out)}, indent=2))
+        return out
+    root = model_root(src)
     fuse_adapters(model)
     with atomic_dir(out) as tmp:
-        for f in src.iterdir():
+        for f in root.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
                 shutil.copy2(f, tmp / f.name)
-        weights = dict(tree_flatten(model.parameters()))
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        mlx_save_model(tmp, model)
     return out
 
 

@@ -10,7 +10,7 @@ from prefect import get_run_logger
 
 from realign.eval.probes import kl_probe, probe_examples
 from realign.io import write_json, write_parquet
-from realign.model.load import load_model, weights_finite
+from realign.model.load import is_adapter_dir, load_model, weights_finite
 from realign.model.logprobs import finite_fraction, reference_logps
 from realign.train.loop import TrainConfig, prepare_model
 from tasks.cache import stage_task
@@ -62,7 +62,8 @@ def initialize_reference(
     prepare_model(policy.model, train_cfg)
     init_kl = kl_probe(policy.model, ref.model, ref.tokenizer, probe_examples(pairs, limit=32))
     # Present = a loadable model directory whose weights are all finite (not merely a path that exists).
-    present = (Path(reference_dir) / "config.json").is_file() and weights_finite(ref.model)
+    present = (Path(reference_dir) / "config.json").is_file() or is_adapter_dir(reference_dir)
+    present = present and weights_finite(ref.model)
     metrics = {
         "reference_present": present,
         "ref_logps_finite_fraction": finite,
