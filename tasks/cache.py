@@ -119,14 +119,15 @@ class EarlierOutputs(CachePolicy):
 
 
 def _manifest(out_dir: Path) -> dict[str, list[int]]:
-    """(size, mtime_ns) of every file a stage wrote in its directory; gate reports (written after it) and hidden
-    temporaries are not the stage's outputs."""
+    """(size, mtime_ns) of every file a stage wrote in its directory; gate reports and the final model's card
+    (README.md, written with the summary), both after it, and hidden temporaries are not the stage's outputs."""
     if not out_dir.is_dir():
         return {}
     out = {}
     for f in sorted(out_dir.rglob("*")):
         rel = f.relative_to(out_dir)
-        if f.is_file() and not f.name.startswith("gate_") and not any(part.startswith(".") for part in rel.parts):
+        written_after = f.name.startswith("gate_") or f.name == "README.md"
+        if f.is_file() and not written_after and not any(part.startswith(".") for part in rel.parts):
             st = f.stat()
             out[str(rel)] = [st.st_size, st.st_mtime_ns]
     return out

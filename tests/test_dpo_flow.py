@@ -256,6 +256,8 @@ def test_users_own_files_with_pairs_in_trl_conversational_format_scored_by_a_tin
     assert summary["rounds"] == 1 and "before/reverse_accuracy" in summary["results"]
     assert run_cli("validate", str(run / "02_preference_data" / "train.jsonl"), "--format", "dpo").returncode == 0
     assert (run / "07_evaluation" / "final_model" / "model.safetensors").exists()
+    card = (run / "07_evaluation" / "final_model" / "README.md").read_text()
+    assert f"pairs: `{pairs_file}`" in card and "| 7-evaluation |" in card and "after/reverse\\_accuracy" in card
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import platform
 import re
@@ -13,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from gates.report import md_escape
-from realign.io import write_json
+from realign.io import atomic_path, write_json
 
 
 def machine_description() -> str:
@@ -84,10 +85,48 @@ def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> s
     )
 
 
+def model_card(run_dir: str, summary: dict) -> str:
+    """The final model's README.md: base model, method, training data, results with intervals, every gate's tier;
+    what a person (or the Hugging Face hub) reads first about a model directory."""
+    try:
+        recipe = json.loads((Path(run_dir) / "recipe.json").read_text())
+    except (OSError, ValueError):
+        recipe = {}
+    base = recipe.get("model", {}).get("path", "not recorded (no recipe.json)")
+    data = recipe.get("data", {})
+    given = [f"{k}: `{data[k]}`" for k in ("pairs", "prompts", "sft") if data.get(k)]
+    given += [f"eval set {e['name']} ({e['role']}): `{e['path']}`" for e in data.get("eval_sets", [])]
+    source = "; ".join(given) if data.get("source") == "files" or given else "realign's embedded demo tasks"
+    files = ", ".join(
+        f"`{Path(f).relative_to(run_dir) if Path(f).is_relative_to(run_dir) else f}`"
+        for f in summary.get("train_jsonl", [])
+    )
+    res = "\n".join(f"| {md_escape(k)} | {md_escape(_number(v))} |" for k, v in summary.get("results", {}).items())
+    gates = "\n".join(f"| {md_escape(k)} | {v} |" for k, v in summary.get("gate_tiers", {}).items())
+    compared = "\n".join(f"- {md_escape(c['text'])}" for c in summary.get("comparisons", []))
+    return (
+        f"---\nlibrary_name: mlx\ntags: [mlx, realign, {summary['data_type'].lower()}]\nbase_model: {base}\n---\n\n"
+        f"# {Path(run_dir).name}: {summary['workflow']} with realign ({summary['tier']})\n\n"
+        f"- **Base model:** `{base}`\n- **Method:** {summary['workflow']} workflow ({summary['data_type']}), "
+        f"{summary.get('rounds', 1)} round(s)\n- **Data:** {source}\n- **Training files:** {files or 'none'}\n"
+        f"- **Machine:** {summary['machine']}\n\n{md_escape(summary.get('verdict') or '')}\n\n"
+        f"## Comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
+        f"## Results\n\n| metric | value |\n|---|---|\n{res}\n\n"
+        f"## Gates\n\n| stage | tier |\n|---|---|\n{gates}\n\n"
+        f'Load it with `mlx_lm.load("{Path(summary["final_model"]).name}")`; the run\'s recipe is `recipe.json` in '
+        "the run directory.\n"
+    )
+
+
 def write_summary(run_dir: str, summary: dict) -> dict:
-    """Write RUN_DIR/summary.json and, inside a flow run, the markdown artifact `run-summary` on the flow run itself
-    (called from the flow, not a task, so the run's page shows it first, not among the tasks' gate reports)."""
+    """Write RUN_DIR/summary.json, the final model's card (README.md) and, inside a flow run, the markdown artifact
+    `run-summary` on the flow run itself (called from the flow, not a task, so the run's page shows it first, not
+    among the tasks' gate reports)."""
     path = write_json(Path(run_dir) / "summary.json", summary)
+    final = summary.get("final_model")
+    if final and Path(final).is_dir():
+        with atomic_path(Path(final) / "README.md", "w") as fh:
+            fh.write(model_card(run_dir, summary))
     if FlowRunContext.get() is not None:
         create_markdown_artifact(
             key="run-summary",
