@@ -56,3 +56,40 @@ def test_a_loader_message_in_brackets_reaches_the_user_intact(tiny_model_dir, tm
     done = run_cli("generate", "--model", str(broken), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"))
     assert done.returncode == 2 and "[load_safetensors]" in done.stderr  # not swallowed as rich markup
     assert f"{broken / 'model.safetensors'}: cannot be read" in done.stderr
+
+
+def test_lora_on_a_4bit_model_saves_adapters_and_fuses_exactly(tiny_model_dir, tmp_path):
+    """QLoRA as mlx-lm does it: adapters train on quantised weights; a stage writes the adapters only; loading applies
+    them, and the fused model (adapted layers dequantised, the rest 4-bit) gives the trained model's logits."""
+    import mlx.core as mx
+    import mlx_lm
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.utils import quantize_model, save_config
+    from mlx_lm.utils import save_model as mlx_save_model
+
+    from realign.model.load import save_model
+    from realign.train.loop import LoRAConfig, TrainConfig, prepare_model
+
+    model, _, config = mlx_lm.load(str(tiny_model_dir), return_config=True)
+    model, config = quantize_model(model, config, group_size=64, bits=4)
+    q4 = tmp_path / "q4"
+    mlx_save_model(q4, model)
+    save_config(config, q4 / "config.json")
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special")):
+            shutil.copy(f, q4)
+    lm = load_model(q4)
+    prepare_model(lm.model, TrainConfig(lora=LoRAConfig(rank=4)))
+    trained = [(k, mx.random.normal(v.shape) * 0.02) for k, v in tree_flatten(lm.model.trainable_parameters())]
+    lm.model.update(tree_unflatten(trained))  # stands in for training: adapters that change the output
+    tokens = mx.array([[5, 6, 7, 8, 9]])
+    expected = lm.model(tokens)
+    stage = save_model(lm.model, q4, tmp_path / "run" / "01_sft_preparation" / "model")
+    assert sorted(p.name for p in stage.iterdir()) == ["adapter_config.json", "adapters.safetensors"]
+    chained = load_model(stage)
+    assert mx.abs(chained.model(tokens) - expected).max().item() < 1e-4
+    final = save_model(chained.model, stage, tmp_path / "run" / "07_evaluation" / "final_model")
+    fused, _ = mlx_lm.load(str(final))
+    assert mx.abs(fused(tokens) - expected).max().item() < 1e-4
+    weights = mx.load(str(final / "model.safetensors"))
+    assert "model.embed_tokens.scales" in weights and "model.layers.0.self_attn.q_proj.scales" not in weights

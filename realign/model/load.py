@@ -122,11 +122,16 @@ def _safetensors_readable(path: Path) -> bool:
 
 
 def fuse_adapters(model) -> None:
-    """Fold LoRA adapters into their base linear layers, in place (no-op without adapters)."""
+    """Fold LoRA adapters into their base linear layers, in place (no-op without adapters).
+
+    A quantised layer is fused dequantised (mlx-lm's `fuse --dequantize` for that layer only): re-quantising base +
+    delta moves every weight of the group to a new grid (1.05 in the logits of a 4-bit tiny model, measured), so the
+    adapted layers are kept at full precision and the others stay quantised; mlx-lm loads such a mixed model by the
+    `.scales` each layer has or lacks."""
     from mlx.utils import tree_unflatten
     from mlx_lm.tuner.lora import LoRALinear
 
-    fused = [(name, m.fuse()) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
     if fused:
         model.update_modules(tree_unflatten(fused))
 
