@@ -40,7 +40,7 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
         # 1. SFT preparation: the stage-1 model and its baseline (round 0 of stage 6's measurements).
         s1 = run.gate(prepare_sft(c.model, data, c.sft, run.dir, tokens), sft_baseline_suite)
         start, baseline = s1.model_dir, measure_baseline(data, s1.model_dir, tokens)
-        pairs_cfg, batch_source = calibrated(c.pairs)
+        pairs_cfg, batch_source = calibrated(c.pairs, start)
 
         model_dir, rounds, first, reward_model, rewarded_by = start, [], None, None, {}
         for rnd in range(1, c.iterations.max_rounds + 1):

@@ -4,13 +4,20 @@ matmul GFLOPS with MLX, then a batch-size sweep (1, 2, 4, ... 64) of the real
 workload (batched generation with the run's model) giving an examples/s curve.
 The chosen batch is the smallest within `tolerance` of the peak: a machine that
 "peaks early" gets a small batch.
+
+A result is keyed by the model it was measured on (`ModelKey`: architecture, parameter count, bits per weight) and
+applies only to a matching model (`calibration_applies`): a batch chosen for the tiny model says nothing about 70B.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hardware.sizing import ModelKey, size_from_config
 
 
 def measure_matmul_gflops(n: int = 1024, min_seconds: float = 0.5, min_reps: int = 3) -> tuple[float, float]:
@@ -49,6 +56,7 @@ class CalibrationResult:
     model: str
     max_tokens: int
     tolerance: float
+    model_key: dict | None = None  # ModelKey.as_dict() of the model swept; None when it has no readable config.json
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -75,6 +83,7 @@ def calibrate(
 
     gflops, _ = measure_matmul_gflops()
     lm = load_model(model_dir)
+    key = model_key_of(lm.path)
     curve: dict[int, float] = {}
     for b in batch_sizes:
         prompts = [f"Reverse: {1000 + 37 * i}" for i in range(b)]
@@ -87,4 +96,56 @@ def calibrate(
         if on_point:
             on_point(b, curve[b])
     chosen = choose_batch(curve, tolerance)
-    return CalibrationResult(gflops, curve, chosen, max(curve.values()), str(model_dir), max_tokens, tolerance)
+    return CalibrationResult(
+        gflops,
+        curve,
+        chosen,
+        max(curve.values()),
+        str(model_dir),
+        max_tokens,
+        tolerance,
+        key.as_dict() if key else None,
+    )
+
+
+def model_key_of(model_dir: str | Path) -> ModelKey | None:
+    """The key of the model in `model_dir` (from its config.json); None when there is no readable config.json."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        return size_from_config(cfg).key()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def calibration_key(data: dict) -> ModelKey | None:
+    """The model a saved calibration was measured on.
+
+    Saved by this version: its `model_key`. Saved before keys existed: the key of its `model` directory when that
+    config.json can still be read; otherwise None. An unkeyed calibration applies to no model: by default
+    `realign calibrate` sweeps a tiny model built in a temporary directory (gone since), and applying its batch
+    to a real model is exactly the mistake keys prevent. Recalibrate with `realign calibrate --model DIR`.
+    """
+    if data.get("model_key"):
+        try:
+            return ModelKey.from_dict(data["model_key"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    return model_key_of(data["model"]) if data.get("model") else None
+
+
+def calibration_applies(data: dict | None, key: ModelKey) -> tuple[bool, str]:
+    """Whether a saved calibration (`load_calibration()`) was measured on a model matching `key`, and why (or not)."""
+    if not data:
+        return False, "this machine is not calibrated"
+    measured = calibration_key(data)
+    if measured is None:
+        return False, (
+            "this machine's calibration names no model it was measured on (saved before calibrations were keyed, or "
+            "its model directory is gone): not used; recalibrate with `realign calibrate --model DIR`"
+        )
+    if not measured.matches(key):
+        return False, (
+            f"this machine's calibration was measured on {measured.describe()}, not this model ({key.describe()}): "
+            "not used"
+        )
+    return True, f"this machine's calibration ({measured.describe()}) matches this model"

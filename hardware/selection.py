@@ -11,13 +11,15 @@ from hardware.config import HardwareConfig
 @dataclass
 class Selection:
     """machines: where the job runs; mode: 'separate' (each machine works on its own batches) or
-    'sharded' (the model is split across machines, RDMA); reason: the rule that decided."""
+    'sharded' (the model is split across machines, RDMA); reason: the rule that decided; fits: False when the job
+    needs more memory than all machines have together (the plan says so instead of pretending)."""
 
     machines: list[str]
     mode: Literal["separate", "sharded"]
     batch_size: dict[str, int]
     reason: str
     environment: dict[str, str] = field(default_factory=dict)
+    fits: bool = True
 
 
 def select_machine(
@@ -34,6 +36,7 @@ def select_machine(
     fast, large = hw.machine(r.fast_machine), hw.machine(r.large_machine)
     env = dict(hw.environment)
     everyone = [m.name for m in hw.machines]
+    pooled = sum(m.memory_gb for m in hw.machines)
 
     def one(m, why):
         return Selection([m.name], "separate", {m.name: m.best_batch_size}, why, env)
@@ -45,6 +48,7 @@ def select_machine(
             {m.name: m.best_batch_size for m in hw.machines},
             "training that syncs gradients across machines needs sharded (RDMA) mode",
             env,
+            fits=memory_gb <= pooled,
         )
     if params_b <= r.fast_max_b and memory_gb <= fast.memory_gb:
         return one(fast, f"{params_b:g}B <= {r.fast_max_b:g}B: the fastest machine ({fast.name})")
@@ -56,10 +60,17 @@ def select_machine(
             f"{params_b:g}B needs {memory_gb:.0f} GB: more than {fast.name} has, fits {large.name} "
             f"({large.memory_gb:g} GB)",
         )
+    reason = f"{params_b:g}B needs {memory_gb:.0f} GB: no single machine fits it, shard across {', '.join(everyone)}"
+    if memory_gb > pooled:
+        reason += (
+            f"; but that is more than all machines have together ({pooled:g} GB): it does not fit (use LoRA, a "
+            "quantised model, a smaller batch or shorter sequences)"
+        )
     return Selection(
         everyone,
         "sharded",
         {m.name: m.best_batch_size for m in hw.machines},
-        f"{params_b:g}B needs {memory_gb:.0f} GB: no single machine fits it, shard across {', '.join(everyone)}",
+        reason,
         env,
+        fits=memory_gb <= pooled,
     )

@@ -1,11 +1,12 @@
-"""Calibration: batch choice, a real sweep on the tiny model, the profile a later run uses."""
+"""Calibration: batch choice, a real sweep on the tiny model, the profile a later run uses, and its model key."""
 
 import json
 
 import pytest
 
-from hardware.calibrate import calibrate, choose_batch
+from hardware.calibrate import calibrate, calibration_applies, calibration_key, choose_batch
 from hardware.profiles import DetectedMachine, load_calibration, match_profile, save_calibration
+from hardware.sizing import KNOWN_SHAPES, ModelKey, quantise, size_from_config
 
 
 def test_choose_batch_takes_the_smallest_within_5_percent_of_peak():
@@ -48,3 +49,71 @@ def test_calibration_sweeps_the_real_workload_and_is_saved(tiny_model_dir, tmp_p
     path = save_calibration(result.as_dict())
     assert json.loads(path.read_text())["chosen_batch"] == result.chosen_batch
     assert load_calibration()["chosen_batch"] == result.chosen_batch
+    # keyed by the model swept: the tiny Qwen2, 754,816 fp32 parameters
+    tiny = size_from_config(json.loads((tiny_model_dir / "config.json").read_text())).key()
+    assert result.model_key == {"model_type": "qwen2", "params": 754_816, "bits": 32.0} == tiny.as_dict()
+    assert calibration_key(load_calibration()) == tiny
+
+
+def tiny_calibration(tiny_model_dir, **extra) -> dict:
+    """A calibration as `realign calibrate` saves it for the tiny model on an M4 Max (batch 48)."""
+    key = size_from_config(json.loads((tiny_model_dir / "config.json").read_text())).key()
+    return {"chosen_batch": 48, "profile": "m4-max", "model": str(tiny_model_dir), "model_key": key.as_dict(), **extra}
+
+
+def test_a_tiny_model_calibration_is_not_used_for_a_70b_plan(tiny_model_dir):
+    from hardware.plan import make_plan
+
+    cal = tiny_calibration(tiny_model_dir)
+    p = make_plan("70B", 1000, quantization="4bit", calibration=cal)  # a 4-bit 70B fits the M4 Max
+    assert p.batch_size["m4-max"] == 32 and p.memory["batch"] == 32  # the profile's, not the tiny model's 48
+    assert "qwen2, 0.000755B parameters, 32-bit" in p.calibration and "not this model" in p.calibration
+    assert "profile defaults" in p.calibration
+    # the same calibration on the tiny model itself is used
+    own = make_plan(str(tiny_model_dir), 1000, calibration=cal)
+    assert own.batch_size["m4-max"] == 48 and own.memory["batch"] == 48 and "matches" in own.calibration
+    assert own.batch_size["m3-ultra"] == 4  # measured on the M4 Max only
+
+
+def test_a_70b_calibration_applies_to_a_70b_plan_of_the_same_bits():
+    from hardware.plan import make_plan
+
+    llama70 = quantise(size_from_config(KNOWN_SHAPES["Llama-3.1-70B"]), 4).key()  # 70.55B, measured
+    cal = {"chosen_batch": 16, "profile": "m4-max", "model_key": llama70.as_dict()}
+    p = make_plan("70B", 1000, quantization="4bit", calibration=cal)  # "70B" is 70.55B rounded: within 5%
+    assert p.batch_size["m4-max"] == 16 and p.memory["batch"] == 16
+    bf16 = make_plan("70B", 1000, calibration=cal)  # the same model at 16 bits is not what was measured
+    assert "not this model" in bf16.calibration and bf16.memory["batch"] == 32
+    lora = make_plan("70B", 1000, quantization="4bit", method="lora", calibration=cal)
+    assert "not used for a training plan" in lora.calibration and lora.batch_size == {"m3-ultra": 8}
+
+
+def test_model_keys_match_on_architecture_size_and_bits():
+    k = ModelKey("llama", 8.03e9, 16)
+    assert k.matches(ModelKey(None, 8e9, 16))  # a size named in a request: any architecture
+    assert not k.matches(ModelKey("llama", 7e9, 16))  # 7B is not 8B
+    assert not k.matches(ModelKey("llama", 8.03e9, 4))  # nor 4-bit 16-bit
+    assert not k.matches(ModelKey("qwen2", 8.03e9, 16))
+
+
+def test_old_calibrations_without_a_key(tiny_model_dir, tmp_path):
+    from hardware.plan import make_plan
+
+    # saved before keys existed, by a sweep of a model whose directory is gone (the CLI's temporary tiny model)
+    gone = {"chosen_batch": 48, "profile": "m4-max", "model": str(tmp_path / "deleted" / "tiny")}
+    assert calibration_key(gone) is None
+    ok, why = calibration_applies(gone, ModelKey("qwen2", 754_816, 32))
+    assert not ok and "names no model" in why
+    p = make_plan(str(tiny_model_dir), 100, calibration=gone)
+    assert p.batch_size["m4-max"] == 32 and "names no model" in p.calibration
+    # the model directory still there: its config.json gives the key
+    legacy = {"chosen_batch": 48, "profile": "m4-max", "model": str(tiny_model_dir)}
+    assert make_plan(str(tiny_model_dir), 100, calibration=legacy).batch_size["m4-max"] == 48
+    assert calibration_applies(None, ModelKey(None, 1, 16)) == (False, "this machine is not calibrated")
+
+
+def test_a_generic_machines_calibration_names_no_planned_machine(tiny_model_dir):
+    from hardware.plan import make_plan
+
+    p = make_plan(str(tiny_model_dir), 100, calibration=tiny_calibration(tiny_model_dir, profile="generic"))
+    assert p.batch_size == {"m4-max": 32, "m3-ultra": 4} and "generic machine" in p.calibration

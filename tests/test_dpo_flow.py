@@ -72,11 +72,13 @@ def task_states(flow_run_id) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch):
+def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch, tiny_model_dir):
+    from hardware.calibrate import model_key_of
     from hardware.profiles import save_calibration
 
     monkeypatch.setenv("REALIGN_PROFILE_DIR", str(tmp_path / "profiles"))
-    save_calibration({"chosen_batch": 48, "profile": "generic"})  # as `realign calibrate` would leave it
+    # as `realign calibrate --model` would leave it, measured on a model of the run's shape (the run builds its own)
+    save_calibration({"chosen_batch": 48, "profile": "generic", "model_key": model_key_of(tiny_model_dir).as_dict()})
     state = dpo(config(tmp_path, "full"), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()

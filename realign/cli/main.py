@@ -19,8 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 
 import realign  # noqa: F401  (preloads the fast BLAS before anything imports mlx)
+from realign.cli.export import export_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="realign: gated LLM realignment on Apple MLX.")
+app.command("export")(export_cmd)  # the command lives in its own module
 model_app = typer.Typer(no_args_is_help=True, help="Build and inspect models.")
 app.add_typer(model_app, name="model")
 # The gate commands call the `gates` package (GX) lazily: the core library itself never imports it.
@@ -394,11 +396,40 @@ def plan(
     examples: int = typer.Option(..., "--examples", help="Examples to process."),
     throughput: Optional[list[str]] = typer.Option(None, "--throughput", help="POOL=EX_PER_S, measured (repeatable)."),
     price: Optional[list[str]] = typer.Option(None, "--price", help="POOL=USD_PER_HOUR (repeatable)."),
-    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per example, for the KV-cache estimate."),
+    seq_len: Optional[int] = typer.Option(
+        None,
+        "--seq-len",
+        min=1,
+        help="Tokens per sequence, for KV cache and activations. Default: 1024 for inference, 512 (realign's "
+        "max_seq_len) for training.",
+    ),
+    method: str = typer.Option(
+        "inference",
+        "--method",
+        help="inference (scoring, generation: weights + KV cache), lora or full (training: + gradients, AdamW "
+        "state, activations).",
+    ),
+    quantization: Optional[str] = typer.Option(
+        None,
+        "--quantization",
+        help="Weights' storage: none, bf16, fp16, fp32, 8bit, 4bit (also 2/3/5/6bit). Default: as the model "
+        "directory's config.json stores it, bf16 for a size.",
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Sequences per batch (a DPO pair is two). Default: each machine's best batch for inference "
+        "(a matching calibration's), 8 for training.",
+    ),
+    lora_rank: int = typer.Option(8, "--lora-rank", min=1, help="LoRA rank (--method lora)."),
+    lora_layers: int = typer.Option(-1, "--lora-layers", min=-1, help="LoRA on the last N blocks; -1 for all."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Machine, batch size, mode, split, environment, estimated time and cost for a job."""
+    """Machine, batch size, mode, split, environment, estimated time and cost for a job, from its memory."""
     from hardware.plan import make_plan
+    from hardware.profiles import load_calibration
+    from hardware.sizing import LoRASpec
 
     def pairs(items, what):
         out_ = {}
@@ -417,30 +448,39 @@ def plan(
             throughput=pairs(throughput, "throughput") or None,
             price_per_hour=pairs(price, "price") or None,
             seq_len=seq_len,
+            method=method,
+            quantization=quantization,
+            batch_size=batch_size,
+            lora=LoRASpec(lora_rank, lora_layers),
+            calibration=load_calibration(),
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))
     if as_json:
         out.print_json(json.dumps(p.as_dict()))
         return
-    table = Table(title=f"plan: {examples:,} examples on {model}", show_header=False)
+    table = Table(title=f"plan: {examples:,} examples on {model} ({p.method})", show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
     mem = p.memory
-    table.add_row("model size", f"{p.params_b:.3g}B parameters")
-    table.add_row(
-        "memory",
-        f"{mem['total_gb']:.1f} GB"
-        + (
-            f" ({mem['note']})"
-            if mem["note"]
-            else f" (weights {mem['weights_gb']:.1f} + KV {mem['kv_cache_gb']:.1f} "
-            f"+ activations {mem['activations_gb']:.1f})"
-        ),
-    )
-    table.add_row("machine", ", ".join(p.machines))
+
+    def gb(key):
+        return "not estimated" if mem[key] is None else f"{mem[key]:.2f} GB"
+
+    table.add_row("model size", f"{p.params_b:.3g}B parameters, {p.weights_format}")
+    table.add_row("memory", f"{mem['total_gb']:.1f} GB at batch {mem['batch']} x {mem['seq_len']} tokens")
+    if p.method == "inference":
+        parts = [("weights", "weights_gb"), ("KV cache", "kv_cache_gb"), ("activations", "activations_gb")]
+    else:  # training keeps no KV cache
+        parts = [("weights", "weights_gb")] + ([("adapters", "adapters_gb")] if p.method == "lora" else [])
+        parts += [("gradients", "gradients_gb"), ("optimizer", "optimizer_gb"), ("activations", "activations_gb")]
+    table.add_row("  breakdown", ", ".join(f"{name} {gb(key)}" for name, key in parts))
+    if mem["note"]:
+        table.add_row("  assumptions", mem["note"])
+    table.add_row("machine", ", ".join(p.machines) + ("" if p.fits else " (does not fit)"))
     table.add_row("mode", f"{p.mode}: {p.reason}")
     table.add_row("batch size", ", ".join(f"{k}={v}" for k, v in p.batch_size.items()))
+    table.add_row("calibration", p.calibration)
     table.add_row("split", ", ".join(f"{k}={v:,} ({v / max(1, examples):.1%})" for k, v in p.split.items()))
     table.add_row(
         "throughput", ", ".join(f"{k}={v:g} ex/s" for k, v in p.throughput.items()) + f" [{p.throughput_source}]"

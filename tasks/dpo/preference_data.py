@@ -7,13 +7,14 @@ import time
 import pandas as pd
 from prefect import get_run_logger
 
+from hardware.calibrate import calibration_applies, model_key_of
 from hardware.profiles import load_calibration
 from realign.data.datasets import DataConfig, TrainingFile, load_data, read_pairs
 from realign.data.formats import write_rows
 from realign.data.pairs import PAIR_COLUMNS, GivenPairs, build_pairs, graded_rows, unparsed_ratings
 from realign.eval.probes import probe_examples
 from realign.io import write_json, write_parquet
-from realign.model.load import load_model
+from realign.model.load import load_model, model_root
 from realign.score.reward_model import load_reward_model
 from realign.score.sampling import PairsConfig, score_given
 from tasks.cache import stage_task
@@ -50,14 +51,21 @@ class PairsResult(StageResult):
         }
 
 
-def calibrated(pairs: PairsConfig) -> tuple[PairsConfig, str]:
-    """The pairs config with this machine's calibrated generation batch size (`realign calibrate`) when there is one,
-    and where the batch size came from. Called by the flow, so the chosen batch is part of stage 2's cache key."""
-    calibration = load_calibration() if pairs.use_calibration else None
-    if not calibration:
+def calibrated(pairs: PairsConfig, model_dir: str) -> tuple[PairsConfig, str]:
+    """The pairs config with this machine's calibrated generation batch size (`realign calibrate`) when there is one
+    measured on a model like `model_dir` (architecture, size, quantisation), and where the batch size came from.
+    Called by the flow, so the chosen batch is part of stage 2's cache key."""
+    if not pairs.use_calibration:
+        return pairs, "recipe"
+    calibration = load_calibration()
+    key = model_key_of(model_root(model_dir))
+    applies, why = calibration_applies(calibration, key) if key is not None else (False, "model has no config.json")
+    if not applies:
+        if calibration:
+            get_run_logger().info(f"generation batch size {pairs.generation.batch_size} from the recipe: {why}")
         return pairs, "recipe"
     gen = pairs.generation.model_copy(update={"batch_size": int(calibration["chosen_batch"])})
-    source = f"calibrated on this machine ({calibration.get('profile', 'generic')} profile)"
+    source = f"calibrated on this machine ({calibration.get('profile', 'generic')} profile) for this model"
     get_run_logger().info(f"generation batch size {gen.batch_size}: {source}")
     return pairs.model_copy(update={"generation": gen}), source
 
