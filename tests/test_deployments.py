@@ -64,3 +64,28 @@ def test_nightly_curation_runs_at_two_in_a_configurable_zone():
 def test_runs_start_in_the_workers_checkout():
     (step,) = DOC["pull"]
     assert step == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $REALIGN_HOME }}"}}
+
+
+def test_example_recipes_validate_with_the_files_they_name(tmp_path, monkeypatch):
+    """deployments/examples/: recipes to start from. Schema and paths: the local files they name are made (empty
+    models and data, as the user's would be); a hub id is not fetched."""
+    from realign.recipes.dpo import load_dpo_recipe
+
+    examples = sorted((REPO / "deployments" / "examples").glob("*.yaml"))
+    assert {p.stem for p in examples} >= {"own-pairs", "quantized-mlx-community"}
+    monkeypatch.chdir(tmp_path)
+    for path in examples:
+        body = yaml.safe_load(path.read_text())["config"]
+        data = body["data"]
+        for f in [data.get(k) for k in ("pairs", "prompts", "sft")] + [e["path"] for e in data["eval_sets"]]:
+            if f:
+                (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / f).write_text('{"prompt": "p", "answer": "a"}\n')
+        for model in (body["model"]["path"], body.get("pairs", {}).get("judge_model")):
+            if model and model.startswith("."):
+                (tmp_path / model).mkdir(parents=True, exist_ok=True)
+                (tmp_path / model / "config.json").write_text("{}")
+        cfg = load_dpo_recipe(path)
+        assert cfg.dpo.train.lora is not None and cfg.sft.train.lora is not None, path.name  # LoRA for real models
+    own = load_dpo_recipe(REPO / "deployments" / "examples" / "own-pairs.yaml")
+    assert own.data.pairs == "data/prefs.jsonl" and own.pairs.scorer == "judge"
