@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import string
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,7 @@ from realign.data.demo import digit_strings, example
 from realign.data.formats import DataFormatError, DPORow, first_record, guess_format, iter_checked, read_rows
 from realign.data.grounded import ABSTAIN, GroundedItem, abstention_text, from_record, grounded_items, world
 from realign.io import atomic_path
+from realign.score.verifiers import last_number
 
 
 class _Config(BaseModel):
@@ -24,12 +27,27 @@ class _Config(BaseModel):
 
 
 class EvalSet(_Config):
-    """A held-out, verifiable evaluation set: JSONL rows with 'prompt' and 'answer'."""
+    """A held-out, verifiable evaluation set: a JSONL file in one of three row formats (see `format`)."""
 
     name: str = Field(description="Metric name prefix, e.g. 'reverse'.")
-    path: str = Field(description="JSONL file with prompt and answer per line.")
+    path: str = Field(description="JSONL file, one item per line, in the row format `format` names.")
     role: Literal["target", "benchmark"] = Field(
         description="target: the skill being aligned; benchmark: a capability to retain."
+    )
+    format: Literal["qa", "choice", "math"] = Field(
+        "qa",
+        description="qa: 'prompt' and 'answer', the greedy answer judged by exact match (or the stage's verifier). "
+        "choice: MMLU-style 'question', 'choices' (2-26 strings) and 'answer' (index from 0, or letter A-Z), the "
+        "option whose letter the model finds likeliest after the lettered question is its answer (log-likelihood, "
+        "as lm-eval's MMLU). math: GSM8K-style 'question' and 'answer' (a worked solution ending '#### NUMBER', or "
+        "just the number), the last number of the greedy answer compared with it as a number.",
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Tokens generated per answer (qa, math). None: the stage's setting, and at least "
+        "256 for math, whose worked answers need room.",
     )
 
 
@@ -113,13 +131,27 @@ class GroundedDataConfig(DataConfig):
 @dataclass
 class EvalItems:
     """A verifiable held-out set. role: 'target' (the aligned skill) or 'benchmark' (a capability to keep).
-    items: the grounded questions behind the prompts, for a grounded set."""
+    items: the grounded questions behind the prompts, for a grounded set.
+    format: how it is scored ('qa', 'choice', 'math'; EvalSet.format). A choice set's prompts are the lettered
+    questions, its answers the right letters, `choices` and `labels` the options and the right one's index; a math
+    set's answers are the reference numbers (what follows '####').
+    completions: the full reference per item where it is more than the answer (a worked solution, the right
+    option's text): what perplexity and decontamination read."""
 
     name: str
     role: str
     prompts: list[str]
     answers: list[str]
     items: list[GroundedItem] | None = None
+    format: str = "qa"
+    choices: list[list[str]] | None = None
+    labels: list[int] | None = None
+    completions: list[str] | None = None
+    max_tokens: int | None = None
+
+    def references(self) -> list[str]:
+        """The completion each prompt is held out with: the full reference when there is one, else the answer."""
+        return self.completions if self.completions is not None else self.answers
 
 
 @dataclass
@@ -144,15 +176,26 @@ class DataBundle:
 
     def eval_texts(self) -> list[str]:
         """'prompt answer' of every evaluation item: what training data must not overlap (decontamination)."""
-        return [f"{p} {a}" for ev in self.eval_sets for p, a in zip(ev.prompts, ev.answers)]
+        return [f"{p} {a}" for ev in self.eval_sets for p, a in zip(ev.prompts, ev.references())]
 
 
-def _read_qa(path: str) -> tuple[list[str], list[str]]:
-    """(prompts, answers) of a prompt/answer JSONL file; DataFormatError at the first bad line, and when a prompt
-    appears twice with different answers (which one would the verifier grade against?)."""
-    prompts, answers = [], []
-    first_seen: dict[str, tuple[int, str]] = {}
-    conflicts: list[tuple[int, int, str, str]] = []
+LETTERS = string.ascii_uppercase  # choice labels: MMLU's A-D, up to 26 options
+
+
+def choice_prompt(question: str, choices: Sequence[str]) -> str:
+    """lm-eval's MMLU prompt: the question, one 'A. option' line per choice, then 'Answer:'."""
+    return "\n".join([question.strip(), *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)), "Answer:"])
+
+
+def math_reference(answer: str) -> str:
+    """The reference of a GSM8K-style answer: what follows the last '####' (the worked solution before it is
+    explanation), else the whole answer."""
+    return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
+
+
+def _json_lines(path: str, expected: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line; DataFormatError at the first line that is not JSON.
+    expected: what a line should be, for the messages."""
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -164,32 +207,40 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
                     path, n, [f"invalid UTF-8 at byte {exc.start + 1} (expected UTF-8 text)"]
                 ) from exc
             except json.JSONDecodeError as exc:
-                raise DataFormatError(
-                    path, n, [f"invalid JSON: {exc.msg} (expected an object with prompt and answer)"]
-                ) from exc
+                raise DataFormatError(path, n, [f"invalid JSON: {exc.msg} (expected {expected})"]) from exc
             except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
                 raise DataFormatError(
                     path, n, [f"invalid JSON: {exc or 'nested too deeply'} (expected standard JSON)"]
                 ) from exc
-            missing = [
-                k
-                for k in ("prompt", "answer")
-                if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()
-            ]
-            if missing:
-                raise DataFormatError(
-                    path,
-                    n,
-                    [
-                        f"missing or empty field {', '.join(repr(m) for m in missing)} "
-                        "(expected non-empty strings prompt and answer)"
-                    ],
-                )
-            prompts.append(obj["prompt"])
-            answers.append(obj["answer"])
-            seen = first_seen.setdefault(obj["prompt"], (n, obj["answer"]))
-            if seen[1].strip() != obj["answer"].strip():
-                conflicts.append((n, seen[0], seen[1], obj["answer"]))
+            yield n, obj
+
+
+def _read_qa(path: str) -> tuple[list[str], list[str]]:
+    """(prompts, answers) of a prompt/answer JSONL file; DataFormatError at the first bad line, and when a prompt
+    appears twice with different answers (which one would the verifier grade against?)."""
+    prompts, answers = [], []
+    first_seen: dict[str, tuple[int, str]] = {}
+    conflicts: list[tuple[int, int, str, str]] = []
+    for n, obj in _json_lines(path, "an object with prompt and answer"):
+        missing = [
+            k
+            for k in ("prompt", "answer")
+            if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()
+        ]
+        if missing:
+            raise DataFormatError(
+                path,
+                n,
+                [
+                    f"missing or empty field {', '.join(repr(m) for m in missing)} "
+                    "(expected non-empty strings prompt and answer)"
+                ],
+            )
+        prompts.append(obj["prompt"])
+        answers.append(obj["answer"])
+        seen = first_seen.setdefault(obj["prompt"], (n, obj["answer"]))
+        if seen[1].strip() != obj["answer"].strip():
+            conflicts.append((n, seen[0], seen[1], obj["answer"]))
     if conflicts:
         n, first, a, b = conflicts[0]
         more = f"; {len(conflicts) - 1} more such lines" if len(conflicts) > 1 else ""
@@ -204,6 +255,99 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
     if not prompts:
         raise DataFormatError(path, 0, ["no rows (expected JSONL with prompt and answer)"])
     return prompts, answers
+
+
+def _choice_label(answer: object, n_choices: int) -> int | str:
+    """The right option's index from an MMLU-style answer (index from 0, or letter), or what is wrong with it."""
+    last = LETTERS[n_choices - 1]
+    expected = f"expected an index 0-{n_choices - 1} or a letter A-{last}"
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        index = answer
+    elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
+        index = LETTERS.index(answer.strip().upper())
+    else:
+        return f"answer {answer!r} is neither an index nor a letter ({expected})"
+    if not 0 <= index < n_choices:
+        return f"answer {answer!r} is out of range for {n_choices} choices ({expected})"
+    return index
+
+
+def _read_choice(path: str, name: str, role: str) -> EvalItems:
+    """An MMLU-style multiple-choice set: question, choices (2-26 strings), answer (index or letter) per line;
+    DataFormatError at the first bad line."""
+    prompts, letters, options, labels, completions = [], [], [], [], []
+    for n, obj in _json_lines(path, "an object with question, choices and answer"):
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, n, ["not an object (expected question, choices and answer)"])
+        question, choices = obj.get("question"), obj.get("choices")
+        if not isinstance(question, str) or not question.strip():
+            raise DataFormatError(path, n, ["missing or empty field 'question' (expected a non-empty string)"])
+        if (
+            not isinstance(choices, list)
+            or not 2 <= len(choices) <= len(LETTERS)
+            or not all(isinstance(c, str) and c.strip() for c in choices)
+        ):
+            raise DataFormatError(
+                path, n, [f"'choices' is not a list of 2-{len(LETTERS)} non-empty strings (expected the options)"]
+            )
+        if "answer" not in obj:
+            raise DataFormatError(path, n, ["missing field 'answer' (expected the right option's index or letter)"])
+        label = _choice_label(obj["answer"], len(choices))
+        if isinstance(label, str):
+            raise DataFormatError(path, n, [label])
+        prompts.append(choice_prompt(question, choices))
+        letters.append(LETTERS[label])
+        options.append(list(choices))
+        labels.append(label)
+        completions.append(f"{LETTERS[label]}. {choices[label]}")
+    if not prompts:
+        raise DataFormatError(path, 0, ["no rows (expected JSONL with question, choices and answer)"])
+    return EvalItems(name, role, prompts, letters, None, "choice", options, labels, completions)
+
+
+def _read_math(path: str, name: str, role: str) -> EvalItems:
+    """A GSM8K-style set: question and answer (a worked solution ending '#### NUMBER', or the number) per line;
+    DataFormatError at the first bad line, and when the reference is no number."""
+    questions, references, solutions = [], [], []
+    for n, obj in _json_lines(path, "an object with question and answer"):
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, n, ["not an object (expected question and answer)"])
+        question, answer = obj.get("question"), obj.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # a bare numeric answer, as some GSM8K conversions store it
+        missing = [
+            k for k, v in (("question", question), ("answer", answer)) if not isinstance(v, str) or not v.strip()
+        ]
+        if missing:
+            raise DataFormatError(
+                path,
+                n,
+                [f"missing or empty field {', '.join(repr(m) for m in missing)} (expected question and answer text)"],
+            )
+        reference = math_reference(answer)
+        if last_number(reference) is None:
+            where = "after '####'" if "####" in answer else "in the answer"
+            raise DataFormatError(
+                path, n, [f"no number {where}: {reference[:60]!r} (expected a final '#### NUMBER' line, as GSM8K's)"]
+            )
+        questions.append(question)
+        references.append(reference)
+        solutions.append(answer)
+    if not questions:
+        raise DataFormatError(path, 0, ["no rows (expected JSONL with question and answer)"])
+    return EvalItems(name, role, questions, references, None, "math", completions=solutions)
+
+
+def read_eval_set(e: EvalSet) -> EvalItems:
+    """One evaluation set of the user's, read by its row format."""
+    if e.format == "choice":
+        items = _read_choice(e.path, e.name, e.role)
+    elif e.format == "math":
+        items = _read_math(e.path, e.name, e.role)
+    else:
+        items = EvalItems(e.name, e.role, *_read_qa(e.path))
+    items.max_tokens = e.max_tokens
+    return items
 
 
 def read_pairs(path: str) -> list[DPORow]:
@@ -255,10 +399,10 @@ def load_grounded(cfg: GroundedDataConfig) -> DataBundle:
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
         evals = []
         for e in cfg.eval_sets:
-            if _is_grounded_file(e.path):
+            if e.format == "qa" and _is_grounded_file(e.path):
                 evals.append(_grounded_set(e.name, e.role, read_grounded(e.path, cfg.abstention)))
             else:
-                evals.append(EvalItems(e.name, e.role, *_read_qa(e.path)))
+                evals.append(read_eval_set(e))
         target = next(i for i, e in enumerate(evals) if e.role == "target")
         if evals[target].items is None:
             raise DataFormatError(
@@ -266,7 +410,7 @@ def load_grounded(cfg: GroundedDataConfig) -> DataBundle:
                 1,
                 ["the target evaluation set is not grounded rows (expected question, passages, answer)"],
             )
-        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.answers)]
+        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.references())]
         # Stage-1 SFT rows replayed in stage 3 keep what the model could do (capability data).
         replay = random.Random(cfg.seed + 3).sample(sft, min(cfg.n_prompts_benchmark, len(sft)))
         prompts = [i.prompt() for i in train]
@@ -316,11 +460,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
             prompts = list(dict.fromkeys(r.prompt for r in read_pairs(cfg.pairs)))  # type: ignore[arg-type]
             answers = [None] * len(prompts)
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
-        evals = []
-        for e in cfg.eval_sets:
-            p, a = _read_qa(e.path)
-            evals.append(EvalItems(e.name, e.role, p, a))
-        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.answers)]
+        evals = [read_eval_set(e) for e in cfg.eval_sets]
+        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.references())]
         # No separate dev set in user files: round decisions use the target set (the report says so).
         known = {p: a for p, a in zip(prompts, answers) if a is not None}
         return DataBundle(sft, prompts, known, evals, held, None)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from realign.data.datasets import LETTERS
+from realign.eval.benchmarks import MATH_MAX_TOKENS, choice_loglikelihoods, numbers_match, pick
 from realign.eval.metrics import mean_entropy, mean_kl
 from realign.model.generate import GenerationConfig, generate
 from realign.model.logprobs import _pad_id, collate, encode, mean_completion_loss
@@ -62,15 +64,49 @@ def win_rate(scores_new: Sequence[float], scores_old: Sequence[float]) -> float:
     return float((np.sum(n > o) + 0.5 * np.sum(n == o)) / len(n)) if len(n) else float("nan")
 
 
+def choice_accuracy(
+    model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]], labels: Sequence[int], **kw
+) -> AccuracyResult:
+    """Multiple choice by log-likelihood (realign.eval.benchmarks): the prediction is the letter of the option the
+    model finds likeliest, exact whether it is the right one, the score the right option's probability among the
+    options. kw: choice_loglikelihoods' chat, batch_size, max_len."""
+    lls = choice_loglikelihoods(model, tokenizer, prompts, [len(c) for c in choices], **kw)
+    picked, exact, scores = pick(lls, labels)
+    preds = [LETTERS[i] for i in picked]
+    mean = float(np.mean(scores)) if scores else float("nan")
+    return AccuracyResult(float(np.mean(exact)) if exact else float("nan"), mean, preds, exact, scores)
+
+
 def score_eval_sets(
     model, tokenizer, eval_sets: Sequence, *, max_tokens: int = 12, is_correct: Callable[[str, str], bool] | None = None
 ) -> dict[str, AccuracyResult]:
-    """Greedy accuracy of `model` on each evaluation set (objects with name, prompts, answers), by set name; judged
-    by exact match, or by `is_correct(prediction, answer)` (a verifier)."""
-    return {
-        ev.name: accuracy(model, tokenizer, ev.prompts, ev.answers, max_tokens=max_tokens, is_correct=is_correct)
-        for ev in eval_sets
-    }
+    """Accuracy of `model` on each evaluation set (EvalItems), by set name, as its format says:
+    qa: greedy answers judged by exact match, or by `is_correct(prediction, answer)` (a verifier);
+    choice: the likeliest option's letter (log-likelihood, no generation); math: greedy answers whose last number
+    equals the reference (`is_correct` does not apply), with at least MATH_MAX_TOKENS tokens to work it out.
+    A set's own max_tokens overrides the budget."""
+    out: dict[str, AccuracyResult] = {}
+    for ev in eval_sets:
+        fmt = getattr(ev, "format", "qa")
+        own = getattr(ev, "max_tokens", None)
+        if fmt == "choice":
+            out[ev.name] = choice_accuracy(model, tokenizer, ev.prompts, ev.choices, ev.labels)
+        elif fmt == "math":
+            budget = own or max(max_tokens, MATH_MAX_TOKENS)
+            out[ev.name] = accuracy(
+                model,
+                tokenizer,
+                ev.prompts,
+                ev.answers,
+                max_tokens=budget,
+                is_correct=numbers_match,
+                grade=lambda p, a: float(numbers_match(p, a)),  # a worked answer is not graded by its characters
+            )
+        else:
+            out[ev.name] = accuracy(
+                model, tokenizer, ev.prompts, ev.answers, max_tokens=own or max_tokens, is_correct=is_correct
+            )
+    return out
 
 
 def eval_metrics(results: dict[str, AccuracyResult]) -> dict[str, float]:

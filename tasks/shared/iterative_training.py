@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 
 from realign.data.datasets import DataConfig, load_data
-from realign.eval.probes import accuracy, kl_probe
+from realign.eval.probes import kl_probe, score_eval_sets
 from realign.eval.rounds import RoundScore, best_round, decide, rounds_table
 from realign.io import write_json
 from realign.model.load import load_model
@@ -36,9 +36,10 @@ def measure_round(
     bundle = load_data(data)
     items = bundle.dev or bundle.target
     lm = load_model(model_dir)
-    acc = accuracy(
-        lm.model, lm.tokenizer, items.prompts, items.answers, max_tokens=max_tokens, is_correct=judge(verifier)
-    )
+    # Scored as stage 7 scores it: a choice or math target set by its own rule, not by exact match.
+    acc = score_eval_sets(lm.model, lm.tokenizer, [items], max_tokens=max_tokens, is_correct=judge(verifier))[
+        items.name
+    ]
     kl = math.nan
     if start_dir is not None and probe:
         kl = kl_probe(lm.model, load_model(start_dir).model, lm.tokenizer, probe)
