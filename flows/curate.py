@@ -24,6 +24,7 @@ from realign.data.curation import WORKFLOW_OF, curated_dir, data_type_of
 from realign.data.datasets import load_data
 from realign.data.formats import read_rows, write_rows
 from realign.io import write_json
+from realign.model.load import model_root
 from realign.recipes.dpo import DPOWorkflowConfig
 
 
@@ -32,7 +33,7 @@ def plan_for(request: str, model_dir: str | None, examples: int) -> dict:
     try:
         model = f"{parse_size(request):g}B"
     except ValueError:
-        model = model_dir if model_dir and (Path(model_dir) / "config.json").is_file() else None
+        model = model_dir if model_dir and (model_root(model_dir) / "config.json").is_file() else None
     return make_plan(model, examples).as_dict() if model else {}
 
 

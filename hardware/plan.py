@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from hardware.calibrate import calibration_applies
 from hardware.config import HardwareConfig, MachineProfile
@@ -25,6 +24,7 @@ from hardware.sizing import (
     size_from_config,
     with_quantization,
 )
+from realign.model.load import model_root
 
 INFERENCE_SEQ_LEN = 1024  # tokens per scored or generated example when the caller names none
 
@@ -59,7 +59,7 @@ def model_size(model: str, quantization: str | None = None) -> ModelSize:
     """From a model directory's config.json, or a size named in the text ("Qwen 7B", whose architecture is assumed
     from the nearest known shape, hardware.sizing.KNOWN_SHAPES), stored as `quantization` (None: as the directory
     stores it, bf16 for a size)."""
-    path = Path(model)
+    path = model_root(model)  # a LoRA stage's adapters: the size of the model under them
     if (path / "config.json").is_file():
         size = size_from_config(json.loads((path / "config.json").read_text()))
     else:

@@ -8,6 +8,7 @@ import pytest
 from realign.data.formats import (
     DataFormatError,
     DPORow,
+    FileProblem,
     GRPORow,
     RLVRRow,
     SFTRow,
@@ -303,3 +304,44 @@ def test_trl_conversational_file_validates_and_reads(tmp_path):
     ]
     [good] = list(read_rows(tmp_path / "ok.jsonl", "dpo"))
     assert (good.prompt, good.chosen, good.prompt_text) == ("What color is the sky?", "It is blue.", USER["content"])
+
+
+@pytest.mark.parametrize(
+    "obj, fmt, message",
+    [
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "sft",
+            "field 'messages[0].content' has the wrong type: list (expected a non-empty string)",
+        ),
+        (
+            {"prompt": "q", "responses": [{"text": ["a"], "score": 0.5}]},
+            "grpo",
+            "field 'responses[0].text' has the wrong type: list",
+        ),
+        ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, "dpo", "missing field 'prompt[0].content'"),
+    ],
+)
+def test_a_list_where_text_belongs_is_rejected_in_every_format(obj, fmt, message):
+    """The DPO prompt's text-or-messages union reports one branch; other text fields still report a list."""
+    row, problems, kind = check_object(obj, fmt)
+    assert row is None and problems and problems[0].startswith(message) and kind in ("wrong_type", "missing")
+
+
+def test_a_multi_message_prompt_cannot_go_to_parquet_and_nothing_is_written(tmp_path):
+    rows = [
+        {
+            "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+            "chosen": "a",
+            "rejected": "b",
+        }
+    ]
+    with pytest.raises(FileProblem, match="multi-message prompt .* write JSONL instead"):
+        write_rows(tmp_path / "x.parquet", rows, "dpo")
+    assert not (tmp_path / "x.parquet").exists()
+    assert write_rows(tmp_path / "x.jsonl", rows, "dpo") == 1

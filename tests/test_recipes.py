@@ -122,11 +122,15 @@ def test_given_pairs_are_checked_against_the_workflow_and_the_scorer(tmp_path):
     evals = tmp_path / "eval.jsonl"
     evals.write_text('{"prompt": "p", "answer": "a"}\n')
     data = {"source": "files", "pairs": str(pairs), "eval_sets": [{"name": "t", "path": str(evals), "role": "target"}]}
-    with pytest.raises(ValueError, match="the verifier scorer needs each prompt's known answer"):
+    with pytest.raises(ValueError, match="the verifier scorer needs each pair's prompt"):
         DPOWorkflowConfig.model_validate({"data": data})
     cfg = DPOWorkflowConfig.model_validate({"data": data, "pairs": {"scorer": "judge", "judge_model": str(tmp_path)}})
     assert load_data(cfg.data).prompts == ["p"] and load_data(cfg.data).answers == {}
     with pytest.raises(ValueError, match="data.pairs: this workflow does not train on preference pairs"):
         RLVRWorkflowConfig.model_validate({"data": {"pairs": str(pairs)}})
+    with pytest.raises(ValueError, match="the verifier scorer needs each pair's prompt"):
+        DPOWorkflowConfig.model_validate({"data": {"pairs": str(pairs)}})  # embedded prompts do not answer the pairs'
+    with pytest.raises(ValueError, match="pairs.top_up: tops up given pairs, and data.pairs names none"):
+        DPOWorkflowConfig.model_validate({"pairs": {"top_up": True}})
     with pytest.raises(ValueError, match="data.pairs: .*missing.jsonl does not exist"):
         DPOWorkflowConfig.model_validate({"data": {"pairs": str(tmp_path / "missing.jsonl")}})

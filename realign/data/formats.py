@@ -130,7 +130,7 @@ def _assistant_text(value: list, name: str) -> str:
         raise PydanticCustomError(
             "conversation",
             "field '{name}[0].content' has the wrong type: {kind} (expected a non-empty string)",
-            {"name": name, "kind": type(content).__name__},
+            {"name": name, "kind": _type_name(content)},
         )
     return content
 
@@ -469,16 +469,27 @@ def _kind(pydantic_type: str) -> str:
     return pydantic_type  # empty, identical, no_assistant
 
 
+def _reported(exc: ValidationError) -> list[dict]:
+    """The errors to report. A text-or-messages field (a DPO prompt) fails both union branches: keep the branch the
+    value was meant for (a list: the message list's errors; anything else: the text's)."""
+    errors = exc.errors(include_url=False)
+    unions = {e["loc"][0] for e in errors if "list[Message]" in e["loc"]}
+    kept = []
+    for err in errors:
+        if err["loc"] and err["loc"][0] in unions:
+            if "list[Message]" in err["loc"] and err["type"] == "list_type":
+                continue
+            text_branch = err["loc"][1:] == ("function-after[_not_blank(), str]",)
+            if text_branch and err["type"] == "string_type" and isinstance(err["input"], list):
+                continue
+        kept.append(err)
+    return kept or errors
+
+
 def describe_errors(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into `what is wrong (expected what)` phrases, one per problem."""
     out = []
-    for err in exc.errors(include_url=False):
-        # A text-or-messages field (a DPO prompt) fails both union branches: report the branch the value was meant for.
-        as_list = "list[Message]" in err["loc"]
-        if as_list and err["type"] == "list_type":
-            continue
-        if not as_list and err["type"] == "string_type" and isinstance(err["input"], list) and len(err["loc"]) > 1:
-            continue
+    for err in _reported(exc):
         loc = tuple(p for p in err["loc"] if p not in ("function-after[_not_blank(), str]", "list[Message]"))
         name = _loc(loc)
         leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
@@ -551,7 +562,7 @@ def check_object(obj: Any, fmt: str) -> tuple[_Row | None, list[str], str]:
         guessed = guess_format(obj)
         if guessed is not None and guessed != fmt:
             return None, [f"looks like {guessed}, not {fmt} (expected fields {REQUIRED_FIELDS[fmt]})"], "wrong_format"
-        return None, describe_errors(exc), _kind(exc.errors()[0]["type"])
+        return None, describe_errors(exc), _kind(_reported(exc)[0]["type"])
 
 
 def check_line(raw: bytes, line: int, fmt: str) -> LineResult | None:
@@ -732,6 +743,11 @@ class RowWriter:
         self._pq_writer = None
 
     def write(self, row: _Row) -> None:
+        if self._parquet and isinstance(row, DPORow) and isinstance(row.prompt, list):
+            raise FileProblem(
+                f"{self.path}: a preference row with a multi-message prompt (a system prompt or earlier turns) cannot "
+                "be written to Parquet here, whose prompt column is text; write JSONL instead (--out FILE.jsonl)"
+            )
         self.count += 1
         if self._parquet:
             self._buffer.append(row.to_record())

@@ -34,6 +34,7 @@ class PairStats:
     agreement_rate: float
     decontamination: float
     given: int = 0  # the user's own pairs read (data.pairs), before any was dropped
+    given_no_gap: int = 0  # of those, pairs the scorer does not prefer as labelled by the minimum gap (in no_gap)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,7 @@ class _Counts:
     identical: int = 0
     duplicates: int = 0
     given: int = 0
+    given_no_gap: int = 0
     judged: list[int] = field(default_factory=list)  # the scorer's verdict on each scored given pair (+1/0/-1)
 
 
@@ -144,6 +146,7 @@ def _given(given: GivenPairs, counts: _Counts, seen: set, min_gap: float) -> lis
         counts.judged.append(int(np.sign(sc - sr)))
         if sc - sr < min_gap - 1e-12:
             counts.no_gap += 1
+            counts.given_no_gap += 1
             continue
         if (p, c, r) in seen:
             counts.duplicates += 1
@@ -197,6 +200,7 @@ def _finish(pairs: list[dict], counts: _Counts, eval_texts: Sequence[str], ngram
         agreement_rate=agreement,
         decontamination=decon,
         given=counts.given,
+        given_no_gap=counts.given_no_gap,
     )
     return kept, stats
 

@@ -124,10 +124,11 @@ def _safetensors_readable(path: Path) -> bool:
 def fuse_adapters(model) -> None:
     """Fold LoRA adapters into their base linear layers, in place (no-op without adapters).
 
-    A quantised layer is fused dequantised (mlx-lm's `fuse --dequantize` for that layer only): re-quantising base +
-    delta moves every weight of the group to a new grid (1.05 in the logits of a 4-bit tiny model, measured), so the
-    adapted layers are kept at full precision and the others stay quantised; mlx-lm loads such a mixed model by the
-    `.scales` each layer has or lacks."""
+    A quantised layer is fused dequantised (mlx-lm's `fuse --dequantize`, for the adapted layers only): re-quantising
+    base + delta puts the whole group on a new 4-bit grid, and the rounding outweighed the effect of trained-size
+    adapters on the 4-bit tiny model (0.057 vs 0.016 in the logits, measured). Exact, at a memory cost: the adapted
+    layers are held at 16-bit from the first LoRA stage on (about 3.5x their 4-bit size). The other layers stay
+    quantised; mlx-lm loads such a mixed model by the `.scales` each layer has or lacks."""
     from mlx.utils import tree_unflatten
     from mlx_lm.tuner.lora import LoRALinear
 
@@ -172,7 +173,13 @@ def _load_adapter_chain(path: Path) -> LoadedModel:
     """The base model with each level of adapters applied and fused in memory, in order."""
     from mlx_lm.tuner.utils import load_adapters
 
-    lm = load_model(adapter_base(path))
+    base = adapter_base(path)
+    if not base.exists():
+        raise ModelLoadError(
+            f"{path / ADAPTER_CONFIG}: the model these adapters were trained on, {base} (field 'model'), does not "
+            "exist: restore it there, or edit the field to where it is now"
+        )
+    lm = load_model(base)
     try:
         load_adapters(lm.model, str(path))
     except (ValueError, FileNotFoundError) as exc:
@@ -195,7 +202,7 @@ def _lora_config(model) -> dict | None:
             first = first or next(m for n, m in block.named_modules() if isinstance(m, LoRALinear))
     if first is None:
         return None
-    dropout = getattr(first.dropout, "p", 0.0)
+    dropout = 1.0 - getattr(first.dropout, "_p_1", 1.0)  # mlx's Dropout keeps the keep-probability
     params = {"rank": int(first.lora_a.shape[1]), "scale": float(first.scale), "dropout": float(dropout)}
     return {"fine_tune_type": "lora", "num_layers": adapted, "lora_parameters": {**params, "keys": sorted(keys)}}
 

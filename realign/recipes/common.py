@@ -88,11 +88,14 @@ class WorkflowRecipe(Recipe):
         pairs = getattr(self, "pairs", None)  # stage 2's settings, in the workflows that build preference pairs
         if self.data.pairs and pairs is None:
             problems.append("data.pairs: this workflow does not train on preference pairs; remove data.pairs")
-        elif self.data.pairs and pairs.scorer == "verifier" and self.data.source == "files" and not self.data.prompts:
+        elif self.data.pairs and pairs.scorer == "verifier" and not (self.data.source == "files" and self.data.prompts):
             problems.append(
-                "data.pairs: the verifier scorer needs each prompt's known answer: give data.prompts (prompt, answer) "
-                "or set pairs.scorer to judge (with pairs.judge_model) or reward_model"
+                "data.pairs: the verifier scorer needs each pair's prompt with its known answer: give data.prompts "
+                "(prompt, answer) with data.source 'files', or set pairs.scorer to judge (with pairs.judge_model) or "
+                "reward_model"
             )
+        if pairs is not None and pairs.top_up and not self.data.pairs:
+            problems.append("pairs.top_up: tops up given pairs, and data.pairs names none (set it or turn top_up off)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -84,7 +84,7 @@ def score_given_pairs(path: str, pairs_cfg: PairsConfig, answers: dict[str, str]
     )
     if unparsed:
         log.warning(
-            f"judge gave no parseable rating for {unparsed} given answers; those pairs are left out, not guessed"
+            f"judge gave no parseable rating for {unparsed} given answers; their pairs are left out, not guessed"
         )
     return GivenPairs(prompts, chosen, rejected, sc, sr)
 
@@ -148,10 +148,16 @@ def generate_pairs(
     write_rows(out / "train.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs], "dpo")
     write_rows(out / "completions.jsonl", graded_rows(prompts, texts, scores), "grpo")
     write_json(out / "stats.json", stats.as_dict())
-    if stats.prompts and stats.no_gap >= 0.9 * stats.prompts:
+    if stats.given and stats.given_no_gap >= 0.5 * stats.given:
+        log.warning(
+            f"the {pairs_cfg.scorer} does not prefer the chosen answer by the minimum gap in {stats.given_no_gap} of "
+            f"{stats.given} given pairs (dropped): check the labels in {data.pairs} and the scorer"
+        )
+    sampled_no_gap = stats.no_gap - stats.given_no_gap
+    if stats.prompts and sampled_no_gap >= 0.9 * stats.prompts:
         # Nearly every prompt's answers scored alike: usually the reference answers or the scorer, not the model.
         log.warning(
-            f"{stats.no_gap} of {stats.prompts} prompts had no score gap between their best and worst answer: "
+            f"{sampled_no_gap} of {stats.prompts} prompts had no score gap between their best and worst answer: "
             f"check the reference answers in the prompts data (placeholders like 'TBD'?) and the scorer"
         )
     log.info(

@@ -93,6 +93,8 @@ def model_card(run_dir: str, summary: dict) -> str:
     except (OSError, ValueError):
         recipe = {}
     base = recipe.get("model", {}).get("path", "not recorded (no recipe.json)")
+    # the hub reads base_model as a hub id: named only when it is one (not a local path or the tiny demo model)
+    hub = f"base_model: {json.dumps(base)}\n" if base.count("/") == 1 and not base.startswith((".", "/", "~")) else ""
     data = recipe.get("data", {})
     given = [f"{k}: `{data[k]}`" for k in ("pairs", "prompts", "sft") if data.get(k)]
     given += [f"eval set {e['name']} ({e['role']}): `{e['path']}`" for e in data.get("eval_sets", [])]
@@ -105,7 +107,7 @@ def model_card(run_dir: str, summary: dict) -> str:
     gates = "\n".join(f"| {md_escape(k)} | {v} |" for k, v in summary.get("gate_tiers", {}).items())
     compared = "\n".join(f"- {md_escape(c['text'])}" for c in summary.get("comparisons", []))
     return (
-        f"---\nlibrary_name: mlx\ntags: [mlx, realign, {summary['data_type'].lower()}]\nbase_model: {base}\n---\n\n"
+        f"---\nlibrary_name: mlx\ntags: [mlx, realign, {json.dumps(summary['data_type'].lower())}]\n{hub}---\n\n"
         f"# {Path(run_dir).name}: {summary['workflow']} with realign ({summary['tier']})\n\n"
         f"- **Base model:** `{base}`\n- **Method:** {summary['workflow']} workflow ({summary['data_type']}), "
         f"{summary.get('rounds', 1)} round(s)\n- **Data:** {source}\n- **Training files:** {files or 'none'}\n"
@@ -113,8 +115,8 @@ def model_card(run_dir: str, summary: dict) -> str:
         f"## Comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
         f"## Results\n\n| metric | value |\n|---|---|\n{res}\n\n"
         f"## Gates\n\n| stage | tier |\n|---|---|\n{gates}\n\n"
-        f'Load it with `mlx_lm.load("{Path(summary["final_model"]).name}")`; the run\'s recipe is `recipe.json` in '
-        "the run directory.\n"
+        "Load it with `mlx_lm.load(PATH_TO_THIS_DIRECTORY)`; the run's recipe is `recipe.json` in the run "
+        "directory.\n"
     )
 
 
