@@ -59,16 +59,17 @@ def test_a_loader_message_in_brackets_reaches_the_user_intact(tiny_model_dir, tm
     assert f"{broken / 'model.safetensors'}: cannot be read" in done.stderr
 
 
-def test_lora_on_a_4bit_model_saves_adapters_and_fuses_exactly(tiny_model_dir, tmp_path):
-    """QLoRA as mlx-lm does it: adapters train on quantised weights; a stage writes the adapters only; loading fuses
-    them into dequantised copies of the adapted layers, exactly (re-quantising would round away trained-size
-    adapters: the rounding is measured here against their effect); the other layers stay 4-bit."""
+def test_lora_on_a_4bit_model_keeps_it_4bit_and_exact_through_a_chain_of_stages(tiny_model_dir, tmp_path):
+    """QLoRA as mlx-lm does it: adapters train on quantised weights; each stage writes its adapters only. Loading keeps
+    the quantised weights and adds every stage's update beside them (exact, rank-sized), where fusing would re-quantise
+    and round away trained-size adapters (measured here); a second stage trains on top; the saved model is exact."""
     import mlx.core as mx
     import mlx_lm
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import quantize_model, save_config
     from mlx_lm.utils import save_model as mlx_save_model
 
+    from realign.model.chain import ChainedQuantizedLinear
     from realign.model.load import save_model
     from realign.train.loop import LoRAConfig, TrainConfig, prepare_model
 
@@ -80,28 +81,39 @@ def test_lora_on_a_4bit_model_saves_adapters_and_fuses_exactly(tiny_model_dir, t
     for f in tiny_model_dir.iterdir():
         if f.name.startswith(("tokenizer", "special")):
             shutil.copy(f, q4)
-    lm = load_model(q4)
     tokens = mx.array([[5, 6, 7, 8, 9]])
-    base_logits = lm.model(tokens)
-    prepare_model(lm.model, TrainConfig(lora=LoRAConfig(rank=4, dropout=0.1)))
-    trained = [(k, mx.random.normal(v.shape) * 0.002) for k, v in tree_flatten(lm.model.trainable_parameters())]
-    lm.model.update(tree_unflatten(trained))  # stands in for training: adapters that change the output
-    lm.model.eval()  # no adapter dropout in the logits compared
-    expected = lm.model(tokens)
-    stage = save_model(lm.model, q4, tmp_path / "run" / "01_sft_preparation" / "model")
-    assert sorted(p.name for p in stage.iterdir()) == ["adapter_config.json", "adapters.safetensors"]
-    assert json.loads((stage / "adapter_config.json").read_text())["lora_parameters"]["dropout"] == pytest.approx(0.1)
-    chained = load_model(stage)
-    change = mx.abs(expected - base_logits).max().item()
-    assert mx.abs(chained.model(tokens) - expected).max().item() < change / 100  # exact, up to float rounding
-    requantised = load_model(q4)
-    prepare_model(requantised.model, TrainConfig(lora=LoRAConfig(rank=4)))
-    requantised.model.update(tree_unflatten(trained))
-    fuse = [(n, m.fuse()) for n, m in requantised.model.named_modules() if type(m).__name__ == "LoRALinear"]
-    requantised.model.update_modules(tree_unflatten(fuse))  # mlx-lm's default fuse: back onto the 4-bit grid
-    assert mx.abs(requantised.model(tokens) - expected).max().item() > change  # why realign fuses dequantised
-    final = save_model(chained.model, stage, tmp_path / "run" / "07_evaluation" / "final_model")
-    fused, _ = mlx_lm.load(str(final))
-    assert mx.abs(fused(tokens) - expected).max().item() < change / 100
+
+    def nbytes(m):
+        return sum(v.nbytes for _, v in tree_flatten(m.parameters()))
+
+    def train_stage(start, out, seed):
+        lm = load_model(start)
+        before = lm.model(tokens)
+        prepare_model(lm.model, TrainConfig(lora=LoRAConfig(rank=4, dropout=0.1), seed=seed))
+        trained = [(k, mx.random.normal(v.shape) * 0.002) for k, v in tree_flatten(lm.model.trainable_parameters())]
+        lm.model.update(tree_unflatten(trained))  # stands in for training: adapters that change the output a little
+        lm.model.eval()  # no adapter dropout in the logits compared
+        expected = lm.model(tokens)
+        return save_model(lm.model, start, out), expected, mx.abs(expected - before).max().item(), lm
+
+    stage1, expected1, change1, trained1 = train_stage(q4, tmp_path / "run" / "01_sft_preparation" / "model", 1)
+    assert sorted(p.name for p in stage1.iterdir()) == ["adapter_config.json", "adapters.safetensors"]
+    assert json.loads((stage1 / "adapter_config.json").read_text())["lora_parameters"]["dropout"] == pytest.approx(0.1)
+    chained = load_model(stage1)
+    assert mx.abs(chained.model(tokens) - expected1).max().item() < change1 / 100  # exact up to float rounding
+    layers = [m for _, m in chained.model.named_modules() if isinstance(m, ChainedQuantizedLinear)]
+    assert len(layers) == 14 and nbytes(chained.model) < 1.5 * nbytes(load_model(q4).model)  # still 4-bit
+    # mlx-lm's default fuse re-quantises: the rounding outweighs the adapters' effect
+    from mlx_lm.tuner.lora import LoRALinear
+
+    fused = [(n, m.fuse()) for n, m in trained1.model.named_modules() if isinstance(m, LoRALinear)]
+    trained1.model.update_modules(tree_unflatten(fused))
+    assert mx.abs(trained1.model(tokens) - expected1).max().item() > change1
+
+    stage5, expected5, change5, _ = train_stage(stage1, tmp_path / "run" / "05_dpo_optimization" / "model", 5)
+    assert mx.abs(load_model(stage5).model(tokens) - expected5).max().item() < change5 / 100
+    final = save_model(load_model(stage5).model, stage5, tmp_path / "run" / "07_evaluation" / "final_model")
+    loaded, _ = mlx_lm.load(str(final))
+    assert mx.abs(loaded(tokens) - expected5).max().item() < change5 / 100
     weights = mx.load(str(final / "model.safetensors"))
     assert "model.embed_tokens.scales" in weights and "model.layers.0.self_attn.q_proj.scales" not in weights

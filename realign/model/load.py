@@ -122,19 +122,34 @@ def _safetensors_readable(path: Path) -> bool:
 
 
 def fuse_adapters(model) -> None:
-    """Fold LoRA adapters into their base linear layers, in place (no-op without adapters).
-
-    A quantised layer is fused dequantised (mlx-lm's `fuse --dequantize`, for the adapted layers only): re-quantising
-    base + delta puts the whole group on a new 4-bit grid, and the rounding outweighed the effect of trained-size
-    adapters on the 4-bit tiny model (0.057 vs 0.016 in the logits, measured). Exact, at a memory cost: the adapted
-    layers are held at 16-bit from the first LoRA stage on (about 3.5x their 4-bit size). The other layers stay
-    quantised; mlx-lm loads such a mixed model by the `.scales` each layer has or lacks."""
+    """Fold LoRA adapters into their base layers, in place (no-op without adapters): a full-precision layer's into its
+    weights; a quantised layer's into a ChainedQuantizedLinear beside its 4-bit weights (exact and small; fusing would
+    re-quantise, realign.model.chain says why)."""
+    import mlx.nn as nn
     from mlx.utils import tree_unflatten
     from mlx_lm.tuner.lora import LoRALinear
 
-    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    from realign.model.chain import ChainedQuantizedLinear
+
+    fused = [
+        (name, ChainedQuantizedLinear.from_lora(m) if isinstance(m.linear, nn.QuantizedLinear) else m.fuse())
+        for name, m in model.named_modules()
+        if isinstance(m, LoRALinear)
+    ]
     if fused:
         model.update_modules(tree_unflatten(fused))
+
+
+def _dense_chains(model) -> None:
+    """Chained quantised layers as full-precision layers with their updates added, in place, for a model directory
+    mlx-lm can load (the adapted layers at 16-bit, the others still quantised: mlx-lm reads each layer's `.scales`)."""
+    from mlx.utils import tree_unflatten
+
+    from realign.model.chain import ChainedQuantizedLinear
+
+    dense = [(name, m.dense()) for name, m in model.named_modules() if isinstance(m, ChainedQuantizedLinear)]
+    if dense:
+        model.update_modules(tree_unflatten(dense))
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -239,6 +254,7 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
         return out
     root = model_root(src)
     fuse_adapters(model)
+    _dense_chains(model)
     with atomic_dir(out) as tmp:
         for f in root.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
