@@ -192,6 +192,7 @@ class Run:
             "cost_per_example": cost,
             "cost_note": None if cost is not None else "price_per_hour not configured: cost not computed",
             "verdict": e.verdict,
+            "evaluation": e.evaluation,
             "comparisons": [
                 {**c.model_dump(), "within_noise": c.within_noise, "text": c.describe()} for c in e.comparisons
             ],

@@ -61,18 +61,20 @@ def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 # What the tiny judge learns to tell apart: a reversal of the digits (rated 9) from a refusal (rated 1).
 REFUSALS = ("I do not know", "no answer", "not sure", "cannot say", "I can not tell", "unknown")
+JUDGE_STEPS = 100
 
 
 @pytest.fixture(scope="session")
 def judge_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A judge built from the tiny model: 60 SFT steps on JUDGE_TEMPLATE prompts rating answers 9 and refusals 1
-    (about 35 s; it rates held-out pairs correctly, see test_scorers)."""
+    """A judge built from the tiny model: JUDGE_STEPS SFT steps on JUDGE_TEMPLATE prompts rating answers 9 and
+    refusals 1, and on PAIRWISE_TEMPLATE prompts picking the answer over the refusal (about a minute; it judges
+    held-out pairs correctly both ways, see test_scorers)."""
     import random
 
     from realign.data.demo import digit_strings, example
     from realign.model.load import load_model, save_model
     from realign.recipes.common import SFTStageConfig
-    from realign.score.judge import JUDGE_TEMPLATE
+    from realign.score.judge import JUDGE_TEMPLATE, PAIRWISE_TEMPLATE
     from realign.train.batches import sft_batches
     from realign.train.loop import prepare_model, train
     from realign.train.objectives import sft_loss
@@ -83,8 +85,13 @@ def judge_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
         e, good = example("reverse", s), rng.random() < 0.5
         answer = e.answer if good else rng.choice(REFUSALS)
         rows.append((JUDGE_TEMPLATE.format(prompt=e.prompt, completion=answer), "9" if good else "1"))
+        # and the pairwise question (the second judgement of stage 2's agreement rate): the answer over a refusal
+        first, second, better = (e.answer, rng.choice(REFUSALS), "A")
+        if rng.random() < 0.5:
+            first, second, better = second, first, "B"
+        rows.append((PAIRWISE_TEMPLATE.format(prompt=e.prompt, first=first, second=second), better))
     lm = load_model(tiny_model_dir)
-    cfg = SFTStageConfig().train.model_copy(update={"steps": 60, "batch_size": 16, "metrics_every": 1000})
+    cfg = SFTStageConfig().train.model_copy(update={"steps": JUDGE_STEPS, "batch_size": 16, "metrics_every": 1000})
     prepare_model(lm.model, cfg)
     train(lm.model, sft_loss, sft_batches(lm.tokenizer, rows, cfg), cfg, measure=None)
     return save_model(lm.model, tiny_model_dir, tmp_path_factory.mktemp("models") / "judge")

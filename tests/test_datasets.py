@@ -139,3 +139,64 @@ def test_grounded_files_with_their_own_abstention(tmp_path):
     qa = write(tmp_path / "qa.jsonl", [{"prompt": "p", "answer": "a"}])
     with pytest.raises(DataFormatError, match="target evaluation set is not grounded rows"):
         load_data(cfg.model_copy(update={"eval_sets": [EvalSet(name="qa", path=qa, role="target")]}))
+
+
+def test_an_open_set_has_prompts_a_scorer_and_optional_references(tmp_path):
+    from realign.data.datasets import DataConfig, EvalSet, load_data
+
+    judge = str(tmp_path / "judge")
+    ev = write(tmp_path / "open.jsonl", [{"prompt": "Write a haiku"}, {"prompt": "Explain DPO", "reference": "It..."}])
+    bench = write(tmp_path / "b.jsonl", [{"prompt": "1+1", "answer": "2"}])
+    # data.prompts may leave answers out (a judge scores them); given ones are kept for the verifier
+    prompts = write(tmp_path / "p.jsonl", [{"prompt": "Tell me a joke"}, {"prompt": "2+2", "answer": "4"}])
+    cfg = DataConfig(
+        source="files",
+        prompts=prompts,
+        eval_sets=[
+            EvalSet(name="chat", path=ev, role="target", format="open", judge_model=judge),
+            EvalSet(name="math", path=bench, role="benchmark"),
+        ],
+    )
+    bundle = load_data(cfg)
+    assert bundle.prompts == ["Tell me a joke", "2+2"] and bundle.answers == {"2+2": "4"}
+    t = bundle.target
+    assert t.format == "open" and t.scorer == ("judge", judge) and t.metric == "chat_score"
+    assert t.prompts == ["Write a haiku", "Explain DPO"] and t.answers == ["", ""]
+    # perplexity reads the reference only where there is one, and the benchmark's answers
+    assert bundle.heldout_text == [("Explain DPO", "It..."), ("1+1", "2")]
+    assert bundle.benchmarks[0].metric == "math_accuracy"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"format": "open"}, "needs exactly one scorer, judge_model or reward_model (got 0)"),
+        ({"format": "open", "judge_model": "j", "reward_model": "r"}, "needs exactly one scorer"),
+        ({"format": "open", "judge_model": "j", "role": "benchmark"}, "an open set can only be the target"),
+        ({"judge_model": "j"}, "judge_model rates open sets only; format 'qa' has checkable answers"),
+    ],
+)
+def test_an_open_set_needs_one_scorer_and_the_target_role(fields, message):
+    from pydantic import ValidationError
+
+    from realign.data.datasets import EvalSet
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        EvalSet(**{"name": "t", "path": "x.jsonl", "role": "target", **fields})
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('{"reference": "r"}', "missing or empty field 'prompt'"),
+        ('{"prompt": "p", "reference": 3}', "'reference' is int (expected a string or none)"),
+        ('{"prompt": "a"}', "same prompt as line 1 (expected each prompt once)"),
+    ],
+)
+def test_bad_open_rows_are_file_line_errors(tmp_path, line, reason):
+    from realign.data.datasets import EvalSet, read_eval_set
+
+    path = tmp_path / "open.jsonl"
+    path.write_text('{"prompt": "a"}\n' + line + "\n")
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}:2: {re.escape(reason)}"):
+        read_eval_set(EvalSet(name="o", path=str(path), role="target", format="open", judge_model="j"))

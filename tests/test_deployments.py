@@ -72,7 +72,7 @@ def test_example_recipes_validate_with_the_files_they_name(tmp_path, monkeypatch
     from realign.recipes.dpo import load_dpo_recipe
 
     examples = sorted((REPO / "deployments" / "examples").glob("*.yaml"))
-    assert {p.stem for p in examples} >= {"own-pairs", "quantized-mlx-community"}
+    assert {p.stem for p in examples} >= {"own-pairs", "quantized-mlx-community", "open-prompts-judge"}
     monkeypatch.chdir(tmp_path)
     for path in examples:
         body = yaml.safe_load(path.read_text())["config"]
@@ -81,11 +81,18 @@ def test_example_recipes_validate_with_the_files_they_name(tmp_path, monkeypatch
             if f:
                 (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_path / f).write_text('{"prompt": "p", "answer": "a"}\n')
-        for model in (body["model"]["path"], body.get("pairs", {}).get("judge_model")):
+        judges = [e.get("judge_model") for e in data["eval_sets"]]
+        for model in (body["model"]["path"], body.get("pairs", {}).get("judge_model"), *judges):
             if model and model.startswith("."):
                 (tmp_path / model).mkdir(parents=True, exist_ok=True)
                 (tmp_path / model / "config.json").write_text("{}")
         cfg = load_dpo_recipe(path)
         assert cfg.dpo.train.lora is not None and cfg.sft.train.lora is not None, path.name  # LoRA for real models
+    opened = load_dpo_recipe(REPO / "deployments" / "examples" / "open-prompts-judge.yaml")
+    assert opened.data.eval_sets[0].format == "open" and opened.data.eval_sets[0].scorer() == (
+        "judge",
+        "./models/judge",
+    )
+    assert opened.pairs.scorer == "judge" and opened.data.prompts == "data/prompts.jsonl"
     own = load_dpo_recipe(REPO / "deployments" / "examples" / "own-pairs.yaml")
     assert own.data.pairs == "data/prefs.jsonl" and own.pairs.scorer == "judge"

@@ -263,6 +263,81 @@ def test_users_own_files_with_pairs_in_trl_conversational_format_scored_by_a_tin
 
 
 @pytest.mark.slow
+def test_open_ended_prompts_scored_by_a_judge_report_a_win_rate_with_an_interval(tmp_path, judge_model_dir):
+    import pandas as pd
+
+    from realign.data.datasets import DataConfig, load_data
+    from realign.eval.probes import outcomes
+
+    # What a user brings: prompts without answers, an open-ended target set, a benchmark to retain, and a judge.
+    bundle = load_data(DataConfig(**SMALL["data"]))
+    reverse = [p for p in bundle.prompts if p.startswith("Reverse")]
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in reverse])
+    target = bundle.target
+    open_set = _jsonl(tmp_path / "open.jsonl", [{"prompt": p} for p in target.prompts])
+    copy = bundle.benchmarks[0]
+    bench = _jsonl(tmp_path / "copy.jsonl", [{"prompt": p, "answer": a} for p, a in zip(copy.prompts, copy.answers)])
+    # the model to align refuses some of the time (its SFT data does, for 40% of reversals): what the judge rates low
+    from conftest import REFUSALS
+
+    rows = [
+        (p, REFUSALS[i % len(REFUSALS)] if p.startswith("Reverse") and i % 5 < 2 else a)
+        for i, (p, a) in enumerate(bundle.sft)
+    ]
+    sft = _jsonl(tmp_path / "sft.jsonl", [{"instruction": p, "output": a} for p, a in rows])
+    judge = str(judge_model_dir)
+    cfg = config(
+        tmp_path,
+        "open",
+        data={
+            "source": "files",
+            "prompts": prompts,
+            "sft": sft,
+            "eval_sets": [
+                {"name": "chat", "path": open_set, "role": "target", "format": "open", "judge_model": judge},
+                {"name": "copy", "path": bench, "role": "benchmark"},
+            ],
+        },
+        pairs={**SMALL["pairs"], "scorer": "judge", "judge_model": judge},
+        iterations={"max_rounds": 1},
+    )
+    state = dpo(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    summary, run = state.result(), tmp_path / "open"
+    stats = json.loads((run / "02_preference_data" / "stats.json").read_text())
+    kept = pd.read_parquet(run / "02_preference_data" / "pairs.parquet")
+    # no answers, so the agreement is the judge's second, pairwise judgement of each kept pair (answers swapped)
+    decided = kept["agree"].dropna()
+    assert len(decided) >= 1 and stats["agreement_rate"] == pytest.approx((decided == 1).mean())
+    baseline = json.loads((run / "01_sft_preparation" / "baseline_metrics.json").read_text())
+    assert "chat_score" in baseline and "chat_accuracy" not in baseline  # no accuracy without answers
+    assert "open-ended" in summary["evaluation"] and judge in summary["evaluation"]
+    assert "copy (benchmark, 40 items): exact match" in summary["evaluation"]
+    results = summary["results"]
+    assert "after/chat_score" in results and "before/chat_score" in results and "after/chat_accuracy" not in results
+    assert results["after/perplexity"] > 1 and results["before/perplexity"] > 1
+    # The win rate and the rating difference, recomputed by hand from the answers and ratings stage 7 wrote.
+    rows = [json.loads(line) for line in (run / "07_evaluation" / "target_answers.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == target.prompts and all(r["answer"] == "" for r in rows)
+    nan = float("nan")
+    after = [nan if r["after_score"] is None else r["after_score"] for r in rows]
+    before = [nan if r["before_score"] is None else r["before_score"] for r in rows]
+    wins = outcomes(after, before)
+    by_metric = {(c["metric"], c["second"]): c for c in summary["comparisons"]}
+    win = by_metric["chat_score_win_rate", "even"]
+    assert win["first_value"] == pytest.approx(sum(wins) / len(wins)) == pytest.approx(results["win_rate"])
+    assert win["items"] == len(wins) and win["ci_low"] <= win["difference"] <= win["ci_high"]
+    rated = [(a, b) for a, b in zip(after, before) if a == a and b == b]
+    gain = by_metric["chat_score", "before"]
+    assert gain["difference"] == pytest.approx(sum(a - b for a, b in rated) / len(rated))
+    assert results["target_after"] == pytest.approx(results["after/chat_score"])
+    assert ("chat_score", "control") in by_metric  # the control arm is rated by the same judge
+    assert "chat mean judge rating" in summary["verdict"]
+    md = (run / "07_evaluation" / "final_model" / "README.md").read_text()
+    assert "**Evaluation:** chat (target" in md
+
+
+@pytest.mark.slow
 def test_a_lora_run_keeps_adapters_per_stage_and_round_and_one_fused_model(tmp_path, sft_model_dir):
     import mlx_lm
 

@@ -72,7 +72,7 @@ def test_no_items_is_not_measured_never_a_loss():
     empty = compare("m", "after", [], "control", [])
     assert not empty.measured and not empty.within_noise and "not measured" in empty.describe()
     assert verdict("DPO", "t", compare("m", "after", [], "before", []), empty) == (
-        "t accuracy not measured: the target set has no items"
+        "t accuracy not measured: the target set has no (rated) items"
     )
 
 
@@ -92,3 +92,20 @@ def test_reward_hacking_needs_the_reward_up_and_the_accuracy_down_beyond_noise()
     assert not reward_hacking(up, noisy)  # accuracy change within noise
     assert not reward_hacking(down, up)  # reward down, accuracy up: the opposite
     assert not reward_hacking(up, compare("x", "after", [], "before", []))  # not measured
+
+
+def test_items_a_scorer_could_not_rate_are_left_out_of_both_sides():
+    nan = float("nan")
+    # item 2 unrated for the first model, item 4 for the second: compared on items 1 and 3 only, paired
+    c = compare("t_score", "after", [0.9, nan, 0.5, 0.7], "before", [0.4, 0.8, 0.5, nan])
+    assert c.items == 2 and c.first_value == pytest.approx(0.7) and c.second_value == pytest.approx(0.45)
+    assert c.difference == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="equal lengths"):
+        compare("t", "a", [1.0], "b", [1.0, 0.0])
+    assert not compare("t", "a", [nan], "b", [1.0]).measured  # nothing rated on both sides: not measured
+
+
+def test_the_verdict_names_what_the_target_number_is():
+    c = compare("t_score", "after", [0.9, 0.8, 0.9], "before", [0.2, 0.3, 0.2])
+    said = verdict("preference optimisation", "t", c, None, measure="mean judge rating")
+    assert said.startswith("t mean judge rating 0.233 -> 0.867 (+0.633")

@@ -110,3 +110,29 @@ def test_given_pairs_top_up_with_generated_pairs():
     # the given pair overlaps the evaluation item and is dropped; the generated one stays
     assert [p["prompt"] for p in pairs] == ["q2"] and (stats.contaminated, stats.given, stats.prompts) == (1, 1, 1)
     assert stats.agreement_rate == 1.0  # the given pair's judgement (+1) and the generated pair's second one (+1)
+
+
+def test_without_second_scores_a_pairwise_judgement_with_the_answers_swapped_gives_the_agreement():
+    from realign.data.pairs import GivenPairs
+
+    calls = []
+
+    def pairwise(prompts, first, second):
+        calls.append((prompts, first, second))
+        # prefers the longer answer; cannot decide on q4
+        return [None if p == "q4" else 1 if len(b) > len(a) else -1 for p, a, b in zip(prompts, first, second)]
+
+    given = GivenPairs(["g"], ["yes"], ["no"], [1.0], [0.0])
+    prompts = ["q1", "q2", "q3", "q4"]
+    comps = [["long one", "s"], ["t", "longer"], ["aaa", "b"], ["cc", "d"]]
+    scores = [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]
+    pairs, stats = build_pairs(prompts, comps, scores, None, min_gap=0.15, given=given, second_pairwise=pairwise)
+    # asked once, for the generated pairs only, rejected shown first
+    assert calls == [(["q1", "q2", "q3", "q4"], ["s", "longer", "b", "d"], ["long one", "t", "aaa", "cc"])]
+    assert [p["agree"] for p in pairs] == [None, 1, -1, 1, None]
+    # by hand: the given pair's label agreement (+1), then +1, -1, +1 (q4 left out): 3 of 4
+    assert stats.agreement_rate == pytest.approx(0.75)
+    # with second scores, the pairwise judge is not asked
+    calls.clear()
+    build_pairs(prompts, comps, scores, scores, min_gap=0.15, second_pairwise=pairwise)
+    assert calls == []

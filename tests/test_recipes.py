@@ -57,7 +57,9 @@ def test_files_source(tmp_path):
     )
     b = load_data(cfg)
     assert len(b.prompts) == 5 and b.sft == [("Reverse: 12", "21")] and b.target.answers == ["999"] and b.dev is None
-    prompts.write_text('{"prompt": "x"}\n')
+    prompts.write_text('{"prompt": "x"}\n')  # no answer: a judge or reward model scores it (the verifier cannot)
+    assert load_data(cfg).prompts == ["x"] and load_data(cfg).answers == {}
+    prompts.write_text('{"prompt": "x", "answer": " "}\n')  # an answer given empty is a mistake, not "none"
     with pytest.raises(ValueError, match=rf"{prompts}:1: missing or empty field 'answer'"):
         load_data(cfg)
 
@@ -134,3 +136,27 @@ def test_given_pairs_are_checked_against_the_workflow_and_the_scorer(tmp_path):
         DPOWorkflowConfig.model_validate({"pairs": {"top_up": True}})
     with pytest.raises(ValueError, match="data.pairs: .*missing.jsonl does not exist"):
         DPOWorkflowConfig.model_validate({"data": {"pairs": str(tmp_path / "missing.jsonl")}})
+
+
+def test_an_open_target_names_a_judge_that_exists_and_fits_dpo_and_srf_only(tmp_path):
+    from realign.recipes.rlvr import RLVRWorkflowConfig
+    from realign.recipes.srf import SRFWorkflowConfig
+
+    prompts, ev = tmp_path / "p.jsonl", tmp_path / "open.jsonl"
+    prompts.write_text('{"prompt": "Tell me a joke"}\n')
+    ev.write_text('{"prompt": "Write a haiku"}\n')
+    judge = tmp_path / "judge"
+    data = {
+        "source": "files",
+        "prompts": str(prompts),
+        "eval_sets": [{"name": "chat", "path": str(ev), "role": "target", "format": "open", "judge_model": str(judge)}],
+    }
+    pairs = {"scorer": "judge", "judge_model": str(judge)}
+    with pytest.raises(ValueError, match=r"data.eval_sets.0.judge_model: .*judge is not a model directory"):
+        DPOWorkflowConfig(data=data, pairs=pairs)
+    judge.mkdir()
+    (judge / "config.json").write_text("{}")
+    assert DPOWorkflowConfig(data=data, pairs=pairs).data.eval_sets[0].scorer() == ("judge", str(judge))
+    assert SRFWorkflowConfig(data=data, pairs=pairs).data.eval_sets[0].format == "open"
+    with pytest.raises(ValueError, match="this workflow evaluates checkable answers; an open-ended set"):
+        RLVRWorkflowConfig(data=data)

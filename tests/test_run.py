@@ -44,6 +44,7 @@ def evaluation(tmp_path, retention: float) -> EvaluationResult:
         control=None,
         comparisons=[gain],
         verdict="t accuracy 0.250 -> 0.750",
+        evaluation="t (target, 4 items): exact match of greedy answers",
         final_model_dir=str(tmp_path / "final"),
         plots=[],
         not_computed={},
@@ -82,6 +83,7 @@ def test_a_run_gates_stages_sums_rounds_and_writes_the_summary(tmp_path):
     assert summary["compute_time_s"] == 23.0 and summary["throughput_examples_per_s"] == round(100 / 23, 3)
     assert summary["cost_per_example"] == pytest.approx(3.6 * 23 / 3600 / 100)
     assert summary["note"] == "hello" and summary["results"]["after/t_accuracy"] == 0.75
+    assert summary["evaluation"] == "t (target, 4 items): exact match of greedy answers"
     assert summary["comparisons"][0]["text"].startswith("after - before on t_accuracy: 0.750 vs 0.250")
     assert set(summary["gate_tiers"]) == {"4-fit-round1", "4-fit-round2", "7-evaluation"}
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["tier"] == "HIGH"

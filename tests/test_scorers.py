@@ -150,3 +150,19 @@ def test_the_tiny_judge_tells_answers_from_refusals(judge_model_dir):
     good = judge.score([e.prompt for e in items], [e.answer for e in items])
     bad = judge.score([e.prompt for e in items], [REFUSALS[i % len(REFUSALS)] for i in range(len(items))])
     assert judge.unparsed == [] and sum(g > b for g, b in zip(good, bad)) >= 36  # held-out strings
+    # the second, pairwise judgement, with the answer shown first and then second
+    prompts, answers = [e.prompt for e in items], [e.answer for e in items]
+    refusals = [REFUSALS[i % len(REFUSALS)] for i in range(len(items))]
+    picks_second = judge.prefers_second(prompts, refusals, answers)
+    picks_first = judge.prefers_second(prompts, answers, refusals)
+    assert judge.unparsed == []
+    assert sum(v == 1 for v in picks_second) >= 34 and sum(v == -1 for v in picks_first) >= 34
+
+
+@pytest.mark.parametrize(
+    "reply, choice", [("B", "B"), (" a.", "A"), ("Answer B\n", "B"), ("b) because", "B"), ("both", None), ("9", None)]
+)
+def test_a_pairwise_reply_names_a_or_b_first_or_nothing(reply, choice):
+    from realign.score.judge import parse_choice
+
+    assert parse_choice(reply) == choice

@@ -27,28 +27,65 @@ class _Config(BaseModel):
 
 
 class EvalSet(_Config):
-    """A held-out, verifiable evaluation set: a JSONL file in one of three row formats (see `format`)."""
+    """A held-out evaluation set: a JSONL file in one of four row formats (see `format`). qa, choice and math sets
+    have checkable answers; an open set has prompts only, and its scorer (a judge or reward model) rates answers."""
 
     name: str = Field(description="Metric name prefix, e.g. 'reverse'.")
     path: str = Field(description="JSONL file, one item per line, in the row format `format` names.")
     role: Literal["target", "benchmark"] = Field(
         description="target: the skill being aligned; benchmark: a capability to retain."
     )
-    format: Literal["qa", "choice", "math"] = Field(
+    format: Literal["qa", "choice", "math", "open"] = Field(
         "qa",
         description="qa: 'prompt' and 'answer', the greedy answer judged by exact match (or the stage's verifier). "
         "choice: MMLU-style 'question', 'choices' (2-26 strings) and 'answer' (index from 0, or letter A-Z), the "
         "option whose letter the model finds likeliest after the lettered question is its answer (log-likelihood, "
         "as lm-eval's MMLU). math: GSM8K-style 'question' and 'answer' (a worked solution ending '#### NUMBER', or "
-        "just the number), the last number of the greedy answer compared with it as a number.",
+        "just the number), the last number of the greedy answer compared with it as a number. open: 'prompt' (and "
+        "optionally a 'reference' answer, read for perplexity and decontamination only), the greedy answer rated by "
+        "judge_model or reward_model; the target only, reported as mean score and win rate against the stage-1 model.",
+    )
+    judge_model: str | None = Field(
+        None, description="open: a judge model directory that rates answers 0-10 (realign.score.judge's prompt)."
+    )
+    reward_model: str | None = Field(
+        None, description="open: a reward model directory (an SRF run's 03_reward_model_training/reward_model)."
     )
     max_tokens: int | None = Field(
         None,
         ge=1,
         le=4096,
-        description="Tokens generated per answer (qa, math). None: the stage's setting, and at least "
+        description="Tokens generated per answer (qa, math, open). None: the stage's setting, and at least "
         "256 for math, whose worked answers need room.",
     )
+
+    @model_validator(mode="after")
+    def _scorer_fits_format(self) -> "EvalSet":
+        scorers = [f for f in ("judge_model", "reward_model") if getattr(self, f)]
+        where = f"eval set {self.name!r}"
+        if self.format == "open":
+            if len(scorers) != 1:
+                raise ValueError(
+                    f"{where}: format 'open' needs exactly one scorer, judge_model or reward_model (got "
+                    f"{len(scorers)}): prompts without answers are rated by a model"
+                )
+            if self.role != "target":
+                raise ValueError(
+                    f"{where}: an open set can only be the target; a capability to retain needs checkable answers "
+                    "(format qa, choice or math) so that retention is a ratio of accuracies"
+                )
+        elif scorers:
+            raise ValueError(
+                f"{where}: {scorers[0]} rates open sets only; format {self.format!r} has checkable answers "
+                "(remove it, or set format: open)"
+            )
+        return self
+
+    def scorer(self) -> tuple[str, str] | None:
+        """('judge' | 'reward_model', directory) of an open set, else None."""
+        if self.judge_model:
+            return "judge", self.judge_model
+        return ("reward_model", self.reward_model) if self.reward_model else None
 
 
 class DataConfig(_Config):
@@ -58,7 +95,9 @@ class DataConfig(_Config):
         "embedded", description="embedded: the digit tasks of realign.data.demo; files: the paths below."
     )
     prompts: str | None = Field(
-        None, description="files: JSONL with 'prompt' and 'answer' (the verifier's reference) per line."
+        None,
+        description="files: JSONL with 'prompt' and 'answer' (the verifier's reference) per line; 'answer' may be "
+        "left out when a judge or reward model scores the answers (pairs.scorer).",
     )
     sft: str | None = Field(
         None, description="files: SFT JSONL (instruction/output, response or messages) for stage 1."
@@ -132,9 +171,10 @@ class GroundedDataConfig(DataConfig):
 class EvalItems:
     """A verifiable held-out set. role: 'target' (the aligned skill) or 'benchmark' (a capability to keep).
     items: the grounded questions behind the prompts, for a grounded set.
-    format: how it is scored ('qa', 'choice', 'math'; EvalSet.format). A choice set's prompts are the lettered
-    questions, its answers the right letters, `choices` and `labels` the options and the right one's index; a math
-    set's answers are the reference numbers (what follows '####').
+    format: how it is scored ('qa', 'choice', 'math', 'open'; EvalSet.format). A choice set's prompts are the
+    lettered questions, its answers the right letters, `choices` and `labels` the options and the right one's index;
+    a math set's answers are the reference numbers (what follows '####'); an open set has no answers ('' each) and
+    `scorer` (kind, directory) rates its answers; its `completions` are the optional references.
     completions: the full reference per item where it is more than the answer (a worked solution, the right
     option's text): what perplexity and decontamination read."""
 
@@ -148,10 +188,21 @@ class EvalItems:
     labels: list[int] | None = None
     completions: list[str] | None = None
     max_tokens: int | None = None
+    scorer: tuple[str, str] | None = None
+
+    @property
+    def metric(self) -> str:
+        """The name of its headline metric: NAME_accuracy, or NAME_score for an open set (a mean rating)."""
+        return f"{self.name}_score" if self.format == "open" else f"{self.name}_accuracy"
 
     def references(self) -> list[str]:
         """The completion each prompt is held out with: the full reference when there is one, else the answer."""
         return self.completions if self.completions is not None else self.answers
+
+    def held_out(self) -> list[tuple[str, str]]:
+        """(prompt, reference) for perplexity and decontamination: an open set's rows without a reference have
+        no text to hold out beyond the prompt."""
+        return [(p, r) for p, r in zip(self.prompts, self.references()) if r]
 
 
 @dataclass
@@ -215,32 +266,29 @@ def _json_lines(path: str, expected: str) -> Iterator[tuple[int, object]]:
             yield n, obj
 
 
-def _read_qa(path: str) -> tuple[list[str], list[str]]:
+def _read_qa(path: str, answer_required: bool = True) -> tuple[list[str], list[str | None]]:
     """(prompts, answers) of a prompt/answer JSONL file; DataFormatError at the first bad line, and when a prompt
-    appears twice with different answers (which one would the verifier grade against?)."""
+    appears twice with different answers (which one would the verifier grade against?).
+    answer_required False: a row may leave 'answer' out (None): a judge or reward model scores its answers."""
     prompts, answers = [], []
-    first_seen: dict[str, tuple[int, str]] = {}
-    conflicts: list[tuple[int, int, str, str]] = []
+    first_seen: dict[str, tuple[int, str | None]] = {}
+    conflicts: list[tuple[int, int, str | None, str | None]] = []
+    expected = "non-empty strings prompt and answer" if answer_required else "a non-empty string prompt (and answer)"
     for n, obj in _json_lines(path, "an object with prompt and answer"):
+        fields = ("prompt", "answer") if answer_required or (isinstance(obj, dict) and "answer" in obj) else ("prompt",)
         missing = [
-            k
-            for k in ("prompt", "answer")
-            if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()
+            k for k in fields if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()
         ]
         if missing:
             raise DataFormatError(
-                path,
-                n,
-                [
-                    f"missing or empty field {', '.join(repr(m) for m in missing)} "
-                    "(expected non-empty strings prompt and answer)"
-                ],
+                path, n, [f"missing or empty field {', '.join(repr(m) for m in missing)} (expected {expected})"]
             )
+        answer = obj.get("answer")
         prompts.append(obj["prompt"])
-        answers.append(obj["answer"])
-        seen = first_seen.setdefault(obj["prompt"], (n, obj["answer"]))
-        if seen[1].strip() != obj["answer"].strip():
-            conflicts.append((n, seen[0], seen[1], obj["answer"]))
+        answers.append(answer)
+        seen = first_seen.setdefault(obj["prompt"], (n, answer))
+        if (seen[1] or "").strip() != (answer or "").strip():
+            conflicts.append((n, seen[0], seen[1], answer))
     if conflicts:
         n, first, a, b = conflicts[0]
         more = f"; {len(conflicts) - 1} more such lines" if len(conflicts) > 1 else ""
@@ -255,6 +303,28 @@ def _read_qa(path: str) -> tuple[list[str], list[str]]:
     if not prompts:
         raise DataFormatError(path, 0, ["no rows (expected JSONL with prompt and answer)"])
     return prompts, answers
+
+
+def _read_open(path: str, name: str) -> EvalItems:
+    """An open-ended set: 'prompt' per line and an optional 'reference' answer; DataFormatError at the first bad
+    line, and at a prompt given twice (it would count twice in the win rate)."""
+    prompts, references, first_seen = [], [], {}
+    for n, obj in _json_lines(path, "an object with prompt"):
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise DataFormatError(path, n, ["missing or empty field 'prompt' (expected a non-empty string)"])
+        reference = obj.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise DataFormatError(path, n, [f"'reference' is {type(reference).__name__} (expected a string or none)"])
+        if obj["prompt"] in first_seen:
+            raise DataFormatError(
+                path, n, [f"same prompt as line {first_seen[obj['prompt']]} (expected each prompt once)"]
+            )
+        first_seen[obj["prompt"]] = n
+        prompts.append(obj["prompt"])
+        references.append(reference or "")
+    if not prompts:
+        raise DataFormatError(path, 0, ["no rows (expected JSONL with prompt)"])
+    return EvalItems(name, "target", prompts, [""] * len(prompts), None, "open", completions=references)
 
 
 def _choice_label(answer: object, n_choices: int) -> int | str:
@@ -344,6 +414,9 @@ def read_eval_set(e: EvalSet) -> EvalItems:
         items = _read_choice(e.path, e.name, e.role)
     elif e.format == "math":
         items = _read_math(e.path, e.name, e.role)
+    elif e.format == "open":
+        items = _read_open(e.path, e.name)
+        items.scorer = e.scorer()
     else:
         items = EvalItems(e.name, e.role, *_read_qa(e.path))
     items.max_tokens = e.max_tokens
@@ -410,7 +483,7 @@ def load_grounded(cfg: GroundedDataConfig) -> DataBundle:
                 1,
                 ["the target evaluation set is not grounded rows (expected question, passages, answer)"],
             )
-        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.references())]
+        held = [pair for e in evals for pair in e.held_out()]
         # Stage-1 SFT rows replayed in stage 3 keep what the model could do (capability data).
         replay = random.Random(cfg.seed + 3).sample(sft, min(cfg.n_prompts_benchmark, len(sft)))
         prompts = [i.prompt() for i in train]
@@ -455,13 +528,13 @@ def load_data(cfg: DataConfig) -> DataBundle:
         return load_grounded(cfg)
     if cfg.source == "files":
         if cfg.prompts is not None:
-            prompts, answers = _read_qa(cfg.prompts)
+            prompts, answers = _read_qa(cfg.prompts, answer_required=False)
         else:  # the given pairs' prompts, once each, answers unknown (a judge or reward model scores them)
             prompts = list(dict.fromkeys(r.prompt for r in read_pairs(cfg.pairs)))  # type: ignore[arg-type]
             answers = [None] * len(prompts)
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
         evals = [read_eval_set(e) for e in cfg.eval_sets]
-        held = [(p, a) for e in evals for p, a in zip(e.prompts, e.references())]
+        held = [pair for e in evals for pair in e.held_out()]
         # No separate dev set in user files: round decisions use the target set (the report says so).
         known = {p: a for p, a in zip(prompts, answers) if a is not None}
         return DataBundle(sft, prompts, known, evals, held, None)

@@ -6,7 +6,7 @@ data went: no usable gap, identical texts, duplicates, evaluation overlap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -70,11 +70,15 @@ def build_pairs(
     eval_texts: Sequence[str] = (),
     ngram: int = 13,
     given: "GivenPairs | None" = None,
+    second_pairwise: Callable[[list[str], list[str], list[str]], list[int | None]] | None = None,
 ) -> tuple[list[dict], PairStats]:
     """Best vs worst completion per prompt, kept when score(best) - score(worst) >= min_gap.
 
     second_scores: an independent judgement of the same completions; agreement rate is
     the fraction of kept pairs it ranks the same way (+1: chosen wins; a tie disagrees).
+    second_pairwise: where there are no second scores, a pairwise judgement of each generated pair, called as
+    (prompts, first answers, second answers) with the rejected answer shown first (the answers swapped), returning
+    +1 when it prefers the second (the chosen), -1 the first, None when it could not decide (left out).
     eval_texts: evaluation items; a pair sharing an n-gram (n = min(ngram, item length)) with
     one is dropped, and decontamination is measured on the pairs that remain.
     given: the user's own pairs, scored (see given_pairs), placed first; the generated pairs top them up.
@@ -84,6 +88,7 @@ def build_pairs(
     pairs, seen = [], set()
     if given is not None:
         pairs = _given(given, counts, seen, min_gap)
+    n_given = len(pairs)
     for i, (p, comps, sc) in enumerate(zip(prompts, completions, scores, strict=True)):
         s = np.asarray(sc, dtype=float)
         nonblank = np.array([bool(c.strip()) for c in comps])
@@ -111,6 +116,11 @@ def build_pairs(
         if second_scores is not None:
             agree = int(np.sign(second_scores[i][best] - second_scores[i][worst]))
         pairs.append(_pair(p, comps[best], comps[worst], s[best], s[worst], agree))
+    generated = pairs[n_given:]  # the given pairs' second judgement is their label
+    if second_scores is None and second_pairwise is not None and generated:
+        prompts_, chosen, rejected = ([q[k] for q in generated] for k in ("prompt", "chosen", "rejected"))
+        for q, verdict in zip(generated, second_pairwise(prompts_, rejected, chosen), strict=True):
+            q["agree"] = verdict
     return _finish(pairs, counts, eval_texts, ngram)
 
 

@@ -77,18 +77,24 @@ class Comparison(BaseModel):
 def compare(
     metric: str, first: str, first_scores: Sequence[float], second: str, second_scores: Sequence[float]
 ) -> Comparison:
-    """The paired comparison of two models' per-item scores on the same items."""
-    diff, low, high = paired_bootstrap_ci(first_scores, second_scores)
+    """The paired comparison of two models' per-item scores on the same items. An item either score is NaN for (a
+    judge that gave no rating) is left out of both, so the means stay paired; `items` counts those compared."""
+    a, b = np.asarray(first_scores, dtype=float), np.asarray(second_scores, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    diff, low, high = paired_bootstrap_ci(a, b)
     return Comparison(
         metric=metric,
         first=first,
         second=second,
-        first_value=float(np.mean(first_scores)) if len(first_scores) else float("nan"),
-        second_value=float(np.mean(second_scores)) if len(second_scores) else float("nan"),
+        first_value=float(a.mean()) if len(a) else float("nan"),
+        second_value=float(b.mean()) if len(b) else float("nan"),
         difference=diff,
         ci_low=low,
         ci_high=high,
-        items=len(first_scores),
+        items=len(a),
     )
 
 
@@ -99,17 +105,19 @@ def verdict(
     versus_control: Comparison | None,
     control: str = "",
     chosen_on_target: bool = False,
+    measure: str = "accuracy",
 ) -> str:
     """Plain words on what the method did to the target skill, and whether it beat the control, noise said as noise.
 
     chosen_on_target: stage 6 judged the rounds on these same target items (no separate dev split), which makes
-    the after-vs-before interval optimistic; the verdict says so.
+    the after-vs-before interval optimistic; the verdict says so. measure: what the target's number is ('accuracy',
+    or 'mean judge rating' for an open set).
     """
     gain = before_after
     if not gain.measured:
-        return f"{target} accuracy not measured: the target set has no items"
+        return f"{target} {measure} not measured: the target set has no (rated) items"
     change = (
-        f"{target} accuracy {gain.second_value:.3f} -> {gain.first_value:.3f} ({gain.difference:+.3f}, "
+        f"{target} {measure} {gain.second_value:.3f} -> {gain.first_value:.3f} ({gain.difference:+.3f}, "
         f"95% CI [{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]" + ("; within noise)" if gain.within_noise else ")")
     )
     if chosen_on_target:

@@ -94,6 +94,12 @@ class WorkflowRecipe(Recipe):
                 "(prompt, answer) with data.source 'files', or set pairs.scorer to judge (with pairs.judge_model) or "
                 "reward_model"
             )
+        opened = [e.name for e in self.data.eval_sets if e.format == "open"]
+        if opened and pairs is None:  # RLVR judges by its verifier, anti-hallucination by the sources
+            problems.append(
+                f"data.eval_sets ({', '.join(opened)}): this workflow evaluates checkable answers; an open-ended set "
+                "rated by a judge or reward model fits the DPO and SRF workflows (use format qa, choice or math here)"
+            )
         if pairs is not None and pairs.top_up and not self.data.pairs:
             problems.append("pairs.top_up: tops up given pairs, and data.pairs names none (set it or turn top_up off)")
         if problems:
@@ -122,6 +128,17 @@ def input_problems(model: ModelSpec, data: DataConfig) -> list[str]:
         for field, value in named:
             if value and not Path(value).expanduser().is_file():
                 problems.append(f"{field}: {value} does not exist or is not a file")
+    for i, e in enumerate(data.eval_sets):  # an open set's judge or reward model, wherever the data comes from
+        for field in ("judge_model", "reward_model"):
+            value = getattr(e, field)
+            found = value and any(
+                (Path(value).expanduser() / f).is_file() for f in ("config.json", "adapter_config.json")
+            )
+            if value and not found:
+                problems.append(
+                    f"data.eval_sets.{i}.{field}: {value} is not a model directory (expected a directory with "
+                    "config.json, or adapters with adapter_config.json)"
+                )
     return problems
 
 

@@ -15,6 +15,7 @@ from realign.data.pairs import PAIR_COLUMNS, GivenPairs, build_pairs, graded_row
 from realign.eval.probes import probe_examples
 from realign.io import write_json, write_parquet
 from realign.model.load import load_model, model_root
+from realign.score.judge import JudgeScorer
 from realign.score.reward_model import load_reward_model
 from realign.score.sampling import PairsConfig, score_given
 from tasks.cache import stage_task
@@ -89,6 +90,24 @@ def score_given_pairs(path: str, pairs_cfg: PairsConfig, answers: dict[str, str]
     return GivenPairs(prompts, chosen, rejected, sc, sr)
 
 
+def _pairwise_judge(pairs_cfg: PairsConfig):
+    """Without known answers there is no second scorer: the judge's second, independent judgement is a pairwise one
+    with the two answers swapped (SPEC.md's agreement rate), asked of the kept pairs once they are built."""
+
+    def judge_pairs(prompts: list[str], first: list[str], second: list[str]) -> list[int | None]:
+        lm = load_model(pairs_cfg.judge_model)
+        judge = JudgeScorer(lm.model, lm.tokenizer, batch_size=pairs_cfg.generation.batch_size)
+        verdicts = judge.prefers_second(prompts, first, second)
+        if judge.unparsed:
+            get_run_logger().warning(
+                f"the judge named neither answer for {len(judge.unparsed)} of {len(prompts)} pairs (e.g. "
+                f"{judge.unparsed[0][1]!r}); they are left out of the agreement rate, not guessed"
+            )
+        return verdicts
+
+    return judge_pairs
+
+
 def _sample(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out, round: int):
     """Sample gen_cfg.n answers per prompt with the current model and score them (over work pools when sharded)."""
     log = get_run_logger()
@@ -143,6 +162,7 @@ def generate_pairs(
         eval_texts=bundle.eval_texts(),
         ngram=ngram,
         given=given,
+        second_pairwise=_pairwise_judge(pairs_cfg) if pairs_cfg.scorer == "judge" and second is None else None,
     )
     write_parquet(out / "pairs.parquet", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
     write_rows(out / "train.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs], "dpo")

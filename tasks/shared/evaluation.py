@@ -1,5 +1,6 @@
-"""Stage 7: evaluation and monitoring of the chosen model. Retention, target before/after with intervals, win rate,
-KL from the stage-1 model, decontamination, an optional control arm, the final model and plots."""
+"""Stage 7: evaluation and monitoring of the chosen model. Retention, target before/after with intervals, win rate
+with its interval, perplexity, KL from the stage-1 model, decontamination, an optional control arm, the final model
+and plots. A verifiable target is scored by its answers; an open-ended one by its judge or reward model."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import time
 import pandas as pd
 from prefect import get_run_logger
 
-from realign.data.datasets import DataConfig, TrainingFile, load_data
+from realign.data.datasets import DataConfig, TrainingFile, load_data, write_jsonl
 from realign.eval.control import ControlArm, train_control
 from realign.eval.grounding import evaluate_grounded
 from realign.eval.metrics import calibration_bins, capability_retention, decontamination
 from realign.eval.plots import before_after, reliability_diagram, training_curves
-from realign.eval.probes import eval_metrics, kl_probe, score_eval_sets, win_rate
+from realign.eval.probes import (
+    describe_evaluation,
+    eval_metrics,
+    kl_probe,
+    perplexity,
+    score_eval_sets,
+    win_rate_comparison,
+)
 from realign.eval.verdict import Comparison, compare, reward_hacking, verdict
 from realign.io import write_json
 from realign.model.load import load_model, save_model
@@ -31,6 +39,7 @@ class EvaluationResult(StageResult):
     control: dict[str, float] | None
     comparisons: list[Comparison]  # after - before and after - control on the target, with intervals
     verdict: str  # plain words: what changed, and did the method beat the control?
+    evaluation: str  # which kind of evaluation ran: exact match, a verifier, choices, or a judge's ratings
     final_model_dir: str
     plots: list[str]
     not_computed: dict[str, str]
@@ -45,6 +54,11 @@ class EvaluationResult(StageResult):
         if "calibration_error" in m:  # grounded questions: the final model's calibration (anti-hallucination)
             tables["calibration"] = one_row(calibration_error=m["calibration_error"])
         return tables
+
+
+def _nan_none(values: list[float]) -> list[float | None]:
+    """JSON has no NaN: an unrated answer's score is written as null."""
+    return [None if v != v else v for v in values]
 
 
 @stage_task("7-evaluation", reads=("eval_sets",))
@@ -84,15 +98,24 @@ def evaluate_run(
     tgt = bundle.target
     final, ref = load_model(final_model_dir), load_model(reference_dir)
 
-    is_correct = judge(verifier)
+    is_correct, scorers = judge(verifier), {}  # an open set's judge is loaded once for every model it rates
     scored = score_eval_sets(
-        final.model, final.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct
+        final.model, final.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct, scorers=scorers
     )
     after = eval_metrics(scored)
+    after["perplexity"] = perplexity(final.model, final.tokenizer, bundle.heldout_text)
     before = {k: v for k, v in baseline.items() if k in after}
     # The stage-1 model answers the target again, item by item, for the paired comparison and the win rate.
-    start = score_eval_sets(ref.model, ref.tokenizer, [tgt], max_tokens=max_tokens, is_correct=is_correct)[tgt.name]
-    wr = win_rate(scored[tgt.name].scores, start.scores)
+    start = score_eval_sets(
+        ref.model, ref.tokenizer, [tgt], max_tokens=max_tokens, is_correct=is_correct, scorers=scorers
+    )[tgt.name]
+    # Win rate by per-item scores (an open set's ratings, else the graded scores), against an even split.
+    win = win_rate_comparison(f"{tgt.name}_score", scored[tgt.name].scores, start.scores)
+    for label, res in (("final", scored[tgt.name]), ("stage-1", start)):
+        if res.unscored:
+            log.warning(
+                f"{tgt.name}: the scorer gave no rating for {res.unscored} {label} answers; left out, not guessed"
+            )
     retention = capability_retention(
         {f"{b.name}_accuracy": baseline.get(f"{b.name}_accuracy", float("nan")) for b in bundle.benchmarks}, after
     )
@@ -103,16 +126,16 @@ def evaluate_run(
     ]
     decon = decontamination(train_texts, bundle.eval_texts(), n=ngram)
 
-    key = f"{tgt.name}_accuracy"
-    comparisons = [compare(key, "after", scored[tgt.name].exact, "before", start.exact)]
+    key = tgt.metric  # NAME_accuracy, or NAME_score for an open set
+    comparisons = [compare(key, "after", scored[tgt.name].per_item, "before", start.per_item)]
     control_metrics = None
     if control is not None:
         ctl = train_control(reference_dir, control)
         ctl_scored = score_eval_sets(
-            ctl.model, ctl.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct
+            ctl.model, ctl.tokenizer, bundle.eval_sets, max_tokens=max_tokens, is_correct=is_correct, scorers=scorers
         )
-        control_metrics = {f"{name}_accuracy": r.accuracy for name, r in ctl_scored.items()}
-        comparisons.append(compare(key, "after", scored[tgt.name].exact, "control", ctl_scored[tgt.name].exact))
+        control_metrics = {f"{name}_{'score' if r.open else 'accuracy'}": r.value for name, r in ctl_scored.items()}
+        comparisons.append(compare(key, "after", scored[tgt.name].per_item, "control", ctl_scored[tgt.name].per_item))
         log.info(f"control ({control.description}): " + ", ".join(f"{k}={v:.3f}" for k, v in control_metrics.items()))
     grounded = None
     if tgt.items is not None:
@@ -132,7 +155,7 @@ def evaluate_run(
         if control_metrics is not None:
             control_metrics.update(named["control"])
     hacking = None
-    if reward_model_dir is not None:
+    if reward_model_dir is not None and tgt.format != "open":  # hacking is judged against checkable answers
         rm = load_reward_model(reward_model_dir)
         rm_after = rm.score(tgt.prompts, scored[tgt.name].predictions)
         rm_before = rm.score(tgt.prompts, start.predictions)
@@ -149,6 +172,7 @@ def evaluate_run(
         comparisons[1] if control_metrics else None,
         control.description if control else "",
         chosen_on_target,
+        measure=f"mean {tgt.scorer[0].replace('_', ' ')} rating" if tgt.format == "open" else "accuracy",
     )
     if hacking:
         said += (
@@ -172,11 +196,12 @@ def evaluate_run(
             **({"control": control_metrics[k]} if control_metrics and k in control_metrics else {}),
         }
         for k in after
-        if k.endswith("_accuracy")
+        if k.endswith("_accuracy") or k == key
     }
+    title = "held-out accuracy" + (f" and {key} (mean rating)" if tgt.format == "open" else "")
     plots = [
         str(training_curves(history, out / "training_curves.png", title=f"{method} training")),
-        str(before_after(accuracies, out / "before_after.png", title="held-out exact-match accuracy")),
+        str(before_after(accuracies, out / "before_after.png", title=title)),
     ]
     if grounded is not None:
         for label in ("before", "after"):
@@ -185,13 +210,15 @@ def evaluate_run(
             title = f"{tgt.name}: {label} ({'stage-1 model' if label == 'before' else 'final model'})"
             plots.append(str(reliability_diagram(bins, out / f"reliability_{label}.png", title=title, ece=ece)))
         comparisons += grounded.comparisons
+    comparisons.append(win)
+    how = describe_evaluation(bundle.eval_sets, verifier, unscored=scored[tgt.name].unscored + start.unscored)
     metrics = {
         "capability_retention": retention.retention,
         "decontamination": decon.score,
         "kl": kl,
         "target_before": before.get(key, float("nan")),
         "target_after": after[key],
-        "win_rate": wr,
+        "win_rate": win.first_value,
         **({"reward_hacking": hacking} if hacking is not None else {}),
         **({"calibration_error": grounded.metrics["after"]["calibration_error"]} if grounded is not None else {}),
     }
@@ -201,7 +228,23 @@ def evaluate_run(
         "before": before,
         "control": control_metrics,
         "comparisons": [c.model_dump() | {"within_noise": c.within_noise} for c in comparisons],
+        "evaluation": how,
     }
+    # Every target answer with its score, before and after: what the comparisons and the win rate were computed from.
+    write_jsonl(
+        out / "target_answers.jsonl",
+        [
+            {"prompt": p, "answer": ref_answer, "before": b, "after": a, "before_score": sb, "after_score": sa}
+            for p, ref_answer, b, a, sb, sa in zip(
+                tgt.prompts,
+                tgt.answers,
+                start.predictions,
+                scored[tgt.name].predictions,
+                _nan_none(start.scores),
+                _nan_none(scored[tgt.name].scores),
+            )
+        ],
+    )
     write_json(final_dir / "metrics.json", report)
     write_json(
         out / "evaluation.json",
@@ -213,6 +256,7 @@ def evaluate_run(
             "verdict": said,
         },
     )
+    log.info(f"evaluation: {how}")
     for c in comparisons:
         log.info(c.describe())
     log.info(said)
@@ -226,6 +270,7 @@ def evaluate_run(
         control=control_metrics,
         comparisons=comparisons,
         verdict=said,
+        evaluation=how,
         final_model_dir=str(final_dir),
         plots=plots,
         not_computed=retention.not_computed,

@@ -30,13 +30,15 @@ def measure_round(
     probe: list[tuple[str, str]] | None = None,
     verifier: str | None = None,
 ) -> RoundScore:
-    """Target-skill accuracy of a round's model (dev split when there is one) and, with a probe, its drift from the
-    stage-1 model. Cached on what it measures only, so changing the stopping rules re-measures nothing."""
+    """Target-skill accuracy (an open target's mean rating) of a round's model (dev split when there is one) and,
+    with a probe, its drift from the stage-1 model. Cached on what it measures only, so changing the stopping rules
+    re-measures nothing."""
     t0 = time.perf_counter()
     bundle = load_data(data)
     items = bundle.dev or bundle.target
     lm = load_model(model_dir)
     # Scored as stage 7 scores it: a choice or math target set by its own rule, not by exact match.
+    # An open-ended target's rounds are judged by its mean rating (its scorer loaded here).
     acc = score_eval_sets(lm.model, lm.tokenizer, [items], max_tokens=max_tokens, is_correct=judge(verifier))[
         items.name
     ]
@@ -46,14 +48,15 @@ def measure_round(
     score = RoundScore(
         round=round,
         model_dir=model_dir,
-        target_metric=acc.accuracy,
+        target_metric=acc.value,
         split=items.name,
         kl_from_start=kl,
         seconds=time.perf_counter() - t0,
     )
     shown = f"{kl:.4f}" if not math.isnan(kl) else "not measured"
     start = "/".join(Path(start_dir).parts[-2:]) if start_dir else "the start model"
-    get_run_logger().info(f"round {round}: {score.split} accuracy {score.target_metric:.3f}, KL from {start} {shown}")
+    what = "mean rating" if acc.open else "accuracy"
+    get_run_logger().info(f"round {round}: {score.split} {what} {score.target_metric:.3f}, KL from {start} {shown}")
     return score
 
 

@@ -30,7 +30,7 @@ class SFTPrepResult(StageResult):
     baseline: dict[str, float]
     sft_steps: int
     sft_examples: int
-    benchmarks: list[str] = []  # NAME_accuracy of each evaluation set, the numbers gate 1 checks
+    benchmarks: list[str] = []  # NAME_accuracy of each evaluation set (NAME_score: open), the numbers gate 1 checks
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"sft_baseline": one_row(**self.baseline)}
@@ -103,5 +103,5 @@ def prepare_sft(
         baseline=baseline,
         sft_steps=steps,
         sft_examples=len(bundle.sft),
-        benchmarks=[f"{e.name}_accuracy" for e in bundle.eval_sets],
+        benchmarks=[e.metric for e in bundle.eval_sets],
     )

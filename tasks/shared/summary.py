@@ -52,6 +52,11 @@ def _embedded(path: str) -> str:
     return f"### {md_escape(p.stem.replace('_', ' '))}\n\n![{alt}](data:image/png;base64,{data})"
 
 
+def _evaluated(summary: dict) -> str:
+    """The line that says which kind of evaluation ran (exact match, a verifier, choices, a judge's ratings)."""
+    return f"**Evaluation:** {md_escape(summary['evaluation'])}\n\n" if summary.get("evaluation") else ""
+
+
 def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> str:
     """The `run-summary` artifact: verdict, comparisons with intervals, every stage's gate (tier, time, a link to its
     report), the scalar facts (and per-round lists of numbers), the results, and the plots inline."""
@@ -59,7 +64,7 @@ def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> s
         f"| {md_escape(k)} | {_cell(v) if v is not None or k not in _NOT_METRICS else 'none'} |"
         for k, v in summary.items()
         if not isinstance(v, dict)
-        and k not in ("verdict", "comparisons", "plots", "failure")  # shown above the tables
+        and k not in ("verdict", "evaluation", "comparisons", "plots", "failure")  # shown above the tables
         and not (isinstance(v, list) and not (v and all(isinstance(x, (int, float, type(None))) for x in v)))
     )
     seconds, links = summary.get("stage_seconds", {}), summary.get("gate_reports", {})
@@ -76,7 +81,7 @@ def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> s
     failure = f"**Failed:** {md_escape(summary['failure'])}\n\n" if summary.get("failure") else ""
     return (
         f"# {summary['workflow']} run {md_escape(Path(run_dir).name)}: **{summary['tier']}**\n\n{failure}"
-        f"{md_escape(summary.get('verdict') or '')}\n\n"
+        f"{md_escape(summary.get('verdict') or '')}\n\n{_evaluated(summary)}"
         f"## comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
         f"## stages\n\n| stage | gate | seconds | report |\n|---|---|---|---|\n{gates}\n\n"
         f"## run\n\n| field | value |\n|---|---|\n{rows}\n\n"
@@ -112,6 +117,7 @@ def model_card(run_dir: str, summary: dict) -> str:
         f"- **Base model:** `{base}`\n- **Method:** {summary['workflow']} workflow ({summary['data_type']}), "
         f"{summary.get('rounds', 1)} round(s)\n- **Data:** {source}\n- **Training files:** {files or 'none'}\n"
         f"- **Machine:** {summary['machine']}\n\n{md_escape(summary.get('verdict') or '')}\n\n"
+        f"{_evaluated(summary)}"
         f"## Comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
         f"## Results\n\n| metric | value |\n|---|---|\n{res}\n\n"
         f"## Gates\n\n| stage | tier |\n|---|---|\n{gates}\n\n"
