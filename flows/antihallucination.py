@@ -126,6 +126,7 @@ def antihallucination(config: AntiHallucinationWorkflowConfig = AntiHallucinatio
             method="citation training + preference optimisation",
             max_tokens=tokens,
             ngram=ngram,
+            fuse=c.fuse_final,
             verifier=JUDGE,
         )
         sizes = {

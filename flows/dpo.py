@@ -84,6 +84,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             method="preference optimisation",
             max_tokens=tokens,
             ngram=ngram,
+            fuse=c.fuse_final,
         )
         batches = {"generation_batch_size": pairs_cfg.generation.batch_size, "dpo_batch_size": c.dpo.train.batch_size}
         return run.finish(s7, evaluation_suite, **batches, batch_size_source=batch_source)

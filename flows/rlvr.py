@@ -105,6 +105,7 @@ def rlvr(config: RLVRWorkflowConfig = RLVRWorkflowConfig()) -> dict:
             method="RLVR (GRPO on the verifier's reward)",
             max_tokens=tokens,
             ngram=ngram,
+            fuse=c.fuse_final,
             verifier=kind,
         )
         sizes = {

@@ -100,6 +100,7 @@ def srf(config: SRFWorkflowConfig = SRFWorkflowConfig()) -> dict:
             method="reward model + RL",
             max_tokens=tokens,
             ngram=ngram,
+            fuse=c.fuse_final,
             # the reward model the chosen round was trained against (the first one when stage 1's model is kept)
             reward_model_dir=rewarded_by.get(s6.best_round, rewarded_by[1]),
         )

@@ -372,7 +372,27 @@ def test_a_lora_run_keeps_adapters_per_stage_and_round_and_one_fused_model(tmp_p
     for stage in stages:
         size = (run / stage / "model" / "adapters.safetensors").stat().st_size
         assert 90112 < size < 90112 + 4096 and size < model_bytes / 30, (stage, size, model_bytes)
-    mlx_lm.load(str(run / "07_evaluation" / "final_model"))
+    fused, _ = mlx_lm.load(str(run / "07_evaluation" / "final_model"))
+    # Asked not to fuse (only stage 7 reruns: stages 1-6 are cached): one adapter merged from the three stages'
+    import mlx.core as mx
+
+    again = dpo(cfg.model_copy(update={"fuse_final": False}), return_state=True)
+    assert again.is_completed(), again.message
+    final = run / "07_evaluation" / "final_model"
+    assert sorted(p.name for p in final.iterdir() if p.suffix != ".md" and p.name != "metrics.json") == [
+        "adapter_config.json",
+        "adapters.safetensors",
+    ]
+    merged = json.loads((final / "adapter_config.json").read_text())
+    levels = len(merged["merged_from"])  # stage 1 and the chosen round's stage 5 (and round 1's under round 2)
+    assert levels in (2, 3) and merged["merged_from"][0].endswith("01_sft_preparation/model")
+    assert merged["lora_parameters"]["rank"] == 4 * levels and merged["model"] == str(sft_model_dir.resolve())
+    # the stages' rank-4 adapters stacked: levels x 90112 bytes, a fraction of the model
+    assert levels * 90112 < (final / "adapters.safetensors").stat().st_size < levels * 90112 + 4096
+    unfused, _ = mlx_lm.load(str(sft_model_dir), adapter_path=str(final))
+    tokens = mx.array([[5, 6, 7, 8, 9]])
+    assert mx.abs(unfused(tokens) - fused(tokens)).max().item() < 1e-3
+    assert "adapter_path=PATH_TO_THIS_DIRECTORY" in (final / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -123,6 +123,7 @@ def test_the_form_is_grouped_model_data_stages_thresholds():
         "Stage 6 · Iterative training",
         "Stage 7 · Control arm",
         "Stage 7 · Answer length",
+        "Stage 7 · Fuse the final model",
         "Thresholds",
     ]
     assert all(p.get("description") for p in props.values())

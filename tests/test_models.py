@@ -117,3 +117,48 @@ def test_lora_on_a_4bit_model_keeps_it_4bit_and_exact_through_a_chain_of_stages(
     assert mx.abs(loaded(tokens) - expected5).max().item() < change5 / 100
     weights = mx.load(str(final / "model.safetensors"))
     assert "model.embed_tokens.scales" in weights and "model.layers.0.self_attn.q_proj.scales" not in weights
+    # or, unfused, one adapter on the 4-bit model (QLoRA as mlx-lm loads it)
+    from realign.model.adapters import merge_adapter_chain
+
+    adapters = merge_adapter_chain(stage5, tmp_path / "run" / "07_evaluation" / "adapters")
+    qlora, _ = mlx_lm.load(str(q4), adapter_path=str(adapters))
+    assert mx.abs(qlora(tokens) - expected5).max().item() < change5 / 100
+
+
+def test_a_chain_of_lora_stages_merges_into_one_adapter_mlx_lm_loads_exactly(tiny_model_dir, tmp_path):
+    """Stages with different ranks, scales and blocks (stage 1: rank 4 on the last block; stage 5: rank 2 on both)
+    merge into one adapter of stacked rank; mlx-lm loads it on the root model and gets the chain's logits."""
+    import mlx.core as mx
+    import mlx_lm
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from realign.model.adapters import merge_adapter_chain
+    from realign.model.load import save_model
+    from realign.train.loop import LoRAConfig, TrainConfig, prepare_model
+
+    tokens = mx.array([[5, 6, 7, 8, 9, 10]])
+
+    def train_stage(start, out, lora, seed):
+        lm = load_model(start)
+        prepare_model(lm.model, TrainConfig(lora=lora, seed=seed))
+        trained = [(k, mx.random.normal(v.shape) * 0.01) for k, v in tree_flatten(lm.model.trainable_parameters())]
+        lm.model.update(tree_unflatten(trained))
+        lm.model.eval()
+        return save_model(lm.model, start, out), lm.model(tokens)
+
+    run = tmp_path / "run"
+    s1, _ = train_stage(tiny_model_dir, run / "01_sft_preparation" / "model", LoRAConfig(rank=4, layers=1), 1)
+    s5, expected = train_stage(s1, run / "05_dpo_optimization" / "model", LoRAConfig(rank=2, scale=7.0), 5)
+    merged = merge_adapter_chain(s5, run / "07_evaluation" / "final_model")
+    config = json.loads((merged / "adapter_config.json").read_text())
+    assert config["lora_parameters"]["rank"] == 6 and config["lora_parameters"]["scale"] == 1.0
+    assert config["num_layers"] == 2 and config["model"] == str(tiny_model_dir.resolve())  # the tiny model's 2 blocks
+    weights = mx.load(str(merged / "adapters.safetensors"))
+    # a block only stage 5 adapted: its rank-2 update padded with zeros to rank 6
+    first = "model.layers.0.self_attn.q_proj"
+    assert weights[f"{first}.lora_a"].shape[1] == 6 and mx.all(weights[f"{first}.lora_b"][2:] == 0).item()
+    model, _ = mlx_lm.load(str(tiny_model_dir), adapter_path=str(merged))
+    change = mx.abs(expected - load_model(tiny_model_dir).model(tokens)).max().item()
+    assert mx.abs(model(tokens) - expected).max().item() < change / 100  # the chain's logits, up to float rounding
+    with pytest.raises(Exception, match="not an adapter directory"):
+        merge_adapter_chain(tiny_model_dir, tmp_path / "x")

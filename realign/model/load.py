@@ -222,7 +222,7 @@ def _lora_config(model) -> dict | None:
     return {"fine_tune_type": "lora", "num_layers": adapted, "lora_parameters": {**params, "keys": sorted(keys)}}
 
 
-def _base_reference(src: Path, out: Path) -> str:
+def base_reference_of(src: Path, out: Path) -> str:
     """The base as adapter_config.json names it: relative inside the run directory (RUN/stage/model), so a moved or
     copied run keeps its chain; absolute to a model outside it (the user's model directory stays where it is)."""
     run_dir = out.resolve().parent.parent
@@ -250,7 +250,7 @@ def save_model(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
         weights = {k: v for k, v in tree_flatten(model.parameters()) if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
         with atomic_dir(out) as tmp:
             mx.save_safetensors(str(tmp / ADAPTER_WEIGHTS), weights, metadata={"format": "mlx"})
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps({**lora, "model": _base_reference(src, out)}, indent=2))
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps({**lora, "model": base_reference_of(src, out)}, indent=2))
         return out
     root = model_root(src)
     fuse_adapters(model)

@@ -12,6 +12,7 @@ from realign.data.datasets import GroundedDataConfig
 from realign.model.generate import GenerationConfig
 from realign.recipes.common import (
     EvalMaxTokens,
+    FuseFinal,
     IterationConfig,
     Recipe,
     SFTStageConfig,
@@ -85,6 +86,7 @@ class AntiHallucinationWorkflowConfig(WorkflowRecipe):
         "many steps as stage 5, as a control.",
     )
     eval_max_tokens: EvalMaxTokens
+    fuse_final: FuseFinal
     thresholds: GroundedThresholds = Field(
         GroundedThresholds(),
         title="Thresholds",

@@ -54,6 +54,19 @@ class IterationConfig(Recipe):
     )
 
 
+# Stage 7's final model: fused, or the LoRA stages' adapters merged into one (the same field in every workflow).
+FuseFinal = Annotated[
+    bool,
+    Field(
+        True,
+        title="Stage 7 · Fuse the final model",
+        description="LoRA runs: true writes 07_evaluation/final_model as one full model (every stage's adapters "
+        "fused, mlx-lm's save_model); false writes one adapter merged from every stage's, exact, for "
+        "mlx_lm.load(BASE, adapter_path=...): megabytes instead of a model copy. Runs without LoRA write the full "
+        "model either way.",
+    ),
+]
+
 # Stage 7's answer length, the same field in every workflow's recipe.
 EvalMaxTokens = Annotated[
     int,

@@ -10,6 +10,7 @@ from pydantic import Field
 from realign.data.datasets import DataConfig
 from realign.recipes.common import (
     EvalMaxTokens,
+    FuseFinal,
     IterationConfig,
     Recipe,
     SFTStageConfig,
@@ -72,6 +73,7 @@ class DPOWorkflowConfig(WorkflowRecipe):
         description="Stage 7: also train continued SFT on the chosen answers for the same steps, as a control.",
     )
     eval_max_tokens: EvalMaxTokens
+    fuse_final: FuseFinal
     thresholds: DPOThresholds = Field(
         DPOThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )

@@ -12,6 +12,7 @@ from realign.data.datasets import DataConfig
 from realign.model.generate import GenerationConfig
 from realign.recipes.common import (
     EvalMaxTokens,
+    FuseFinal,
     IterationConfig,
     Recipe,
     SFTStageConfig,
@@ -99,6 +100,7 @@ class RLVRWorkflowConfig(WorkflowRecipe):
         "control (rejection-sampling fine-tuning).",
     )
     eval_max_tokens: EvalMaxTokens
+    fuse_final: FuseFinal
     thresholds: RLVRThresholds = Field(
         RLVRThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )

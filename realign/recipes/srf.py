@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from realign.data.datasets import DataConfig
 from realign.recipes.common import (
     EvalMaxTokens,
+    FuseFinal,
     IterationConfig,
     Recipe,
     SFTStageConfig,
@@ -83,6 +84,7 @@ class SRFWorkflowConfig(WorkflowRecipe):
         description="Stage 7: also train continued SFT on the chosen answers for as many steps, as a control.",
     )
     eval_max_tokens: EvalMaxTokens
+    fuse_final: FuseFinal
     thresholds: SRFThresholds = Field(
         SRFThresholds(), title="Thresholds", description="The gates' thresholds and tier bands (this workflow's only)."
     )

@@ -25,7 +25,8 @@ from realign.eval.probes import (
 )
 from realign.eval.verdict import Comparison, compare, reward_hacking, verdict
 from realign.io import write_json
-from realign.model.load import load_model, save_model
+from realign.model.adapters import merge_adapter_chain
+from realign.model.load import base_reference_of, is_adapter_dir, load_model, model_root, save_model
 from realign.score.reward_model import load_reward_model
 from realign.score.verify import judge
 from tasks.cache import stage_task
@@ -78,6 +79,7 @@ def evaluate_run(
     reward_model_dir: str | None = None,
     verifier: str | None = None,
     kl_reference_dir: str | None = None,
+    fuse: bool = True,
 ) -> EvaluationResult:
     """Evaluate `final_model_dir` against the stage-1 model `reference_dir` (whose metrics are `baseline`).
 
@@ -88,6 +90,7 @@ def evaluate_run(
     verifier: judge every answer with this verifier kind (RLVR) instead of exact match.
     kl_reference_dir: measure the final KL from this model instead of the stage-1 one (the reference of a later
     optimisation stage, as anti-hallucination's citation-trained model).
+    fuse: write the final model as a full model; False: a LoRA chain's adapters merged into one adapter instead.
     A grounded target set (anti-hallucination) adds hallucination rate, factuality, citation accuracy and calibration
     error for before / after / control, the differences with intervals, and reliability diagrams.
     """
@@ -183,7 +186,12 @@ def evaluate_run(
     final_dir = out / "final_model"
     if final_dir.exists():
         shutil.rmtree(final_dir)
-    save_model(final.model, final_model_dir, final_dir)
+    if not fuse and is_adapter_dir(final_model_dir):  # one adapter for the whole chain, not a model copy
+        root = model_root(final_model_dir)
+        merge_adapter_chain(final_model_dir, final_dir, base_reference=base_reference_of(root, final_dir))
+        log.info(f"final model: the LoRA stages' adapters merged into one on {root} (fuse_final is off)")
+    else:
+        save_model(final.model, final_model_dir, final_dir)
     history = (
         pd.concat([pd.read_parquet(p) for p in training_metrics], ignore_index=True)
         if training_metrics

@@ -90,6 +90,22 @@ def summary_markdown(run_dir: str, summary: dict, embed_plots: bool = True) -> s
     )
 
 
+def _how_to_load(summary: dict) -> str:
+    """A full model loads by its directory; merged adapters (fuse_final off) load on the model they were trained on."""
+    final = Path(summary.get("final_model") or "")
+    try:
+        adapters = json.loads((final / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return "Load it with `mlx_lm.load(PATH_TO_THIS_DIRECTORY)`."
+    base = adapters.get("model", "")
+    base = str((final / base).resolve()) if base and not Path(base).is_absolute() else base
+    return (
+        f"These are LoRA adapters (every stage's, merged into one; rank {adapters['lora_parameters']['rank']}): load "
+        f"them with `mlx_lm.load({json.dumps(base)}, adapter_path=PATH_TO_THIS_DIRECTORY)`, or fuse them with "
+        "`mlx_lm.fuse`."
+    )
+
+
 def model_card(run_dir: str, summary: dict) -> str:
     """The final model's README.md: base model, method, training data, results with intervals, every gate's tier;
     what a person (or the Hugging Face hub) reads first about a model directory."""
@@ -121,8 +137,7 @@ def model_card(run_dir: str, summary: dict) -> str:
         f"## Comparisons (95% paired-bootstrap intervals)\n\n{compared or 'none'}\n\n"
         f"## Results\n\n| metric | value |\n|---|---|\n{res}\n\n"
         f"## Gates\n\n| stage | tier |\n|---|---|\n{gates}\n\n"
-        "Load it with `mlx_lm.load(PATH_TO_THIS_DIRECTORY)`; the run's recipe is `recipe.json` in the run "
-        "directory.\n"
+        f"{_how_to_load(summary)} The run's recipe is `recipe.json` in the run directory.\n"
     )
 
 
