@@ -138,7 +138,9 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch, tin
         assert key in results, key
     # before-vs-after and after-vs-control, each with its paired-bootstrap interval around the difference
     compared = {(c["first"], c["second"]): c for c in summary["comparisons"]}
-    assert set(compared) == {("after", "before"), ("after", "control")}
+    # and the win rate against an even split, with its interval
+    assert set(compared) == {("after", "before"), ("after", "control"), ("after", "even")}
+    assert compared[("after", "even")]["first_value"] == pytest.approx(results["win_rate"])
     for c in compared.values():
         assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["items"] == 40
         assert c["within_noise"] == (c["ci_low"] <= 0 <= c["ci_high"])

@@ -6,7 +6,7 @@ import pytest
 
 from realign.model.generate import GenerationConfig, generate, prompt_tokens
 from realign.model.load import load_model
-from realign.model.logprobs import collate, encode, reference_logps, sequence_logps
+from realign.model.logprobs import bucket_length, collate, encode, reference_logps, sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_mask_covers_completion_and_stop_token_only(lm):
     b = collate([e], pad_id=0)
     mask = np.array(b.mask)[0]
     assert mask.sum() == 3 and mask[e.n_prompt - 1 : e.n_prompt + 2].tolist() == [1, 1, 1]
-    assert b.tokens.shape[1] % 16 == 0
+    assert b.tokens.shape[1] == bucket_length(len(e.ids))  # padded to the longest row's bucket only
 
 
 def test_sequence_logps_equal_a_manual_sum_and_ignore_padding(lm):

@@ -75,7 +75,8 @@ def test_a_trained_reward_model_ranks_held_out_pairs_and_scores_from_its_directo
     train_pairs, held = _pairs(240, seed=3), _pairs(60, seed=4)
     assert not {p["prompt"] for p in train_pairs} & {p["prompt"] for p in held}
     cfg = RewardTrainingConfig(
-        train=TrainConfig(steps=60, batch_size=16, learning_rate=1e-3 if lora else 3e-4, warmup_steps=5, lora=lora),
+        # 3e-4 for LoRA too: at 1e-3 held-out accuracy ranged 0.43-1.0 over seeds 0-2 (measured), at 3e-4 it was 1.0
+        train=TrainConfig(steps=60, batch_size=16, learning_rate=3e-4, warmup_steps=5, lora=lora),
         margin_scale=0.5,
     )
     model, result = fit_reward_model(lm.model, lm.tokenizer, train_pairs, cfg)

@@ -140,6 +140,7 @@ def test_a_stage_4_reject_retried_after_the_fix_reuses_stages_1_to_3_and_runs_al
         ("after", "before", "reverse_accuracy"),
         ("after", "control", "reverse_accuracy"),
         ("after", "before", "reward_model_score"),
+        ("after", "even", "reverse_score_win_rate"),
     }
     assert isinstance(summary["results"]["reward_hacking"], bool)
     rl = json.loads((run / "05_rl_fine_tuning" / "rl.json").read_text())

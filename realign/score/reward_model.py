@@ -227,7 +227,8 @@ def reward_model_batches(tokenizer, pairs: Sequence[dict], cfg, *, chat: bool = 
     chosen = _encode_rows(tokenizer, prompts, [p["chosen"] for p in pairs], chat, cfg.max_seq_len)
     rejected = _encode_rows(tokenizer, prompts, [p["rejected"] for p in pairs], chat, cfg.max_seq_len)
     gaps = np.array([float(p.get("chosen_score", 0.0)) - float(p.get("rejected_score", 0.0)) for p in pairs])
-    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed)
+    lengths = [max(len(c.ids), len(r.ids)) for c, r in zip(chosen, rejected)] if cfg.group_by_length else None
+    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed, lengths)
 
     def at(i: int) -> dict:
         idx = order(i)

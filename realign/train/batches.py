@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import mlx.core as mx
@@ -16,10 +16,43 @@ if TYPE_CHECKING:  # loop.py imports this module
 Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-specific arrays
 
 
-def batch_indices(n_examples: int, batch_size: int, seed: int) -> Callable[[int], list[int]]:
-    """Micro-batch i -> example indices: epochs of seeded permutations, so any step can be recomputed."""
+# Micro-batches per length group: enough that rows of similar length meet, few enough that a group spans a small
+# slice of an epoch (HF Trainer's group_by_length uses 50 for the same reason).
+LENGTH_GROUP = 32
+
+
+def batch_indices(
+    n_examples: int, batch_size: int, seed: int, lengths: Sequence[int] | None = None
+) -> Callable[[int], list[int]]:
+    """Micro-batch i -> example indices: epochs of seeded permutations, so any step can be recomputed.
+
+    lengths: each example's length. Then the indices of LENGTH_GROUP micro-batches (at most an epoch's) are sorted
+    by length (longest first), cut into micro-batches and those are served in a seeded order: every example is
+    still drawn once per epoch in the same random order at the group's scale, but a batch holds rows of similar
+    length, so padding to its longest row wastes little (mlx-lm sorts its data by length; HF's group_by_length).
+    """
     if n_examples < 1:
         raise ValueError("no training examples")
+    flat = _permutation_stream(n_examples, batch_size, seed)
+    if lengths is not None and len(lengths) != n_examples:
+        raise ValueError(f"{len(lengths)} lengths for {n_examples} examples")
+    # A group never holds more than an epoch, so sorting cannot put copies of one example into one batch.
+    size = min(LENGTH_GROUP, n_examples // batch_size)
+    if lengths is None or size < 2:
+        return flat
+    group = _permutation_stream(n_examples, batch_size * size, seed)
+
+    def at(i: int) -> list[int]:
+        g, k = divmod(i, size)
+        idx = sorted(group(g), key=lambda j: -lengths[j])  # stable: ties keep the permutation's order
+        batches = [idx[b * batch_size : (b + 1) * batch_size] for b in range(size)]
+        return batches[np.random.default_rng([seed, g, 1]).permutation(size)[k]]
+
+    return at
+
+
+def _permutation_stream(n_examples: int, batch_size: int, seed: int) -> Callable[[int], list[int]]:
+    """Chunk i of `batch_size` indices from the concatenated seeded permutations of 0..n-1 (one per epoch)."""
 
     def at(i: int) -> list[int]:
         out = []
@@ -38,7 +71,8 @@ def batch_indices(n_examples: int, batch_size: int, seed: int) -> Callable[[int]
 def sft_batches(tokenizer, examples: list[tuple], cfg: TrainConfig, *, chat: bool = True) -> Callable[[int], Batch]:
     """Micro-batch source over (prompt, completion) examples, tokenized once."""
     encoded = [encode(tokenizer, p, c, chat=chat, max_len=cfg.max_seq_len) for p, c in examples]
-    order = batch_indices(len(encoded), cfg.batch_size, cfg.seed)
+    lengths = [len(e.ids) for e in encoded] if cfg.group_by_length else None
+    order = batch_indices(len(encoded), cfg.batch_size, cfg.seed, lengths)
     pad = _pad_id(tokenizer)
 
     def at(i: int) -> Batch:
@@ -58,7 +92,9 @@ def preference_batches(
     """
     chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
     rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
-    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed)
+    # a pair's length is its longer row's: both rows share the batch
+    lengths = [max(len(c.ids), len(r.ids)) for c, r in zip(chosen, rejected)] if cfg.group_by_length else None
+    order = batch_indices(len(pairs), cfg.batch_size, cfg.seed, lengths)
     pad = _pad_id(tokenizer)
 
     def at(i: int) -> Batch:

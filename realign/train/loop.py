@@ -68,6 +68,13 @@ class TrainConfig(BaseModel):
     kl_limit: float | None = Field(
         None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this."
     )
+    group_by_length: bool = Field(
+        False,
+        description="Batch rows of similar length together (within groups of 32 batches, served in a seeded order): "
+        "little padding (4% instead of 12% on the demo's batches), but batches then hold one kind of row when "
+        "length tells kinds apart: on the demo, whose copy and reverse prompts differ in length, SFT reached loss "
+        "2.0 instead of 0.86 in 250 steps (measured). Worth it for long rows of varied length.",
+    )
     compile: bool = Field(True, description="Compile the gradient step with mx.compile.")
 
 
