@@ -23,8 +23,8 @@ install: sysdeps $(STAMP)
 doctor: sysdeps $(STAMP)
 	$(BIN)/realign doctor
 
-bench: sysdeps $(STAMP)
-	$(BIN)/python bench/blas.py
+bench: sysdeps $(STAMP)  ## ratio benches (blas, SFT vs mlx-lm, generation, DPO metrics, start-up): one table
+	$(BIN)/python bench/run_all.py
 	$(BIN)/python bench/validate.py
 
 server: sysdeps $(STAMP)  ## Prefect UI on 127.0.0.1:4200: pools, deployments, a local worker (Ctrl-C stops all)

@@ -1,54 +1,220 @@
-"""Tokens/s of a DPO training step (LoRA, batch 8 pairs) on the tiny model, measured in this run.
+"""DPO training steps/s with per-step metrics on vs off, the padding share and the batch shapes, measured in this run.
 
-Prints the compiled step against the same step uncompiled as the in-run baseline.
+Tiny model, DPO (sigmoid) on "reverse" pairs (chosen: the reversed digits, rejected: the digits as given), reference
+log-probs cached once; LoRA by default (the KL reference is the base under the adapters), `--full` for full fine-tuning
+with a separate frozen reference model, as the demo's DPO stage runs it.
 
-    python bench/dpo_step.py [--batch 8 --steps 20]
+  on   metrics_every=1: every step also runs `token_stats` (KL(policy || reference) and entropy: two extra forward
+       passes over the batch, full-vocabulary KL and entropy, and a sync to read them).
+  off  metrics_every larger than the block: no step measures, except a call's last step, which always does.
+
+Interleaved blocks: on, off, on, off, ... (`--blocks` each), each one `realign.train.loop.train` call of `--steps`
+steps on that side's model, continuing the same batch source where its previous block stopped (so both sides train
+on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything the loop does for
+a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and that are not the
+block's last (it measures on both sides). Figures are medians over blocks of steps/s; ratio on/off (target >= 0.9).
+
+Padding share: over every batch the off side trained on, the input positions (`tokens[:, :-1]`) at or beyond each
+row's real length, over all input positions. A row's real length is read from the batch itself: its completion mask
+ends at the position that predicts its last token, so length = last masked position + 2.
+
+Where metric time goes: after the blocks, `token_stats` and its parts are timed on one batch (interleaved repeats,
+medians): the policy forward, the reference forward, and KL + entropy from given logits.
+
+    python bench/dpo_step.py [--batch 8 --steps 16 --blocks 5 --full]
 """
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+# realign first: it preloads the fast BLAS, which must happen before anything imports mlx.
 import realign  # noqa: E402,F401
+
+# isort: split
+import mlx.core as mx  # noqa: E402
+
 from realign.data.demo import splits  # noqa: E402
+from realign.eval.metrics import token_entropy, token_kl  # noqa: E402
 from realign.model.load import load_model  # noqa: E402
 from realign.model.logprobs import reference_logps  # noqa: E402
 from realign.model.tiny import build_tiny_model  # noqa: E402
 from realign.train.batches import preference_batches  # noqa: E402
-from realign.train.loop import TrainConfig, prepare_model, train  # noqa: E402
+from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, token_stats, train  # noqa: E402
 from realign.train.objectives import PreferenceLossConfig, preference_loss  # noqa: E402
 
 
-def run(model_dir, pairs, batch: int, steps: int, compile_: bool) -> float:
-    lm = load_model(model_dir)
-    ref = reference_logps(lm.model, lm.tokenizer, pairs)
-    cfg = TrainConfig(steps=steps, batch_size=batch, learning_rate=1e-4, compile=compile_, metrics_every=steps)
-    prepare_model(lm.model, cfg)
-    hist = train(
-        lm.model, preference_loss(PreferenceLossConfig()), preference_batches(lm.tokenizer, pairs, cfg, ref=ref), cfg
-    ).history
-    timed = hist[2:-1]  # skip compile/warm-up steps and the last one (it also measures KL)
-    return sum(h["tokens"] for h in timed) / sum(h["seconds"] for h in timed)
+class Side:
+    """One model trained in blocks with one metrics setting."""
+
+    def __init__(self, model_dir, pairs, ref, cfg: TrainConfig, full: bool):
+        self.lm, self.cfg, self.block, self.batches = load_model(model_dir), cfg, 0, []
+        self.reference = load_model(model_dir).model if full else None
+        prepare_model(self.lm.model, cfg)
+        self.batch_at = preference_batches(self.lm.tokenizer, pairs, cfg, ref=ref)
+        self.loss = preference_loss(PreferenceLossConfig())
+
+    def run_block(self) -> tuple[int, float]:
+        """(timed steps, their seconds) of one more block."""
+        offset, shapes, stamps = self.block * self.cfg.steps, [], []
+        self.block += 1
+
+        def batch_at(i: int):
+            batch = self.batch_at(offset + i)
+            shapes.append(tuple(batch["tokens"].shape))
+            self.batches.append(batch)
+            return batch
+
+        train(
+            self.lm.model,
+            self.loss,
+            batch_at,
+            self.cfg,
+            reference=self.reference,
+            callback=lambda row: stamps.append(time.perf_counter()),
+        )
+        seen, secs, n = set(), 0.0, 0
+        for j, shape in enumerate(shapes):
+            if shape in seen and j < len(shapes) - 1:
+                secs, n = secs + stamps[j] - stamps[j - 1], n + 1
+            seen.add(shape)
+        return n, secs
+
+
+def padding(batches: list[dict]) -> tuple[float, Counter]:
+    """Share of input positions at or beyond their row's real length, and the count of each batch shape."""
+    pad = total = 0
+    shapes = Counter()
+    for batch in batches:
+        mask = np.array(batch["mask"])  # [B, T-1]: 1 where position t predicts a completion token t+1
+        rows, width = mask.shape
+        lengths = width + 1 - np.argmax(mask[:, ::-1] > 0, axis=1)  # last masked position + 2
+        pad += int(np.maximum(width - lengths, 0).sum())
+        total += rows * width
+        shapes[tuple(batch["tokens"].shape)] += 1
+    return pad / total, shapes
+
+
+def where_metric_time_goes(side: Side, reps: int) -> tuple[dict[str, float], float]:
+    """Median milliseconds of token_stats and of its parts on the side's most common batch shape, and the share of
+    that batch's input positions that are completion positions (the only ones KL and entropy are averaged over)."""
+    common = Counter(tuple(b["tokens"].shape) for b in side.batches).most_common(1)[0][0]
+    batch = next(b for b in side.batches if tuple(b["tokens"].shape) == common)
+    model, inputs, mask = side.lm.model, batch["tokens"][:, :-1], batch["mask"]
+
+    def reference_forward():
+        if side.reference is not None:
+            return side.reference(inputs)
+        with adapters_disabled(model):
+            return model(inputs)
+
+    logits, ref_logits = model(inputs), reference_forward()
+    mx.eval(logits, ref_logits)
+
+    def kl_entropy():
+        n = mask.sum()
+        kl = (token_kl(logits, ref_logits) * mask).sum() / n
+        entropy = (token_entropy(logits) * mask).sum() / n
+        mx.eval(kl, entropy)
+        return kl.item(), entropy.item()
+
+    parts = {
+        "token_stats": lambda: token_stats(model, batch, side.reference),
+        "policy forward": lambda: mx.eval(model(inputs)),
+        "reference forward": lambda: mx.eval(reference_forward()),
+        "KL + entropy": kl_entropy,
+        "one exp, [B,T-1,V]": lambda: mx.eval(mx.exp(logits)),  # KL + entropy take five passes like this
+    }
+    times = {k: [] for k in parts}
+    for _ in range(reps + 1):  # the first round warms up and is dropped
+        for name, fn in parts.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    ms = {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
+    return ms, float(mask.sum().item()) / mask.size
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="pairs per step (2x rows)")
+    ap.add_argument("--steps", type=int, default=16, help="steps per block (one train() call)")
+    ap.add_argument("--blocks", type=int, default=5, help="blocks per side, interleaved")
+    ap.add_argument("--full", action="store_true", help="full fine-tuning with a separate reference model")
     args = ap.parse_args()
+    if args.steps < 3:
+        ap.error("--steps must be >= 3 (a block's compiling steps and its last step are not timed)")
     rows, _ = splits("reverse", 256, 1, seed=0)
     pairs = [{"prompt": e.prompt, "chosen": e.answer, "rejected": e.digits} for e in rows if e.answer != e.digits]
+    lora = None if args.full else TrainConfig().lora
     with tempfile.TemporaryDirectory() as d:
         model_dir = build_tiny_model(Path(d) / "tiny")
-        eager = run(model_dir, pairs, args.batch, args.steps, False)
-        compiled = run(model_dir, pairs, args.batch, args.steps, True)
-    print(f"DPO step, batch {args.batch} pairs (LoRA, tiny model): completion tokens/s")
-    print(f"uncompiled : {eager:8.0f}")
-    print(f"compiled   : {compiled:8.0f}")
-    print(f"ratio      : {compiled / eager:8.2f}x")
+        base = load_model(model_dir)
+        ref = reference_logps(base.model, base.tokenizer, pairs)
+        del base
+        common = dict(steps=args.steps, batch_size=args.batch, learning_rate=1e-4, lora=lora)
+        sides = {
+            "on": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=1), args.full),
+            "off": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=args.steps + 1), args.full),
+        }
+        blocks = {k: [] for k in sides}
+        for _ in range(args.blocks):
+            for name, side in sides.items():
+                blocks[name].append(side.run_block())
+        parts, completion_share = where_metric_time_goes(sides["on"], reps=10)
+    timed = {k: sum(n for n, _ in v) for k, v in blocks.items()}
+    if not all(timed.values()):
+        reason = "no step was timed (each compiled a new shape or was a block's last); raise --steps"
+        print(f"not measured: {reason}")
+        print("RESULT " + json.dumps({"bench": "dpo_step", "measured": None, "reason": reason}))
+        return
+    rate = {k: statistics.median(n / s for n, s in v if n) for k, v in blocks.items()}
+    ratio = rate["on"] / rate["off"]
+    share, shapes = padding(sides["off"].batches)
+    mode = "full fine-tuning, separate reference" if args.full else "LoRA, reference = base under the adapters"
+    print(
+        f"DPO step, batch {args.batch} pairs, tiny model ({mode}); {args.blocks} interleaved blocks of "
+        f"{args.steps} steps per side, medians over blocks"
+    )
+    print(f"metrics every step (on) : {rate['on']:7.2f} steps/s  ({timed['on']} timed steps)")
+    print(f"metrics off             : {rate['off']:7.2f} steps/s  ({timed['off']} timed steps)")
+    print(f"ratio on/off            : {ratio:7.2f}x  (target >= 0.9)")
+    step_ms = 1e3 / rate["off"]
+    print(f"where metric time goes (ms, median of 10; a step without metrics takes {step_ms:.1f} ms):")
+    for name, ms in parts.items():
+        print(f"  {name:18} {ms:7.2f} ms  ({ms / step_ms:5.1%} of a step without metrics)")
+    print(
+        f"  KL and entropy are computed at every input position; {completion_share:.0%} of them are completion "
+        "positions, the only ones averaged"
+    )
+    print(
+        f"padding: {share:.1%} of the input positions of the {len(sides['off'].batches)} batches trained on "
+        f"(tokens[:, :-1], at or beyond each row's length)"
+    )
+    print(
+        f"distinct batch shapes: {len(shapes)}  " + ", ".join(f"{s[0]}x{s[1]}: {n}" for s, n in sorted(shapes.items()))
+    )
+    result = {
+        "bench": "dpo_step",
+        "metric": "DPO steps/s, per-step metrics on vs off",
+        "measured": rate["on"],
+        "baseline": rate["off"],
+        "ratio": ratio,
+        "target": 0.9,
+        "padding_share": share,
+        "batch_shapes": len(shapes),
+        "metric_ms": parts,
+    }
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":
