@@ -58,6 +58,15 @@ def test_masked_means_count_completion_tokens_only():
     # entropies counted: H(P)=0.693147, H(Q)=0.562335, H(Q)=0.562335
     assert mean_entropy(pol, mask) == pytest.approx((0.693147 + 2 * 0.562335) / 3, abs=1e-6)
     assert math.isnan(mean_kl(pol, ref, mx.zeros((2, 2))))
+    # the same numbers from the completion positions alone, in one pass
+    from realign.eval.metrics import masked_kl_and_entropy
+
+    kl, entropy = masked_kl_and_entropy(pol, ref, mask)
+    assert kl == pytest.approx((0.143841 + 0 + 0.130812) / 3, abs=1e-6)
+    assert entropy == pytest.approx((0.693147 + 2 * 0.562335) / 3, abs=1e-6)
+    no_ref = masked_kl_and_entropy(pol, None, mask)
+    assert math.isnan(no_ref[0]) and no_ref[1] == pytest.approx(entropy)
+    assert all(math.isnan(v) for v in masked_kl_and_entropy(pol, ref, mx.zeros((2, 2))))
 
 
 def test_kl_of_a_model_with_itself_is_zero(tiny_model_dir):

@@ -30,7 +30,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pydantic import BaseModel, ConfigDict, Field
 
-from realign.eval.metrics import token_entropy, token_kl
+from realign.eval.metrics import masked_kl_and_entropy
 from realign.io import atomic_dir, atomic_path
 from realign.train.batches import Batch
 
@@ -140,19 +140,14 @@ def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> 
     """
     inputs, mask = batch["tokens"][:, :-1], batch["mask"]
     logits = model(inputs)
-    n = mask.sum()
-    entropy = (token_entropy(logits) * mask).sum() / n
+    ref_logits = None
     if reference is not None:
         ref_logits = reference(inputs)
     elif has_adapters(model):
         with adapters_disabled(model):
             ref_logits = model(inputs)
-    else:
-        mx.eval(entropy)
-        return {"kl": float("nan"), "entropy": entropy.item()}
-    kl = (token_kl(logits, ref_logits) * mask).sum() / n
-    mx.eval(kl, entropy)
-    return {"kl": kl.item(), "entropy": entropy.item()}
+    kl, entropy = masked_kl_and_entropy(logits, ref_logits, mask)  # on completion positions only
+    return {"kl": kl, "entropy": entropy}
 
 
 # --- checkpoints ---------------------------------------------------------------------
