@@ -112,26 +112,31 @@ def test_given_pairs_top_up_with_generated_pairs():
     assert stats.agreement_rate == 1.0  # the given pair's judgement (+1) and the generated pair's second one (+1)
 
 
-def test_without_second_scores_a_pairwise_judgement_with_the_answers_swapped_gives_the_agreement():
+def test_without_second_scores_a_pairwise_judgement_in_both_orders_gives_the_agreement():
     from realign.data.pairs import GivenPairs
 
     calls = []
 
     def pairwise(prompts, first, second):
         calls.append((prompts, first, second))
-        # prefers the longer answer; cannot decide on q4
-        return [None if p == "q4" else 1 if len(b) > len(a) else -1 for p, a, b in zip(prompts, first, second)]
+        # prefers the longer answer; on q3 always names the second (position bias); cannot decide on q4
+        return [
+            None if p == "q4" else 1 if p == "q3" or len(b) > len(a) else -1 for p, a, b in zip(prompts, first, second)
+        ]
 
     given = GivenPairs(["g"], ["yes"], ["no"], [1.0], [0.0])
     prompts = ["q1", "q2", "q3", "q4"]
     comps = [["long one", "s"], ["t", "longer"], ["aaa", "b"], ["cc", "d"]]
     scores = [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]
     pairs, stats = build_pairs(prompts, comps, scores, None, min_gap=0.15, given=given, second_pairwise=pairwise)
-    # asked once, for the generated pairs only, rejected shown first
-    assert calls == [(["q1", "q2", "q3", "q4"], ["s", "longer", "b", "d"], ["long one", "t", "aaa", "cc"])]
-    assert [p["agree"] for p in pairs] == [None, 1, -1, 1, None]
-    # by hand: the given pair's label agreement (+1), then +1, -1, +1 (q4 left out): 3 of 4
-    assert stats.agreement_rate == pytest.approx(0.75)
+    # asked twice, for the generated pairs only: rejected shown first, then chosen shown first
+    chosen, rejected = ["long one", "t", "aaa", "cc"], ["s", "longer", "b", "d"]
+    assert calls == [(prompts, rejected, chosen), (prompts, chosen, rejected)]
+    # q1: the chosen both times (+1); q2: the rejected both times (-1); q3: the second position both times (0, a
+    # tie: position decided); q4: undecided (left out)
+    assert [p["agree"] for p in pairs] == [None, 1, -1, 0, None]
+    # by hand: the given pair's label agreement (+1), then +1, -1, 0: 2 of 4
+    assert stats.agreement_rate == pytest.approx(0.5)
     # with second scores, the pairwise judge is not asked
     calls.clear()
     build_pairs(prompts, comps, scores, scores, min_gap=0.15, second_pairwise=pairwise)

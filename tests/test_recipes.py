@@ -160,3 +160,32 @@ def test_an_open_target_names_a_judge_that_exists_and_fits_dpo_and_srf_only(tmp_
     assert SRFWorkflowConfig(data=data, pairs=pairs).data.eval_sets[0].format == "open"
     with pytest.raises(ValueError, match="this workflow evaluates checkable answers; an open-ended set"):
         RLVRWorkflowConfig(data=data)
+
+
+def test_a_verifier_needs_every_prompt_answered_and_says_so_at_validation(tmp_path):
+    from realign.recipes.rlvr import RLVRWorkflowConfig
+
+    prompts, ev = tmp_path / "p.jsonl", tmp_path / "e.jsonl"
+    prompts.write_text('{"prompt": "2+2", "answer": "4"}\n{"prompt": "Tell me a joke"}\n')
+    ev.write_text('{"prompt": "3+3", "answer": "6"}\n')
+    data = {"source": "files", "prompts": str(prompts), "eval_sets": [{"name": "t", "path": str(ev), "role": "target"}]}
+    for make in (lambda: DPOWorkflowConfig(data=data), lambda: RLVRWorkflowConfig(data=data)):  # the verifier scores
+        with pytest.raises(ValueError, match=rf"data.prompts: {prompts}:2: missing or empty field 'answer'"):
+            make()
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text("{}")
+    assert DPOWorkflowConfig(data=data, pairs={"scorer": "judge", "judge_model": str(judge)}).data.prompts
+
+
+def test_an_open_set_without_references_and_no_other_set_leaves_nothing_for_perplexity(tmp_path):
+    ev, prompts = tmp_path / "open.jsonl", tmp_path / "p.jsonl"
+    ev.write_text('{"prompt": "Write a haiku"}\n')
+    prompts.write_text('{"prompt": "Tell me a joke"}\n')
+    cfg = DataConfig(
+        source="files",
+        prompts=str(prompts),
+        eval_sets=[{"name": "o", "path": str(ev), "role": "target", "format": "open", "judge_model": "j"}],
+    )
+    with pytest.raises(ValueError, match="no held-out text to measure perplexity on"):
+        load_data(cfg)

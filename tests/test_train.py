@@ -325,6 +325,14 @@ def test_length_grouped_batches_draw_every_example_once_per_epoch_and_pad_little
     # by hand for uniform lengths in [10, 200): a random batch of 8 pads ~ (max - mean) / max ~ 0.45; sorted ~ 0.01
     assert padded(flat) > 0.3 and padded(at) < 0.05
     assert at(5) == batch_indices(len(lengths), 8, seed=3, lengths=lengths)(5)  # a pure function of i
+    # an epoch that is not a whole number of groups or batches: still every example once, none twice in a batch
+    odd = rng.integers(10, 200, size=8 * LENGTH_GROUP + 13).tolist()
+    at_odd = batch_indices(len(odd), 8, seed=1, lengths=odd)
+    per_epoch = LENGTH_GROUP + 2  # 32 full batches of the first group, then 13 rows: one batch of 8 and one of 5
+    batches = [at_odd(i) for i in range(2 * per_epoch)]
+    assert sorted(j for b in batches[:per_epoch] for j in b) == list(range(len(odd)))
+    assert sorted(j for b in batches[per_epoch:] for j in b) == list(range(len(odd)))  # the second epoch too
+    assert all(len(set(b)) == len(b) for b in batches) and sorted(map(len, batches))[:2] == [5, 5]
     # fewer examples than two batches: nothing to group, the plain permutation order
     assert batch_indices(10, 8, 0, [1] * 10)(0) == batch_indices(10, 8, 0)(0)
     with pytest.raises(ValueError, match="3 lengths for 10 examples"):

@@ -266,7 +266,7 @@ def _json_lines(path: str, expected: str) -> Iterator[tuple[int, object]]:
             yield n, obj
 
 
-def _read_qa(path: str, answer_required: bool = True) -> tuple[list[str], list[str | None]]:
+def read_prompt_answers(path: str, answer_required: bool = True) -> tuple[list[str], list[str | None]]:
     """(prompts, answers) of a prompt/answer JSONL file; DataFormatError at the first bad line, and when a prompt
     appears twice with different answers (which one would the verifier grade against?).
     answer_required False: a row may leave 'answer' out (None): a judge or reward model scores its answers."""
@@ -418,7 +418,7 @@ def read_eval_set(e: EvalSet) -> EvalItems:
         items = _read_open(e.path, e.name)
         items.scorer = e.scorer()
     else:
-        items = EvalItems(e.name, e.role, *_read_qa(e.path))
+        items = EvalItems(e.name, e.role, *read_prompt_answers(e.path))
     items.max_tokens = e.max_tokens
     return items
 
@@ -528,13 +528,18 @@ def load_data(cfg: DataConfig) -> DataBundle:
         return load_grounded(cfg)
     if cfg.source == "files":
         if cfg.prompts is not None:
-            prompts, answers = _read_qa(cfg.prompts, answer_required=False)
+            prompts, answers = read_prompt_answers(cfg.prompts, answer_required=False)
         else:  # the given pairs' prompts, once each, answers unknown (a judge or reward model scores them)
             prompts = list(dict.fromkeys(r.prompt for r in read_pairs(cfg.pairs)))  # type: ignore[arg-type]
             answers = [None] * len(prompts)
         sft = [(r.prompt, r.completion) for r in read_rows(cfg.sft, "sft")] if cfg.sft else []
         evals = [read_eval_set(e) for e in cfg.eval_sets]
         held = [pair for e in evals for pair in e.held_out()]
+        if not held:  # stage 1's perplexity gate needs text; say so before anything trains
+            raise ValueError(
+                "data.eval_sets: no held-out text to measure perplexity on (an open set without 'reference' answers "
+                "and no other set): add a benchmark set with answers, or 'reference' answers to the open set"
+            )
         # No separate dev set in user files: round decisions use the target set (the report says so).
         known = {p: a for p, a in zip(prompts, answers) if a is not None}
         return DataBundle(sft, prompts, known, evals, held, None)

@@ -77,8 +77,10 @@ def build_pairs(
     second_scores: an independent judgement of the same completions; agreement rate is
     the fraction of kept pairs it ranks the same way (+1: chosen wins; a tie disagrees).
     second_pairwise: where there are no second scores, a pairwise judgement of each generated pair, called as
-    (prompts, first answers, second answers) with the rejected answer shown first (the answers swapped), returning
-    +1 when it prefers the second (the chosen), -1 the first, None when it could not decide (left out).
+    (prompts, first answers, second answers) and returning +1 when it prefers the second, -1 the first, None when it
+    could not decide. It is asked in both orders, so a judge that always names one position cannot agree: the
+    chosen answer winning both times agrees (+1), the rejected winning both times disagrees (-1), a different
+    winner per order is a tie (a disagreement), and no decision in either order leaves the pair out.
     eval_texts: evaluation items; a pair sharing an n-gram (n = min(ngram, item length)) with
     one is dropped, and decontamination is measured on the pairs that remain.
     given: the user's own pairs, scored (see given_pairs), placed first; the generated pairs top them up.
@@ -119,9 +121,22 @@ def build_pairs(
     generated = pairs[n_given:]  # the given pairs' second judgement is their label
     if second_scores is None and second_pairwise is not None and generated:
         prompts_, chosen, rejected = ([q[k] for q in generated] for k in ("prompt", "chosen", "rejected"))
-        for q, verdict in zip(generated, second_pairwise(prompts_, rejected, chosen), strict=True):
-            q["agree"] = verdict
+        swapped = second_pairwise(prompts_, rejected, chosen)  # +1: picks the chosen, shown second
+        shown_first = second_pairwise(prompts_, chosen, rejected)  # -1: picks the chosen, shown first
+        for q, a, b in zip(generated, swapped, shown_first, strict=True):
+            q["agree"] = _both_orders(a, b)
     return _finish(pairs, counts, eval_texts, ngram)
+
+
+def _both_orders(swapped: int | None, shown_first: int | None) -> int | None:
+    """One verdict from a pairwise judge asked with the chosen answer second (+1 picks it) and first (-1 picks it)."""
+    if swapped is None or shown_first is None:
+        return None
+    if swapped == 1 and shown_first == -1:
+        return 1
+    if swapped == -1 and shown_first == 1:
+        return -1
+    return 0  # a different winner per order: position, not content, decided
 
 
 @dataclass

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from realign.io import atomic_dir
 from realign.model.load import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ModelLoadError, adapter_base, is_adapter_dir
+
+_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")  # "model.layers.3.self_attn.q_proj" -> 3, "self_attn.q_proj"
 
 
 def adapter_levels(path: str | os.PathLike) -> tuple[list[Path], Path]:
@@ -55,6 +58,12 @@ def merge_adapter_chain(path: str | os.PathLike, out_dir: str | os.PathLike, bas
         for name in (k.removesuffix(".lora_a") for k in weights if k.endswith(".lora_a")):
             a, b = weights[f"{name}.lora_a"], weights[f"{name}.lora_b"]
             parts.setdefault(name, []).append((a, (lora["scale"] * b).astype(b.dtype)))
+    # A level whose config lists no keys (mlx-lm's "every linear layer") still names its layers in its weights.
+    blocks = [(int(m.group(1)), m.group(2)) for m in map(_BLOCK.search, parts) if m]
+    keys.update(k for _, k in blocks)
+    total = json.loads((root / "config.json").read_text()).get("num_hidden_layers") if blocks else None
+    if total and blocks:
+        num_layers = max(num_layers, total - min(i for i, _ in blocks))
     rank = max(sum(a.shape[1] for a, _ in p) for p in parts.values())
     merged = {}
     for name, p in parts.items():

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from realign.data.datasets import DataConfig
+from realign.data.datasets import DataConfig, read_prompt_answers
+from realign.data.formats import DataFormatError
 from realign.model.load import looks_like_path
 from realign.model.tiny import TinyModelConfig
 from realign.train.loop import TrainConfig
@@ -107,6 +108,7 @@ class WorkflowRecipe(Recipe):
                 "(prompt, answer) with data.source 'files', or set pairs.scorer to judge (with pairs.judge_model) or "
                 "reward_model"
             )
+        problems += self._answers_given(pairs)
         opened = [e.name for e in self.data.eval_sets if e.format == "open"]
         if opened and pairs is None:  # RLVR judges by its verifier, anti-hallucination by the sources
             problems.append(
@@ -118,6 +120,25 @@ class WorkflowRecipe(Recipe):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _answers_given(self, pairs) -> list[str]:
+        """A verifier grades against each prompt's answer: RLVR always, SRF when its RL reward has a verifier part,
+        DPO and SRF when stage 2's scorer is the verifier. Their data.prompts rows must then all have one, checked
+        here (FILE:LINE) rather than after stage 1 has trained."""
+        rl = getattr(self, "rl", None)
+        needs = (
+            hasattr(self, "verifier")
+            or (pairs is not None and pairs.scorer == "verifier")
+            or (rl is not None and getattr(rl, "verifier_weight", 0) > 0)
+        )
+        path = self.data.prompts
+        if not needs or self.data.source != "files" or not path or not Path(path).expanduser().is_file():
+            return []
+        try:
+            read_prompt_answers(path, answer_required=True)
+        except DataFormatError as exc:
+            return [f"data.prompts: {exc} (the verifier grades against it; or score with a judge or reward model)"]
+        return []
 
 
 def input_problems(model: ModelSpec, data: DataConfig) -> list[str]:

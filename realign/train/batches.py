@@ -26,27 +26,30 @@ def batch_indices(
 ) -> Callable[[int], list[int]]:
     """Micro-batch i -> example indices: epochs of seeded permutations, so any step can be recomputed.
 
-    lengths: each example's length. Then the indices of LENGTH_GROUP micro-batches (at most an epoch's) are sorted
-    by length (longest first), cut into micro-batches and those are served in a seeded order: every example is
-    still drawn once per epoch in the same random order at the group's scale, but a batch holds rows of similar
-    length, so padding to its longest row wastes little (mlx-lm sorts its data by length; HF's group_by_length).
+    lengths: each example's length. Then each epoch's permutation is cut into groups of LENGTH_GROUP micro-batches,
+    each group sorted by length (longest first) and cut into micro-batches served in a seeded order: every example
+    is drawn once per epoch, and a batch holds rows of similar length, so padding to its longest row wastes little
+    (mlx-lm sorts its data by length; HF's group_by_length). An epoch's last batch may be short.
     """
     if n_examples < 1:
         raise ValueError("no training examples")
     flat = _permutation_stream(n_examples, batch_size, seed)
     if lengths is not None and len(lengths) != n_examples:
         raise ValueError(f"{len(lengths)} lengths for {n_examples} examples")
-    # A group never holds more than an epoch, so sorting cannot put copies of one example into one batch.
-    size = min(LENGTH_GROUP, n_examples // batch_size)
-    if lengths is None or size < 2:
+    if lengths is None or n_examples < 2 * batch_size:
         return flat
-    group = _permutation_stream(n_examples, batch_size * size, seed)
+    group = batch_size * LENGTH_GROUP
+    per_epoch = sum(-(-min(group, n_examples - g) // batch_size) for g in range(0, n_examples, group))
 
     def at(i: int) -> list[int]:
-        g, k = divmod(i, size)
-        idx = sorted(group(g), key=lambda j: -lengths[j])  # stable: ties keep the permutation's order
-        batches = [idx[b * batch_size : (b + 1) * batch_size] for b in range(size)]
-        return batches[np.random.default_rng([seed, g, 1]).permutation(size)[k]]
+        epoch, j = divmod(i, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_examples).tolist()
+        batches = []
+        for g in range(0, n_examples, group):  # groups never cross an epoch: no example twice in a batch
+            idx = sorted(perm[g : g + group], key=lambda k: -lengths[k])  # stable: ties keep the permutation's order
+            cut = [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
+            batches += [cut[o] for o in np.random.default_rng([seed, epoch, g, 1]).permutation(len(cut))]
+        return batches[j]
 
     return at
 

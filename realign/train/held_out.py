@@ -47,7 +47,8 @@ def held_out(
     if not pairs:
         return dict(NOT_MEASURED)
     fn = preference_loss(loss_cfg)
-    eval_cfg = train_cfg.model_copy(update={"batch_size": min(32, len(pairs)), "seed": 0})
+    # every held-out pair once, in the plain order (length grouping would reorder across batches)
+    eval_cfg = train_cfg.model_copy(update={"batch_size": min(32, len(pairs)), "seed": 0, "group_by_length": False})
     source = preference_batches(tokenizer, pairs, eval_cfg, ref=ref)
     n_batches = -(-len(pairs) // eval_cfg.batch_size)
     acc = margin = kl = ent = 0.0

@@ -91,8 +91,8 @@ def score_given_pairs(path: str, pairs_cfg: PairsConfig, answers: dict[str, str]
 
 
 def _pairwise_judge(pairs_cfg: PairsConfig):
-    """Without known answers there is no second scorer: the judge's second, independent judgement is a pairwise one
-    with the two answers swapped (SPEC.md's agreement rate), asked of the kept pairs once they are built."""
+    """Without known answers there is no second scorer: the judge's second, independent judgement is a pairwise one,
+    asked in both orders (SPEC.md's "the same judge with the two answers swapped") of the pairs once they are built."""
 
     def judge_pairs(prompts: list[str], first: list[str], second: list[str]) -> list[int | None]:
         lm = load_model(pairs_cfg.judge_model)
