@@ -14,21 +14,9 @@ import re
 from pathlib import Path
 
 from realign.io import atomic_dir
-from realign.model.load import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ModelLoadError, adapter_base, is_adapter_dir
+from realign.model.load import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ModelLoadError, adapter_levels
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")  # "model.layers.3.self_attn.q_proj" -> 3, "self_attn.q_proj"
-
-
-def adapter_levels(path: str | os.PathLike) -> tuple[list[Path], Path]:
-    """(the adapter directories from the root's first stage to `path`, the root model directory under them)."""
-    levels, p, seen = [], Path(path), set()
-    while is_adapter_dir(p):
-        if p.resolve() in seen:
-            raise ModelLoadError(f"{p / ADAPTER_CONFIG}: its base model chain loops back to {p}")
-        seen.add(p.resolve())
-        levels.append(p)
-        p = adapter_base(p)
-    return levels[::-1], p
 
 
 def merge_adapter_chain(path: str | os.PathLike, out_dir: str | os.PathLike, base_reference: str | None = None) -> Path:

@@ -172,16 +172,22 @@ def adapter_base(path: str | os.PathLike) -> Path:
     return (p / base).resolve() if not Path(base).is_absolute() else Path(base)
 
 
-def model_root(path: str | os.PathLike) -> Path:
-    """The full model directory under a chain of adapter directories (where config and tokenizer files are)."""
-    p = Path(path)
-    seen = set()
+def adapter_levels(path: str | os.PathLike) -> tuple[list[Path], Path]:
+    """(the adapter directories from the root's first stage to `path`, the full model directory under them: where
+    config and tokenizer files are)."""
+    levels, p, seen = [], Path(path), set()
     while is_adapter_dir(p):
         if p.resolve() in seen:
             raise ModelLoadError(f"{p / ADAPTER_CONFIG}: its base model chain loops back to {p}")
         seen.add(p.resolve())
+        levels.append(p)
         p = adapter_base(p)
-    return p
+    return levels[::-1], p
+
+
+def model_root(path: str | os.PathLike) -> Path:
+    """The full model directory under a chain of adapter directories (where config and tokenizer files are)."""
+    return adapter_levels(path)[1]
 
 
 def _load_adapter_chain(path: Path) -> LoadedModel:
