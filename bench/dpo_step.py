@@ -4,24 +4,28 @@ Tiny model, DPO (sigmoid) on "reverse" pairs (chosen: the reversed digits, rejec
 log-probs cached once; LoRA by default (the KL reference is the base under the adapters), `--full` for full fine-tuning
 with a separate frozen reference model, as the demo's DPO stage runs it.
 
-  on   metrics_every=1: every step also runs `token_stats` (KL(policy || reference) and entropy: two extra forward
-       passes over the batch, full-vocabulary KL and entropy, and a sync to read them).
-  off  metrics_every larger than the block: no step measures, except a call's last step, which always does.
+  on      metrics_every=1: every step also runs `token_stats` (KL(policy || reference) and entropy, full-vocabulary,
+          on completion positions): the policy's logits come from the loss step, so the extra work is the
+          reference's forward pass, the KL and entropy themselves, and a sync to read them.
+  recipe  metrics_every as the DPO recipe's default (DPOStageConfig), what a run pays.
+  off     metrics_every larger than the block: no step measures, except a call's last step, which always does.
 
-Interleaved blocks: on, off, on, off, ... (`--blocks` each), each one `realign.train.loop.train` call of `--steps`
+Interleaved blocks: on, recipe, off, on, ... (`--blocks` each), each one `realign.train.loop.train` call of `--steps`
 steps on that side's model, continuing the same batch source where its previous block stopped (so both sides train
 on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything the loop does for
 a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and that are not the
-block's last (it measures on both sides). Figures are medians over blocks of steps/s; ratio on/off (target >= 0.9).
+block's last (it measures on every side). Figures are medians over blocks of steps/s; ratios on/off (target >= 0.9)
+and recipe/off.
 
 Padding share: over every batch the off side trained on, the input positions (`tokens[:, :-1]`) at or beyond each
 row's real length, over all input positions. A row's real length is read from the batch itself: its completion mask
 ends at the position that predicts its last token, so length = last masked position + 2.
 
 Where metric time goes: after the blocks, `token_stats` and its parts are timed on one batch (interleaved repeats,
-medians): the policy forward, the reference forward, and KL + entropy from given logits.
+medians): token_stats as the loop calls it (given the loss step's logits) and as held-out checks call it (its own
+policy forward), the policy forward, the reference forward, and KL + entropy from given logits.
 
-    python bench/dpo_step.py [--batch 8 --steps 16 --blocks 5 --full]
+    python bench/dpo_step.py [--batch 8 --steps 21 --blocks 5 --full]
 """
 
 import argparse
@@ -48,6 +52,7 @@ from realign.eval.metrics import masked_kl_and_entropy, token_entropy, token_kl 
 from realign.model.load import load_model  # noqa: E402
 from realign.model.logprobs import reference_logps  # noqa: E402
 from realign.model.tiny import build_tiny_model  # noqa: E402
+from realign.recipes.dpo import DPOStageConfig  # noqa: E402
 from realign.train.batches import preference_batches  # noqa: E402
 from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, token_stats, train  # noqa: E402
 from realign.train.objectives import PreferenceLossConfig, preference_loss  # noqa: E402
@@ -128,7 +133,8 @@ def where_metric_time_goes(side: Side, reps: int) -> tuple[dict[str, float], flo
         return kl.item(), entropy.item()
 
     parts = {
-        "token_stats": lambda: token_stats(model, batch, side.reference),
+        "token_stats, loop": lambda: token_stats(model, batch, side.reference, logits),  # given the step's logits
+        "token_stats, alone": lambda: token_stats(model, batch, side.reference),
         "policy forward": lambda: mx.eval(model(inputs)),
         "reference forward": lambda: mx.eval(reference_forward()),
         "KL + entropy": lambda: masked_kl_and_entropy(logits, ref_logits, mask),  # what token_stats does
@@ -148,7 +154,9 @@ def where_metric_time_goes(side: Side, reps: int) -> tuple[dict[str, float], flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8, help="pairs per step (2x rows)")
-    ap.add_argument("--steps", type=int, default=16, help="steps per block (one train() call)")
+    ap.add_argument(
+        "--steps", type=int, default=21, help="steps per block (one train() call); 2 x the recipe's every + 1"
+    )
     ap.add_argument("--blocks", type=int, default=5, help="blocks per side, interleaved")
     ap.add_argument("--full", action="store_true", help="full fine-tuning with a separate reference model")
     args = ap.parse_args()
@@ -157,6 +165,7 @@ def main() -> None:
     rows, _ = splits("reverse", 256, 1, seed=0)
     pairs = [{"prompt": e.prompt, "chosen": e.answer, "rejected": e.digits} for e in rows if e.answer != e.digits]
     lora = None if args.full else TrainConfig().lora
+    recipe_every = DPOStageConfig().train.metrics_every
     with tempfile.TemporaryDirectory() as d:
         model_dir = build_tiny_model(Path(d) / "tiny")
         base = load_model(model_dir)
@@ -165,6 +174,7 @@ def main() -> None:
         common = dict(steps=args.steps, batch_size=args.batch, learning_rate=1e-4, lora=lora)
         sides = {
             "on": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=1), args.full),
+            "recipe": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=recipe_every), args.full),
             "off": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=args.steps + 1), args.full),
         }
         blocks = {k: [] for k in sides}
@@ -179,7 +189,7 @@ def main() -> None:
         print("RESULT " + json.dumps({"bench": "dpo_step", "measured": None, "reason": reason}))
         return
     rate = {k: statistics.median(n / s for n, s in v if n) for k, v in blocks.items()}
-    ratio = rate["on"] / rate["off"]
+    ratio, recipe_ratio = rate["on"] / rate["off"], rate["recipe"] / rate["off"]
     share, shapes = padding(sides["off"].batches)
     mode = "full fine-tuning, separate reference" if args.full else "LoRA, reference = base under the adapters"
     print(
@@ -187,8 +197,10 @@ def main() -> None:
         f"{args.steps} steps per side, medians over blocks"
     )
     print(f"metrics every step (on) : {rate['on']:7.2f} steps/s  ({timed['on']} timed steps)")
+    print(f"metrics every {recipe_every:<2} (recipe): {rate['recipe']:7.2f} steps/s  ({timed['recipe']} timed steps)")
     print(f"metrics off             : {rate['off']:7.2f} steps/s  ({timed['off']} timed steps)")
     print(f"ratio on/off            : {ratio:7.2f}x  (target >= 0.9)")
+    print(f"ratio recipe/off        : {recipe_ratio:7.2f}x")
     step_ms = 1e3 / rate["off"]
     print(f"where metric time goes (ms, median of 10; a step without metrics takes {step_ms:.1f} ms):")
     for name, ms in parts.items():
@@ -211,6 +223,8 @@ def main() -> None:
         "baseline": rate["off"],
         "ratio": ratio,
         "target": 0.9,
+        "recipe_metrics_every": recipe_every,
+        "recipe_ratio": recipe_ratio,
         "padding_share": share,
         "batch_shapes": len(shapes),
         "metric_ms": parts,

@@ -20,7 +20,7 @@ from realign.model.generate import GenerationConfig, generate
 from realign.model.load import load_model
 from realign.model.logprobs import pair_batch, reference_logps, sequence_logps
 from realign.train.batches import batch_indices, preference_batches, sft_batches
-from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, train
+from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, token_stats, train
 from realign.train.objectives import PreferenceLossConfig, preference_loss, sft_loss
 
 
@@ -112,6 +112,30 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
         assert mx.allclose(big[k], small[k], atol=2e-4).item(), k
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_step_metrics_are_those_of_the_policy_before_its_update_on_the_last_micro_batch(tiny_model_dir, compiled):
+    # KL and entropy reuse the loss step's logits: they must equal a separate measurement of the model as it was
+    # before the step's update, on the step's last micro-batch (adapters off = the reference).
+    lm = load_model(tiny_model_dir)
+    cfg = TrainConfig(steps=2, batch_size=4, grad_accum=2, learning_rate=5e-2, seed=5, compile=compiled)
+    prepare_model(lm.model, cfg)
+    train_rows, _ = splits("reverse", 32, 1, seed=4)
+    src = sft_batches(lm.tokenizer, [(e.prompt, e.answer) for e in train_rows], cfg)
+    expected = []
+
+    def before_step(step: int):  # the model as it stands before step `step` (0-based), on its last micro-batch
+        expected.append(token_stats(lm.model, src(step * cfg.grad_accum + cfg.grad_accum - 1), None))
+
+    before_step(0)
+    rows = train(lm.model, sft_loss, src, cfg, callback=lambda row: before_step(row["step"])).history
+    assert len(rows) == 2
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the identity: policy == reference
+    for row, want in zip(rows, expected):
+        assert row["entropy"] == pytest.approx(want["entropy"], rel=1e-4)
+        assert row["kl"] == pytest.approx(want["kl"], rel=1e-3, abs=1e-6)
+    assert rows[1]["kl"] > 1e-4  # step 2 measures the model step 1 moved
+
+
 def test_same_seed_same_run(tiny_model_dir):
     finals = []
     for _ in range(2):
@@ -196,8 +220,8 @@ def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
     # learned: on the same pairs (not the first and last batches, which hold different pairs), chosen gained on rejected
     assert _logp_gap(lm, pairs) > gap_before
     if loss.method == "dpo":
-        # step 1's rewards are measured before its update: the policy still equals the reference
-        assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and first["kl"] > 0
+        # step 1's rewards, KL and entropy come from the loss's forward, before its update: policy == reference
+        assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and first["kl"] == pytest.approx(0.0, abs=1e-6)
         assert last["rewards/margins"] > 0
     assert last["kl"] > 0 and last["entropy"] > 0
 

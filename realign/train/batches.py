@@ -14,6 +14,9 @@ if TYPE_CHECKING:  # loop.py imports this module
     from realign.train.loop import TrainConfig
 
 Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-specific arrays
+# A loss may add its policy logits [B, T-1, V] (stop-gradient) to its metrics under this key: the loop then measures
+# entropy and KL from them instead of running the policy forward again. Never summed or logged as a metric.
+POLICY_LOGITS = "policy_logits"
 
 
 # Micro-batches per length group: enough that rows of similar length meet, few enough that a group spans a small

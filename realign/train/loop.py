@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from realign.eval.metrics import masked_kl_and_entropy
 from realign.io import atomic_dir, atomic_path
-from realign.train.batches import Batch
+from realign.train.batches import POLICY_LOGITS, Batch
 
 
 class LoRAConfig(BaseModel):
@@ -64,7 +64,12 @@ class TrainConfig(BaseModel):
     lora: LoRAConfig | None = Field(LoRAConfig(), description="LoRA adapters; None trains all weights.")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps; 0 only at the end.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
-    metrics_every: int = Field(1, ge=1, description="Compute KL and entropy every N steps (two extra forward passes).")
+    metrics_every: int = Field(
+        1,
+        ge=1,
+        description="Compute KL and entropy every N steps: the policy's logits come from the loss step; KL needs one "
+        "extra forward pass of the reference.",
+    )
     kl_limit: float | None = Field(
         None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this."
     )
@@ -132,14 +137,18 @@ def adapters_disabled(model: nn.Module):
             m.scale = s
 
 
-def token_stats(model: nn.Module, batch: Batch, reference: nn.Module | None) -> dict[str, float]:
+def token_stats(
+    model: nn.Module, batch: Batch, reference: nn.Module | None, logits: mx.array | None = None
+) -> dict[str, float]:
     """Mean per-token KL(policy || reference) and policy entropy on the batch's completion tokens.
 
+    logits: the policy's logits on this batch when the caller has them (the loss step's): no policy forward then.
     reference None: the model's own base (LoRA adapters off) when it has adapters;
     otherwise KL is not computable and is reported as NaN.
     """
     inputs, mask = batch["tokens"][:, :-1], batch["mask"]
-    logits = model(inputs)
+    if logits is None:
+        logits = model(inputs)
     ref_logits = None
     if reference is not None:
         ref_logits = reference(inputs)
@@ -297,7 +306,7 @@ def train(
     reference: nn.Module | None = None,
     callback: Callable[[dict], None] | None = None,
     resume_key: str | None = None,
-    measure: Callable[[nn.Module, Batch, nn.Module | None], dict] | None = token_stats,
+    measure: Callable[[nn.Module, Batch, nn.Module | None, mx.array | None], dict] | None = token_stats,
 ) -> TrainResult:
     """Train `model` (already prepared with `prepare_model`) for `cfg.steps` optimizer steps.
 
@@ -308,8 +317,10 @@ def train(
     metrics, kl, entropy (every `metrics_every` steps), tokens, seconds, tokens_per_s.
     A checkpoint is resumed only if it was written with the same config and `resume_key`
     (e.g. a hash of the data); otherwise the old checkpoints are moved aside, not reused.
-    measure(model, batch, reference) -> extra metrics every `metrics_every` steps (KL and entropy by default;
-    None for models whose output is not a next-token distribution, such as a reward model).
+    measure(model, batch, reference, logits) -> extra metrics every `metrics_every` steps (KL and entropy by default;
+    None for models whose output is not a next-token distribution, such as a reward model). logits are the policy's
+    on that step's (last micro-)batch from the loss's own forward, before the update (as TRL logs them), when the
+    loss returns them under POLICY_LOGITS; else None.
     """
     optimizer = make_optimizer(cfg)
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
@@ -318,13 +329,20 @@ def train(
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))
 
-    def grad_step(batch: Batch):
+    def step_with_logits(batch: Batch):
         (loss, metrics), grads = value_and_grad(batch)
+        logits = metrics.pop(POLICY_LOGITS, None)
+        return loss, metrics, grads, logits
+
+    def step_without_logits(batch: Batch):
+        # The logits are still computed (the backward pass needs them) but are not kept past the step.
+        loss, metrics, grads, _ = step_with_logits(batch)
         return loss, metrics, grads
 
     if cfg.compile:
         state = [model.state, mx.random.state]
-        grad_step = partial(mx.compile, inputs=state, outputs=state)(grad_step)
+        step_with_logits = partial(mx.compile, inputs=state, outputs=state)(step_with_logits)
+        step_without_logits = partial(mx.compile, inputs=state, outputs=state)(step_without_logits)
 
     result = TrainResult(
         steps_done=start, stopped="completed", history=history, resumed_from=resumed, resume_warning=warning
@@ -333,13 +351,18 @@ def train(
         t0 = time.perf_counter()
         # Randomness (dropout) is seeded per step, so a resumed run draws what the original would have.
         mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
-        acc_grads, sums, ntoks = None, {}, 0.0
+        measuring = measure is not None and ((step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps)
+        acc_grads, sums, ntoks, logits = None, {}, 0.0, None
         for k in range(cfg.grad_accum):
             batch = batch_at(step * cfg.grad_accum + k)
             # Counted here, not in the loss: an output of a compiled grad step that depends only on
             # the inputs trips an MLX compile bug (IndexError _Map_base::at).
             ntoks += float(batch["mask"].sum().item())
-            _, metrics, grads = grad_step(batch)
+            if measuring and k == cfg.grad_accum - 1:
+                # The measured batch's policy logits come from this forward: the metrics need no second one.
+                _, metrics, grads, logits = step_with_logits(batch)
+            else:
+                _, metrics, grads = step_without_logits(batch)
             acc_grads = grads if acc_grads is None else tree_map(mx.add, acc_grads, grads)
             for name, v in metrics.items():
                 sums[name] = sums.get(name, 0.0) + v
@@ -361,8 +384,8 @@ def train(
         row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
-        if measure is not None and ((step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps):
-            row.update(measure(model, batch, reference))
+        if measuring:
+            row.update(measure(model, batch, reference, logits))
         dt = time.perf_counter() - t0
         row.update({"tokens": ntoks, "seconds": dt, "tokens_per_s": ntoks / dt if dt > 0 else float("nan")})
         history.append(row)

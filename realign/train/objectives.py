@@ -13,15 +13,15 @@ import mlx.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from realign.model.logprobs import TokenBatch, forward_logps
-from realign.train.batches import Batch
+from realign.train.batches import POLICY_LOGITS, Batch
 from realign.train.losses import cpo_loss, dpo_loss, nll_loss, orpo_loss
 
 
 def sft_loss(model: nn.Module, batch: Batch) -> tuple[mx.array, dict[str, mx.array]]:
     """Mean completion-token NLL (prompt and padding masked)."""
-    lp, _ = forward_logps(model, _tb(batch))
+    lp, logits = forward_logps(model, _tb(batch))
     loss = nll_loss(lp, batch["mask"])
-    return loss, {"loss": loss}
+    return loss, {"loss": loss, POLICY_LOGITS: mx.stop_gradient(logits)}
 
 
 class PreferenceLossConfig(BaseModel):
@@ -67,7 +67,7 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
     """
 
     def loss_fn(model: nn.Module, batch: Batch):
-        lp, _ = forward_logps(model, _tb(batch))
+        lp, logits = forward_logps(model, _tb(batch))
         mask = batch["mask"]
         sums, counts = (lp * mask).sum(axis=1), mx.maximum(mask.sum(axis=1), 1)
         B = sums.shape[0] // 2
@@ -117,6 +117,7 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
             "logps/chosen": mx.stop_gradient(pc).mean(),
             "logps/rejected": mx.stop_gradient(pr).mean(),
             "nll": mx.stop_gradient(chosen_nll),
+            POLICY_LOGITS: mx.stop_gradient(logits),
         }
         return loss, metrics
 
