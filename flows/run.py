@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from gates.gate import GateFailed, gate
 from gates.validate import suite_name
+from hardware.profiles import apply_blas_threads
 from realign.io import write_json
 from realign.provenance import provenance
 from realign.recipes.common import RUN_NAME_PATTERN
@@ -75,6 +76,11 @@ class Run:
         self.approve_medium, self.price_per_hour = approve_medium, price_per_hour
         if recipe is not None:
             self._record(recipe)
+            model = getattr(recipe, "model", None)
+            if model is not None:
+                threads = apply_blas_threads(model.path, model.tiny.model_dump())
+                if flow_run.get_id():
+                    get_run_logger().info(threads)
         self.tiers: dict[str, str] = {}
         self.stage_seconds: dict[str, float] = {}
         self.reports: dict[str, str | None] = {}  # stage -> its gate report's artifact id

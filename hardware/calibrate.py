@@ -1,6 +1,7 @@
 """Calibration: measure this machine instead of trusting the default table.
 
-matmul GFLOPS with MLX, then a batch-size sweep (1, 2, 4, ... 64) of the real
+matmul GFLOPS with MLX, the OpenBLAS thread count (training steps/s and CPU time per step at each count; the fewest
+threads within `tolerance` of the fastest are chosen), then a batch-size sweep (1, 2, 4, ... 64) of the real
 workload (batched generation with the run's model) giving an examples/s curve.
 The chosen batch is the smallest within `tolerance` of the peak: a machine that
 "peaks early" gets a small batch.
@@ -12,6 +13,7 @@ applies only to a matching model (`calibration_applies`): a batch chosen for the
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +49,92 @@ def choose_batch(curve: dict[int, float], tolerance: float = 0.05) -> int:
     return min(b for b, v in curve.items() if v >= (1 - tolerance) * peak)
 
 
+def choose_threads(steps_per_s: dict[int, float], tolerance: float = 0.05) -> int:
+    """Fewest threads whose training throughput is within `tolerance` (fraction) of the fastest count's: threads
+    beyond that spin for nothing and take cores from everything else the machine runs (server, gates, workers)."""
+    if not steps_per_s:
+        raise ValueError("no thread counts measured")
+    best = max(steps_per_s.values())
+    return min(n for n, v in steps_per_s.items() if v >= (1 - tolerance) * best)
+
+
+def thread_counts(cpus: int | None = None) -> list[int]:
+    """1, 2, 4, ... up to the core count, and the core count itself."""
+    cpus = cpus or os.cpu_count() or 1
+    counts, n = [], 1
+    while n < cpus:
+        counts.append(n)
+        n *= 2
+    return counts + [cpus]
+
+
+def sweep_blas_threads(
+    model_dir: str,
+    counts: Sequence[int] | None = None,
+    *,
+    steps: int = 6,
+    rounds: int = 2,
+    batch_size: int = 8,
+    tolerance: float = 0.05,
+    on_point: Callable[[int, float, float], None] | None = None,
+) -> dict | None:
+    """Training steps/s and CPU seconds per step of `model_dir` (LoRA SFT on digit-reversal rows) at each OpenBLAS
+    thread count, in interleaved rounds (medians), and the chosen count. None when the fast BLAS is not active
+    (MLX then uses a BLAS whose threads realign does not set). The thread count is restored afterwards.
+
+    Each count trains `steps` steps per round in a fresh `train` call; its first step compiles and is not timed.
+    """
+    import statistics
+
+    from realign._blas import blas_threads, set_blas_threads
+    from realign.model.load import load_model
+    from realign.train.batches import sft_batches
+    from realign.train.loop import TrainConfig, prepare_model, train
+    from realign.train.objectives import sft_loss
+
+    before = blas_threads()
+    if before is None:
+        return None
+    counts = list(counts or thread_counts())
+    lm = load_model(model_dir)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=1e-5, metrics_every=steps + 1)
+    prepare_model(lm.model, cfg)
+    rows = [(f"Reverse: {1000 + 37 * i}", str(1000 + 37 * i)[::-1]) for i in range(4 * batch_size)]
+    batch_at = sft_batches(lm.tokenizer, rows, cfg)
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    cpu: dict[int, list[float]] = {n: [] for n in counts}
+    try:
+        for _ in range(rounds):
+            for n in counts:
+                set_blas_threads(n)
+                stamps: list[tuple[float, float]] = []
+                train(
+                    lm.model,
+                    sft_loss,
+                    batch_at,
+                    cfg,
+                    measure=None,
+                    callback=lambda row: stamps.append((time.perf_counter(), time.process_time())),
+                )
+                (w0, c0), (w1, c1) = stamps[0], stamps[-1]
+                rates[n].append((len(stamps) - 1) / (w1 - w0))
+                cpu[n].append((c1 - c0) / (len(stamps) - 1))
+    finally:
+        set_blas_threads(before)
+    steps_per_s = {n: statistics.median(v) for n, v in rates.items()}
+    cpu_s = {n: statistics.median(v) for n, v in cpu.items()}
+    if on_point:
+        for n in counts:
+            on_point(n, steps_per_s[n], cpu_s[n])
+    return {
+        "chosen": choose_threads(steps_per_s, tolerance),
+        "steps_per_s": {str(n): v for n, v in steps_per_s.items()},
+        "cpu_s_per_step": {str(n): v for n, v in cpu_s.items()},
+        "tolerance": tolerance,
+        "workload": f"LoRA SFT steps, batch {batch_size}, {steps - 1} timed per round, {rounds} rounds (medians)",
+    }
+
+
 @dataclass
 class CalibrationResult:
     gflops: float
@@ -57,6 +145,7 @@ class CalibrationResult:
     max_tokens: int
     tolerance: float
     model_key: dict | None = None  # ModelKey.as_dict() of the model swept; None when it has no readable config.json
+    blas_threads: dict | None = None  # sweep_blas_threads(); None when not measured (no fast BLAS)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -72,16 +161,22 @@ def calibrate(
     tolerance: float = 0.05,
     rounds: int = 2,
     on_point: Callable[[int, float], None] | None = None,
+    threads: bool = True,
+    on_threads: Callable[[int, float, float], None] | None = None,
 ) -> CalibrationResult:
-    """Measure GFLOPS and the generation throughput curve of `model_dir` on this machine.
+    """Measure GFLOPS, the OpenBLAS thread count (`threads`) and the generation throughput curve of `model_dir`.
 
-    Each batch size generates `rounds` batches of `max_tokens` tokens after one warm-up batch;
-    examples/s = sequences finished / seconds.
+    The batch sweep runs at the chosen thread count. Each batch size generates `rounds` batches of `max_tokens`
+    tokens after one warm-up batch; examples/s = sequences finished / seconds.
     """
+    from realign._blas import set_blas_threads
     from realign.model.generate import GenerationConfig, generate
     from realign.model.load import load_model
 
     gflops, _ = measure_matmul_gflops()
+    threads_found = sweep_blas_threads(model_dir, tolerance=tolerance, on_point=on_threads) if threads else None
+    if threads_found:
+        set_blas_threads(threads_found["chosen"])
     lm = load_model(model_dir)
     key = model_key_of(lm.path)
     curve: dict[int, float] = {}
@@ -105,6 +200,7 @@ def calibrate(
         max_tokens,
         tolerance,
         key.as_dict() if key else None,
+        threads_found,
     )
 
 

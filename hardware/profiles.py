@@ -76,3 +76,33 @@ def load_calibration(machine: DetectedMachine | None = None) -> dict | None:
     """This machine's calibration, or None when it has not been calibrated."""
     path = profile_dir() / f"{machine_key(machine)}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def apply_blas_threads(model_path: str, tiny: dict | None = None) -> str:
+    """Use the OpenBLAS thread count `realign calibrate` chose on this machine, when its calibration was measured on
+    a model like this one (the best count depends on the matmul sizes); returns what was done, in words.
+    model_path: the run's base model directory, or "tiny" with `tiny` its TinyModelConfig fields."""
+    from hardware.calibrate import calibration_applies, model_key_of
+    from hardware.sizing import size_from_config
+    from realign._blas import THREADS_ENV, blas_threads, set_blas_threads
+    from realign.model.tiny import TinyModelConfig, tiny_config
+
+    current = blas_threads()
+    if current is None:
+        return "OpenBLAS threads: not set (no fast BLAS in this process)"
+    if os.environ.get(THREADS_ENV):
+        return f"OpenBLAS threads: {current} ({THREADS_ENV})"
+    data = load_calibration()
+    chosen = ((data or {}).get("blas_threads") or {}).get("chosen")
+    if not chosen:
+        return f"OpenBLAS threads: {current}, one per core (uncalibrated: `realign calibrate` measures the best count)"
+    key = (
+        size_from_config(tiny_config(TinyModelConfig(**(tiny or {})))).key()
+        if model_path == "tiny"
+        else model_key_of(model_path)
+    )
+    applies, why = calibration_applies(data, key) if key is not None else (False, "the model has no config.json")
+    if not applies:
+        return f"OpenBLAS threads: {current}, one per core (calibrated choice {chosen} not used: {why})"
+    set_blas_threads(int(chosen))
+    return f"OpenBLAS threads: {chosen}, as calibrated ({why})"

@@ -88,3 +88,8 @@ def test_doctor_reports_device_blas_and_a_measured_figure():
     assert r["gflops"] == pytest.approx(2 * r["matmul_size"] ** 3 / r["matmul_seconds"] / 1e9)
     table = run_cli("doctor")
     assert "fast BLAS" in table.stdout and "GFLOPS" in table.stdout and "active: OpenBLAS" in table.stdout
+    assert "BLAS threads" in table.stdout
+    # the thread count in use is OpenBLAS's own answer; REALIGN_BLAS_THREADS sets it at the preload
+    assert r["blas_threads"] >= 1
+    one = json.loads(run_cli("doctor", "--json", env={"REALIGN_BLAS_THREADS": "1"}).stdout)
+    assert one["blas_threads"] == 1 and one["environment"]["REALIGN_BLAS_THREADS"] == "1"

@@ -4,9 +4,17 @@ import json
 
 import pytest
 
-from hardware.calibrate import calibrate, calibration_applies, calibration_key, choose_batch
-from hardware.profiles import DetectedMachine, load_calibration, match_profile, save_calibration
+from hardware.calibrate import (
+    calibrate,
+    calibration_applies,
+    calibration_key,
+    choose_batch,
+    choose_threads,
+    thread_counts,
+)
+from hardware.profiles import DetectedMachine, apply_blas_threads, load_calibration, match_profile, save_calibration
 from hardware.sizing import KNOWN_SHAPES, ModelKey, quantise, size_from_config
+from realign._blas import blas_threads, set_blas_threads
 
 
 def test_choose_batch_takes_the_smallest_within_5_percent_of_peak():
@@ -15,6 +23,15 @@ def test_choose_batch_takes_the_smallest_within_5_percent_of_peak():
     assert choose_batch({1: 10, 2: 20, 4: 40, 8: 80, 16: 100, 32: 103}) == 16
     with pytest.raises(ValueError):
         choose_batch({})
+
+
+def test_choose_threads_takes_the_fewest_within_5_percent_of_the_fastest():
+    # small matmuls: one thread as fast as two (within 5%), so one, leaving the other core free
+    assert choose_threads({1: 8.1, 2: 8.3}) == 1
+    assert choose_threads({1: 4.0, 2: 7.5, 4: 9.0, 8: 9.2}) == 4  # 9.0 >= 0.95 * 9.2 = 8.74; 7.5 is not
+    with pytest.raises(ValueError):
+        choose_threads({})
+    assert thread_counts(2) == [1, 2] and thread_counts(12) == [1, 2, 4, 8, 12] and thread_counts(1) == [1]
 
 
 def test_profile_matching():
@@ -53,6 +70,43 @@ def test_calibration_sweeps_the_real_workload_and_is_saved(tiny_model_dir, tmp_p
     tiny = size_from_config(json.loads((tiny_model_dir / "config.json").read_text())).key()
     assert result.model_key == {"model_type": "qwen2", "params": 754_816, "bits": 32.0} == tiny.as_dict()
     assert calibration_key(load_calibration()) == tiny
+    # the thread sweep measured every count (steps/s and CPU time) and chose by the rule above
+    threads = result.blas_threads
+    if blas_threads() is not None:
+        assert set(threads["steps_per_s"]) == {str(n) for n in thread_counts()}
+        assert all(v > 0 for v in threads["steps_per_s"].values())
+        assert all(v > 0 for v in threads["cpu_s_per_step"].values())
+        assert threads["chosen"] == choose_threads({int(n): v for n, v in threads["steps_per_s"].items()})
+        assert load_calibration()["blas_threads"]["chosen"] == threads["chosen"]
+
+
+@pytest.mark.skipif(blas_threads() is None, reason="needs the preloaded OpenBLAS")
+def test_runs_use_the_calibrated_thread_count_only_for_a_model_like_the_one_measured(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from realign.model.tiny import TinyModelConfig
+
+    monkeypatch.setenv("REALIGN_PROFILE_DIR", str(tmp_path))
+    monkeypatch.delenv("REALIGN_BLAS_THREADS", raising=False)
+    before = blas_threads()
+    try:
+        set_blas_threads(2)
+        assert "uncalibrated" in apply_blas_threads(str(tiny_model_dir)) and blas_threads() == 2
+        save_calibration(tiny_calibration(tiny_model_dir, blas_threads={"chosen": 1}))
+        # a bigger tiny model (another key): not used
+        said = apply_blas_threads("tiny", TinyModelConfig(hidden=256).model_dump())
+        assert "choice 1 not used" in said and blas_threads() == 2
+        # the same model, by directory or as the recipe's "tiny" (its key computed before it is built): used
+        said = apply_blas_threads("tiny", TinyModelConfig().model_dump())
+        assert said.startswith("OpenBLAS threads: 1, as calibrated") and blas_threads() == 1
+        set_blas_threads(2)
+        apply_blas_threads(str(tiny_model_dir))
+        assert blas_threads() == 1
+        monkeypatch.setenv("REALIGN_BLAS_THREADS", "2")  # the user's own choice wins
+        set_blas_threads(2)
+        assert "REALIGN_BLAS_THREADS" in apply_blas_threads(str(tiny_model_dir)) and blas_threads() == 2
+    finally:
+        set_blas_threads(before)
 
 
 def tiny_calibration(tiny_model_dir, **extra) -> dict:

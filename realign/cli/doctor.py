@@ -8,7 +8,8 @@ import sys
 from dataclasses import asdict, dataclass
 
 from hardware.calibrate import measure_matmul_gflops
-from realign._blas import blas_status
+from hardware.profiles import load_calibration
+from realign._blas import THREADS_ENV, blas_status, blas_threads
 
 
 @dataclass
@@ -27,6 +28,8 @@ class DoctorReport:
     matmul_size: int
     matmul_seconds: float
     gflops: float
+    blas_threads: int | None  # OpenBLAS threads in use now; None without the fast BLAS
+    blas_threads_calibrated: dict | None  # `realign calibrate`'s thread sweep (chosen, steps/s, CPU s per step)
     environment: dict
 
     def as_dict(self) -> dict:
@@ -48,6 +51,8 @@ def run_doctor(matmul_size: int = 1024) -> DoctorReport:
     status = blas_status()
     gflops, per = measure_matmul_gflops(matmul_size)
     watched = ("MLX_METAL_PREALLOCATE", "MLX_METAL_FAST_SYNCH", "TOKENIZERS_PARALLELISM", "REALIGN_NO_FAST_BLAS")
+    watched += (THREADS_ENV,)
+    calibration = load_calibration() or {}
     return DoctorReport(
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         python=sys.version.split()[0],
@@ -61,5 +66,7 @@ def run_doctor(matmul_size: int = 1024) -> DoctorReport:
         matmul_size=matmul_size,
         matmul_seconds=per,
         gflops=gflops,
+        blas_threads=blas_threads(),
+        blas_threads_calibrated=calibration.get("blas_threads"),
         environment={k: os.environ.get(k, "(unset)") for k in watched},
     )

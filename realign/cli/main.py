@@ -20,6 +20,7 @@ from rich.table import Table
 
 import realign  # noqa: F401  (preloads the fast BLAS before anything imports mlx)
 from realign.cli.export import export_cmd
+from realign.cli.temporary_server import TemporaryServer, TemporaryServerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="realign: gated LLM realignment on Apple MLX.")
 app.command("export")(export_cmd)  # the command lives in its own module
@@ -42,6 +43,20 @@ def _fail(message: str, code: int = 2) -> None:
     # The message holds user text (paths, file contents): never read it as rich markup.
     err.print("[bold red]error:[/] " + escape(message), markup=True)
     raise typer.Exit(code)
+
+
+def _threads_line(report) -> str:
+    """Threads now, and what `realign calibrate` measured: runs use its choice for a model like the one swept."""
+    if report.blas_threads is None:
+        return "not set (no fast BLAS)"
+    now = f"{report.blas_threads} now"
+    cal = report.blas_threads_calibrated
+    if not cal:
+        return f"{now} (one per core by default; `realign calibrate` measures the best count)"
+    points = ", ".join(
+        f"{n}: {v:.2f} steps/s, {cal['cpu_s_per_step'][n]:.2f} CPU s/step" for n, v in cal["steps_per_s"].items()
+    )
+    return f"{now}; calibrated choice {cal['chosen']} (fewest within {cal['tolerance']:.0%} of the fastest; {points})"
 
 
 @app.command()
@@ -68,6 +83,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         f"{report.gflops:.1f} GFLOPS (float32 {report.matmul_size}x{report.matmul_size}, "
         f"{report.matmul_seconds * 1e3:.1f} ms each)",
     )
+    table.add_row("BLAS threads", _threads_line(report))
     for k, v in report.environment.items():
         table.add_row(k, v)
     out.print(table)
@@ -527,6 +543,7 @@ def calibrate(
             max_tokens=max_tokens,
             tolerance=tolerance,
             on_point=lambda b, v: err.print(f"batch {b:>4}: {v:8.1f} examples/s"),
+            on_threads=lambda n, v, c: err.print(f"BLAS threads {n:>3}: {v:6.2f} training steps/s, {c:.3f} CPU s/step"),
         )
     machine = detect()
     known = match_profile(machine)
@@ -542,6 +559,13 @@ def calibrate(
     out.print(
         f"matmul: {result.gflops:.1f} GFLOPS; chosen batch {result.chosen_batch} (smallest within "
         f"{tolerance:.0%} of the peak {result.peak_examples_per_s:.1f} examples/s); profile saved to {path}"
+    )
+    threads = result.blas_threads
+    out.print(
+        f"OpenBLAS threads: {threads['chosen']} (the fewest within {tolerance:.0%} of the fastest count's training "
+        "steps/s; runs on a model like this one use it)"
+        if threads
+        else "OpenBLAS threads: not measured (no fast BLAS in this process)"
     )
     try:
         from realign.eval.plots import _plt
@@ -700,6 +724,28 @@ def demo(
 
 
 def _run_workflow(workflow: str, recipe: Path, run_name: str | None, runs_root: str | None) -> None:
+    # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start; a busy 2-core machine with a fresh database can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from realign.cli.watchdog import start_watchdog
+
+    start_watchdog()  # killed by any means, this command leaves no temporary Prefect server behind
+    # Started first, so it boots while the recipe and the flow's modules load; unused (stopped) when the active
+    # Prefect profile names a server, which is known only once Prefect is imported.
+    temporary = None
+    if not os.environ.get("PREFECT_API_URL"):
+        temporary = TemporaryServer(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])).start()
+    try:
+        _run_flow(workflow, recipe, run_name, runs_root, temporary)
+    finally:
+        if temporary is not None:
+            temporary.stop()
+
+
+def _run_flow(
+    workflow: str, recipe: Path, run_name: str | None, runs_root: str | None, temporary: TemporaryServer | None
+) -> None:
     # Imported by name: the flows pull in Prefect and GX, which only `run` and `demo` need.
     _, recipe_module, loader, flow_module, flow_name = WORKFLOWS[workflow]
     try:
@@ -716,20 +762,16 @@ def _run_workflow(workflow: str, recipe: Path, run_name: str | None, runs_root: 
         _fail(f"--run-name {updates['run_name']!r}: a run name is letters, digits, '.', '_' and '-' (no path): {exc}")
     run_dir = Path(cfg.runs_root) / cfg.run_name
 
-    # The ephemeral server's usage telemetry races its own SQLite writes ("database is locked"), and cannot reach out.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect's temporary server gets 20 s to start; a busy 2-core machine with a fresh database can need more.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from realign.cli.watchdog import start_watchdog
-
     run_flow = getattr(importlib.import_module(flow_module), flow_name)
-    start_watchdog()  # killed by any means, this command leaves no temporary Prefect server behind
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     api = PREFECT_API_URL.value()  # the environment's, or the active Prefect profile's
     if api:
         # Prefect reports to the server PREFECT_API_URL names: the run shows in its UI like a deployment's run.
         out.print(f"reporting to the Prefect server at {api}: the run appears under Runs in its UI")
+        if temporary is not None:
+            temporary.stop()
+            temporary = None
     else:
         from realign.cli.server import who_listens
 
@@ -738,7 +780,25 @@ def _run_workflow(workflow: str, recipe: Path, run_name: str | None, runs_root: 
                 "a Prefect server answers on 127.0.0.1:4200, but this run reports to a temporary one; to watch it in "
                 "that UI: export PREFECT_API_URL=http://127.0.0.1:4200/api (then make demo / realign run again)"
             )
-    state = run_flow(cfg, return_state=True)
+    settings = {}
+    if temporary is not None:
+        try:
+            api = temporary.wait()
+        except TemporaryServerError as exc:
+            _fail(str(exc), code=1)
+        # The temporary server serves no UI: no "View at" link to it (Prefect's own temporary server prints none).
+        settings = {PREFECT_API_URL: api, PREFECT_UI_URL: ""}
+        os.environ["PREFECT_API_URL"] = api  # for any process the run starts
+    with temporary_settings(updates=settings):
+        try:
+            state = run_flow(cfg, return_state=True)
+        finally:
+            if temporary is not None:  # its last logs and events reach the server before it stops
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
     if not state.is_completed():
         # Only this run's own summary (written when its last gate rejected), never one a previous run left there.
         summary_path = run_dir / "summary.json"

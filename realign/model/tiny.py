@@ -166,6 +166,12 @@ def _hf_config(cfg: TinyModelConfig, vocab_size: int, eos_id: int, pad_id: int) 
     }
 
 
+def tiny_config(cfg: TinyModelConfig) -> dict:
+    """The config.json `build_tiny_model(cfg)` writes, without building it (token ids aside, which a model's size
+    does not depend on): what a calibration's model key is compared against before the model exists."""
+    return _hf_config(cfg, cfg.vocab, 0, 0)
+
+
 def _init_weights(hf_config: dict, seed: int, std: float) -> dict:
     """Weights of a Qwen2 model, N(0, std) matrices, zero biases, unit norms."""
     import mlx.core as mx

@@ -1,0 +1,36 @@
+"""The temporary Prefect API server `realign run` starts before its imports: it answers, it is stopped, and a server
+that cannot start says why."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from realign.cli.temporary_server import TemporaryServer, TemporaryServerError
+
+
+def test_the_temporary_server_answers_and_is_gone_after_stop(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))  # a fresh database: created and migrated by the server
+    server = TemporaryServer(timeout_s=300).start()
+    try:
+        url = server.wait()
+        assert url == f"http://127.0.0.1:{server.port}/api" and server.ready_after_s > 0
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+            assert r.status == 200
+        proc = server.proc
+    finally:
+        server.stop()
+    assert proc.poll() is not None and server.proc is None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+def test_a_server_that_cannot_start_reports_its_exit_and_log(tmp_path, monkeypatch):
+    # a database URL no driver serves: the server exits during start-up
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "nosuchdb://x")
+    server = TemporaryServer(timeout_s=120).start()
+    with pytest.raises(TemporaryServerError, match="exited with status") as info:
+        server.wait()
+    server.stop()
+    assert "its log ends" in str(info.value)
