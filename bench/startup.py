@@ -221,7 +221,7 @@ def main() -> None:
         result["demo"] = demo
         result["demo_startup_share"] = demo["task"] / total
         result["demo_overhead_share"] = overhead / total
-        result.update(measured=overhead / total, baseline=None, target=0.05)
+        result.update(measured=overhead / total, baseline=None, target=None, target_max=0.05)
         result["metric"] = "share of the DPO demo's wall time outside realign's stage compute"
     print("RESULT " + json.dumps(result))
 

@@ -36,6 +36,32 @@ def test_seeded_sampling_is_reproducible_and_greedy_is_deterministic(lm):
     assert len({tuple(s.tokens) for s in g[0]}) == 1
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_shared_prompt_prefill_gives_the_completions_separate_prefills_give(lm, temperature):
+    # prompts of several lengths (two of equal length, prefilled in one batch) and a batch that splits a group
+    prompts = ["Reverse: 12", "Copy: 9876543210 and then some more words", "Reverse: 34", "Copy: 5"]
+    runs = {}
+    for shared in (True, False):
+        cfg = GenerationConfig(n=3, batch_size=5, temperature=temperature, max_tokens=6, seed=11, shared_prefill=shared)
+        runs[shared] = [[c.tokens for c in group] for group in generate(lm.model, lm.tokenizer, prompts, cfg)]
+    assert runs[True] == runs[False]
+    assert sum(len(t) for g in runs[True] for t in g) > 0
+
+
+def test_prefill_caches_hold_each_prompt_but_its_last_token(lm):
+    from realign.model.generate import can_share_prefill, prefill_caches
+
+    ids = {0: prompt_tokens(lm.tokenizer, "Reverse: 12"), 1: prompt_tokens(lm.tokenizer, "Reverse: 34")}
+    assert len(ids[0]) == len(ids[1]) and can_share_prefill(lm.model)
+    caches = prefill_caches(lm.model, ids)
+    for key, tokens in ids.items():
+        assert all(c.offset == len(tokens) - 1 and c.keys.shape[0] == 1 for c in caches[key])
+        # the next token's logits from the cache equal those of a full forward pass over the prompt
+        from_cache = lm.model(mx.array([tokens[-1:]]), cache=caches[key])[0, -1]
+        full = lm.model(mx.array([tokens]))[0, -1]
+        assert mx.allclose(from_cache, full, atol=1e-4).item()
+
+
 def test_chat_template_is_applied(lm):
     ids = prompt_tokens(lm.tokenizer, "Copy: 1")
     assert lm.tokenizer.decode(ids) == "<|im_start|>user\nCopy: 1<|im_end|>\n<|im_start|>assistant\n"

@@ -22,6 +22,12 @@ class GenerationConfig(BaseModel):
         0, ge=0, description="Sampling seed: same seed, same prompts, same batch size -> same completions."
     )
     chat: bool = Field(True, description="Apply the tokenizer's chat template to each prompt.")
+    shared_prefill: bool = Field(
+        True,
+        description="With n > 1, a prompt's n completions share one prefill of the prompt (its KV cache, computed "
+        "once, is the start of each of them) instead of n identical ones. Models whose caches are not plain KV "
+        "caches (sliding windows, state-space layers) prefill each completion separately.",
+    )
 
 
 @dataclass
@@ -67,15 +73,22 @@ def generate(
     encoded = [prompt_tokens(tokenizer, p, cfg.chat) for p in prompts]
     jobs = [(i, s) for i in range(len(prompts)) for s in range(cfg.n)]
     sampler = make_sampler(temp=cfg.temperature, top_p=cfg.top_p if cfg.top_p < 1.0 else 0.0)
-    mx.random.seed(cfg.seed)
     out: list[list[Completion]] = [[] for _ in prompts]
     stop = set(tokenizer.eos_token_ids)
+    shared = cfg.shared_prefill and cfg.n > 1 and can_share_prefill(model)
+    mx.random.seed(cfg.seed)
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start : start + cfg.batch_size]
+        caches = None
+        if shared:
+            # The chunk's prompts, each prefilled once (all but its last token, which starts the decoding).
+            caches_of = prefill_caches(model, {i: encoded[i] for i, _ in chunk})
+            caches = [caches_of[i] for i, _ in chunk]
         resp = mlx_lm.batch_generate(
             model,
             tokenizer,
-            [encoded[i] for i, _ in chunk],
+            [encoded[i][-1:] if shared else encoded[i] for i, _ in chunk],
+            prompt_caches=caches,
             max_tokens=cfg.max_tokens,
             sampler=sampler,
             return_token_ids=True,
@@ -87,4 +100,38 @@ def generate(
             out[i].append(Completion(i, s, text, ids, finished=len(ids) < cfg.max_tokens))
         if on_progress:
             on_progress(min(start + cfg.batch_size, len(jobs)), len(jobs))
+    return out
+
+
+def can_share_prefill(model) -> bool:
+    """Whether the model's KV caches are plain ones that one prefill can start several completions from."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+def prefill_caches(model, prompts: dict[int, list[int]]) -> dict[int, list]:
+    """For each prompt (key -> token ids), the KV caches (one per layer) of all its tokens but the last, computed
+    once: prompts of equal length in one batched forward pass (no padding, so each row is exactly its own
+    prefill), then split into batch-1 caches that mlx-lm's batch_generate merges for decoding."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    by_length: dict[int, list[int]] = {}
+    for key, ids in prompts.items():
+        by_length.setdefault(len(ids) - 1, []).append(key)
+    out: dict[int, list] = {}
+    for n, keys in by_length.items():
+        if n == 0:  # a one-token prompt: nothing to prefill
+            out.update({k: make_prompt_cache(model) for k in keys})
+            continue
+        batch = make_prompt_cache(model)
+        model(mx.array([prompts[k][:-1] for k in keys]), cache=batch)
+        mx.eval([c.state for c in batch])
+        for row, key in enumerate(keys):
+            caches = make_prompt_cache(model)
+            for mine, full in zip(caches, batch):
+                keys_, values, offset = full.state
+                mine.state = (keys_[row : row + 1, :, :offset, :], values[row : row + 1, :, :offset, :], offset)
+            out[key] = caches
     return out
