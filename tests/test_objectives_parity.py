@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
+from realign.train.batches import POLICY_LOGITS
 from realign.train.objectives import PreferenceLossConfig, preference_loss
 
 LN2 = math.log(2)
@@ -37,6 +38,8 @@ BATCH = {"tokens": TOKENS, "mask": MASK, "ref_chosen": REF_C, "ref_rejected": RE
 
 def run(**cfg):
     loss, metrics = preference_loss(PreferenceLossConfig(**cfg))(Bigram(), BATCH)
+    logits = metrics.pop(POLICY_LOGITS)  # handed to the loop's KL/entropy, not a metric
+    assert mx.array_equal(logits, Bigram()(TOKENS[:, :-1])).item()
     return loss.item(), {k: v.item() for k, v in metrics.items()}
 
 

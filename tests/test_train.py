@@ -364,9 +364,12 @@ def test_length_grouped_batches_draw_every_example_once_per_epoch_and_pad_little
 
 
 @pytest.mark.parametrize(
-    "n, bucket", [(1, 1), (16, 16), (17, 18), (20, 20), (21, 22), (33, 36), (100, 104), (1000, 1024)]
+    "n, bucket",
+    [(1, 1), (16, 16), (21, 21), (32, 32), (33, 34), (63, 64), (65, 68), (101, 104), (1000, 1024), (1025, 1088)],
 )
-def test_bucket_lengths_pad_at_most_an_eighth(n, bucket):
+def test_bucket_lengths_pad_at_most_a_sixteenth(n, bucket):
     from realign.model.logprobs import bucket_length
 
-    assert bucket_length(n) == bucket and bucket_length(n) - n <= n / 8
+    assert bucket_length(n) == bucket and bucket_length(n) - n <= n / 16
+    # at most 16 shapes per doubling: the lengths in (2^k, 2^(k+1)] round to 16 values
+    assert len({bucket_length(m) for m in range(65, 129)}) == 16

@@ -25,8 +25,10 @@ class GenerationConfig(BaseModel):
     shared_prefill: bool = Field(
         True,
         description="With n > 1, a prompt's n completions share one prefill of the prompt (its KV cache, computed "
-        "once, is the start of each of them) instead of n identical ones. Models whose caches are not plain KV "
-        "caches (sliding windows, state-space layers) prefill each completion separately.",
+        "once, is the start of each of them) instead of n identical ones. Same distribution; the same completions "
+        "too when a batch holds at most 32 sequences (beyond that mlx-lm admits separately prefilled rows to "
+        "decoding 32 at a time, so rows meet other random draws). Models whose caches are not plain KV caches "
+        "(sliding windows, state-space layers) prefill each completion separately.",
     )
 
 
@@ -93,7 +95,8 @@ def generate(
             sampler=sampler,
             return_token_ids=True,
             completion_batch_size=len(chunk),
-            prefill_batch_size=min(len(chunk), 32),
+            # Shared: every row's prompt is its one last token, so all of them start decoding together.
+            prefill_batch_size=len(chunk) if shared else min(len(chunk), 32),
         )
         for (i, s), text, ids in zip(chunk, resp.texts, resp.token_ids):
             ids = [t for t in ids if t not in stop]

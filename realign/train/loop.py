@@ -339,7 +339,29 @@ def train(
         loss, metrics, grads, _ = step_with_logits(batch)
         return loss, metrics, grads
 
-    if cfg.compile:
+    # One micro-batch per step: clipping and the optimizer update go inside the compiled step too (one graph per
+    # step; measured 1.3x faster for full fine-tuning of the tiny model, 1.04x with LoRA). With accumulation the
+    # gradients are summed across calls, so only the gradient step is compiled.
+    fused = cfg.compile and cfg.grad_accum == 1
+
+    def update_with_logits(batch: Batch):
+        loss, metrics, grads, logits = step_with_logits(batch)
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grads, grad_norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+        optimizer.update(model, grads)
+        return metrics, grad_norm, logits
+
+    def update_without_logits(batch: Batch):
+        metrics, grad_norm, _ = update_with_logits(batch)
+        return metrics, grad_norm
+
+    if fused:
+        optimizer.init(model.trainable_parameters())  # the state's structure must exist before it is traced
+        state = [model.state, optimizer.state, mx.random.state]
+        update_with_logits = partial(mx.compile, inputs=state, outputs=state)(update_with_logits)
+        update_without_logits = partial(mx.compile, inputs=state, outputs=state)(update_without_logits)
+    elif cfg.compile:
         state = [model.state, mx.random.state]
         step_with_logits = partial(mx.compile, inputs=state, outputs=state)(step_with_logits)
         step_without_logits = partial(mx.compile, inputs=state, outputs=state)(step_without_logits)
@@ -352,14 +374,22 @@ def train(
         # Randomness (dropout) is seeded per step, so a resumed run draws what the original would have.
         mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
         measuring = measure is not None and ((step + 1) % cfg.metrics_every == 0 or step + 1 == cfg.steps)
-        acc_grads, sums, ntoks, logits = None, {}, 0.0, None
+        acc_grads, sums, ntoks, logits, grad_norm = None, {}, 0.0, None, None
         for k in range(cfg.grad_accum):
             batch = batch_at(step * cfg.grad_accum + k)
             # Counted here, not in the loss: an output of a compiled grad step that depends only on
             # the inputs trips an MLX compile bug (IndexError _Map_base::at).
             ntoks += float(batch["mask"].sum().item())
-            if measuring and k == cfg.grad_accum - 1:
+            last = k == cfg.grad_accum - 1
+            if fused:
                 # The measured batch's policy logits come from this forward: the metrics need no second one.
+                if measuring:
+                    sums, grad_norm, logits = update_with_logits(batch)
+                else:
+                    sums, grad_norm = update_without_logits(batch)
+                mx.eval(model.parameters(), optimizer.state, sums)
+                continue
+            if measuring and last:
                 _, metrics, grads, logits = step_with_logits(batch)
             else:
                 _, metrics, grads = step_without_logits(batch)
@@ -367,13 +397,13 @@ def train(
             for name, v in metrics.items():
                 sums[name] = sums.get(name, 0.0) + v
             mx.eval(acc_grads, sums)
-        if cfg.grad_accum > 1:
-            acc_grads = tree_map(lambda g: g / cfg.grad_accum, acc_grads)
-        grad_norm = None
-        if cfg.max_grad_norm is not None:
-            acc_grads, grad_norm = optim.clip_grad_norm(acc_grads, cfg.max_grad_norm)
-        optimizer.update(model, acc_grads)
-        mx.eval(model.parameters(), optimizer.state)
+        if not fused:
+            if cfg.grad_accum > 1:
+                acc_grads = tree_map(lambda g: g / cfg.grad_accum, acc_grads)
+            if cfg.max_grad_norm is not None:
+                acc_grads, grad_norm = optim.clip_grad_norm(acc_grads, cfg.max_grad_norm)
+            optimizer.update(model, acc_grads)
+            mx.eval(model.parameters(), optimizer.state)
         # read after the update: MLX sets the scheduled rate as it applies it (before, it holds the previous one)
         lr = (
             optimizer.learning_rate.item()
@@ -381,7 +411,7 @@ def train(
             else float(optimizer.learning_rate)
         )
         row = {"step": step + 1, "lr": lr}
-        row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})
+        row.update({k: v.item() / cfg.grad_accum for k, v in sums.items()})  # fused: grad_accum is 1
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
         if measuring:
