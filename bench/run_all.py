@@ -25,6 +25,7 @@ BENCHES = {
     "sft_vs_mlx_lm": ("sft_vs_mlx_lm.py", [], ["--steps", "12", "--rounds", "2", "--batch", "16"]),
     "generation": ("generation.py", [], ["--rounds", "2", "--single", "4"]),
     "dpo_step": ("dpo_step.py", [], ["--steps", "11", "--blocks", "3"]),
+    "fused_step": ("fused_step.py", [], ["--rounds", "2", "--steps", "5"]),
     "rl_prefill": ("rl_prefill.py", [], ["--rounds", "2"]),
     # the demo's overhead share needs the demo itself (about 6 minutes on 2 cores): not in --quick
     "startup": ("startup.py", ["--demo"], ["--rounds", "1"]),
