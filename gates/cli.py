@@ -11,14 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from gates.report import GateReport
-from gates.suites import antihallucination, dpo, rlvr, shared, srf
+from gates.suites import abliterate, antihallucination, dpo, rlvr, shared, srf
 from gates.validate import evaluate
 from realign.thresholds import ThresholdsConfig
 
 # Users type suite names here (`realign gate check --suite NAME`); flows pass the functions themselves.
 SUITES = {
     fn.__name__.removesuffix("_suite"): fn
-    for module in (shared, dpo, srf, rlvr, antihallucination)
+    for module in (shared, dpo, srf, rlvr, antihallucination, abliterate)
     for fn in vars(module).values()
     if callable(fn) and getattr(fn, "__module__", "") == module.__name__ and fn.__name__.endswith("_suite")
 }

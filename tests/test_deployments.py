@@ -8,6 +8,7 @@ import importlib
 import yaml
 
 from conftest import REPO
+from realign.recipes.abliterate import AbliterationWorkflowConfig
 from realign.recipes.antihallucination import AntiHallucinationWorkflowConfig
 from realign.recipes.dpo import DPOWorkflowConfig
 from realign.recipes.rlvr import RLVRWorkflowConfig
@@ -27,6 +28,7 @@ def test_every_deployment_names_a_real_flow_and_a_pool():
         "srf-demo": ("srf", "realign"),
         "rlvr-demo": ("rlvr", "realign"),
         "antihallucination-demo": ("antihallucination", "realign"),
+        "abliterate-demo": ("abliterate", "realign"),
         "nightly-curation": ("curate", "realign"),
         "shard-m4-max": ("shard", "m4-max"),
         "shard-m3-ultra": ("shard", "m3-ultra"),
@@ -48,6 +50,8 @@ def test_parameters_are_the_recipes():
     ah = DEPLOYMENTS["antihallucination-demo"]["parameters"]
     assert ah == {"config": recipe("antihallucination-demo")["config"]}
     AntiHallucinationWorkflowConfig.model_validate(ah["config"])
+    assert DEPLOYMENTS["abliterate-demo"]["parameters"] == {"config": recipe("abliterate-demo")["config"]}
+    AbliterationWorkflowConfig.model_validate(DEPLOYMENTS["abliterate-demo"]["parameters"]["config"])
     assert DEPLOYMENTS["nightly-curation"]["parameters"] == recipe("nightly-curation")
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["dpo-demo"]["parameters"]["config"])
     DPOWorkflowConfig.model_validate(DEPLOYMENTS["nightly-curation"]["parameters"]["config"])

@@ -89,6 +89,9 @@ def test_the_form_unchanged_submits_the_deployments_recipe(name):
     cls = fl.fn.__annotations__["config"]
     cls = getattr(importlib.import_module(fl.fn.__module__), cls) if isinstance(cls, str) else cls
     submitted = form_value(schema, schema["properties"]["config"], deployment["parameters"]["config"])
+    if not isinstance(cls, type):  # curate: `config` is a free mapping of recipe fields, laid over the workflow's own
+        assert submitted == deployment["parameters"]["config"]
+        return
     assert cls.model_validate(submitted) == cls.model_validate(deployment["parameters"]["config"])
 
 

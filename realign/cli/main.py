@@ -19,11 +19,16 @@ from rich.markup import escape
 from rich.table import Table
 
 import realign  # noqa: F401  (preloads the fast BLAS before anything imports mlx)
+from realign.cli.curate import curate_cmd
 from realign.cli.export import export_cmd
+from realign.cli.steer import abliterate_cmd, steer_app
 from realign.cli.temporary_server import TemporaryServer, TemporaryServerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="realign: gated LLM realignment on Apple MLX.")
 app.command("export")(export_cmd)  # the command lives in its own module
+app.add_typer(steer_app, name="steer")  # realign/cli/steer.py: extract, generate, score
+app.command("abliterate")(abliterate_cmd)
+app.command("curate")(curate_cmd)
 model_app = typer.Typer(no_args_is_help=True, help="Build and inspect models.")
 app.add_typer(model_app, name="model")
 # The gate commands call the `gates` package (GX) lazily: the core library itself never imports it.
@@ -655,6 +660,14 @@ WORKFLOWS = {
         "flows.antihallucination",
         "antihallucination",
     ),
+    # `realign demo steer`: abliteration (and steering beside it) of a behaviour the tiny model is taught in stage 1
+    "steer": (
+        "abliterate-demo.yaml",
+        "realign.recipes.abliterate",
+        "load_abliterate_recipe",
+        "flows.abliterate",
+        "abliterate",
+    ),
 }
 
 
@@ -709,15 +722,29 @@ def run_antihallucination(
     _run_workflow("antihallucination", config or default_recipe("antihallucination"), run_name, runs_root)
 
 
+@run_app.command("abliterate")
+def run_abliterate(
+    config: Path = typer.Option(None, "--config", help="Recipe YAML (default: deployments/abliterate-demo.yaml)."),
+    run_name: Optional[str] = _RUN_NAME,
+    runs_root: Optional[str] = _RUNS_ROOT,
+) -> None:
+    """Run the abliteration workflow (the behaviour measured, its direction extracted, projected out of the weights,
+    before/after/steered evaluated) locally; `data.source: files` names your model's prompt files."""
+    _run_workflow("steer", config or default_recipe("steer"), run_name, runs_root)
+
+
 @app.command()
 def demo(
     workflow: str = typer.Argument(
-        "dpo", help="Which workflow's demo: dpo (what `make demo` runs), srf, rlvr or antihallucination."
+        "dpo",
+        help="Which workflow's demo: dpo (what `make demo` runs), srf, rlvr, antihallucination or steer "
+        "(abliteration and activation steering).",
     ),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under runs/."),
 ) -> None:
     """A workflow on the tiny model and the embedded tasks, nothing downloaded: `realign demo` (DPO), `realign demo
-    srf`, `realign demo rlvr`, `realign demo antihallucination`."""
+    srf`, `realign demo rlvr`, `realign demo antihallucination`, `realign demo steer` (a refusal taught to the tiny
+    model, then abliterated and steered away)."""
     if workflow not in WORKFLOWS:
         _fail(f"no demo for {workflow!r}: choose one of {', '.join(WORKFLOWS)}")
     _run_workflow(workflow, default_recipe(workflow), run_name, None)

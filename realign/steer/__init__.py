@@ -1,0 +1,1 @@
+"""Directions in the residual stream: extraction, steering at inference, abliteration of the weights."""
