@@ -82,6 +82,8 @@ def curate(
     log = get_run_logger()
     t0 = time.perf_counter()
     config = dict(config or {})
+    if not isinstance(config.get("model", {}), dict):
+        raise ValueError(f"config.model: expected a mapping such as {{'path': DIR}}, got {config['model']!r}")
     model = model or config.get("model", {}).get("path") or "tiny"
     # 1. The decision.
     d = decide(request, sources, model, curated_root, price_per_hour, items, count=False)
@@ -97,7 +99,7 @@ def curate(
     # 2. The documents (the new ones for the nightly run) and their items.
     state_file = state_path(curated_root, kind, srcs[0])
     state = read_state(state_file) if new_only else {}
-    files, unchanged = new_files(srcs, state) if new_only else (document_files(srcs), [])
+    files, unchanged, digests = new_files(srcs, state) if new_only else (document_files(srcs), [], {})
     if not files:
         reason = f"no new documents in {', '.join(srcs)} since the last curation ({len(unchanged)} unchanged)"
         log.info(f"{reason}: nothing to do")
@@ -153,7 +155,7 @@ def curate(
     # 5. Publish (reached only when every gate passed or was approved).
     added, total = publish(str(out), curated_rows(kind, summary, built), kind, built.rejects)
     if new_only:
-        remember(state_file, state, files)
+        remember(state_file, state, digests)
     result = {
         "request": request,
         "data_type": kind,

@@ -180,6 +180,9 @@ def test_data_type_reasons_and_negations():
         ("a 13 billion parameter model", 13.0),
         ("llama 3.2 3B", 3.0),
         ("500 MB of logs for the model", None),
+        ("Curate 1M preference pairs for Qwen 7B", 7.0),  # a count of data is not the model's size
+        ("500M tokens of SFT data for Llama 3 8B", 8.0),
+        ("2M training examples for a 1.5b model", 1.5),
         ("no size here", None),
     ],
 )
@@ -187,6 +190,33 @@ def test_model_size_in_any_spelling(text, size):
     got = model_size_of(text)
     assert got.params_b == (pytest.approx(size) if size is not None else None), got.reason
     assert got.reason
+
+
+def test_publish_appends_keeps_repeats_in_the_rejects_and_never_publishes_a_bad_row(tmp_path):
+    from realign.data.formats import DataFormatError
+    from tasks.curate.items import new_files, publish, remember
+
+    out = tmp_path / "curated" / "sft_notes_20261203"
+    a, b, c = ({"instruction": f"q{i}", "output": f"a{i}"} for i in range(3))
+    assert publish.fn(str(out), [a, b], "sft", [{"reason": "too short"}]) == (2, 2)
+    assert publish.fn(str(out), [b, c], "sft", []) == (1, 3)
+    lines = (out / "train.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [a, b, c]
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert rejects[0] == {"reason": "too short"} and rejects[1]["row"] == b and "already in" in rejects[1]["reason"]
+    with pytest.raises(DataFormatError):
+        publish.fn(str(out), [{"instruction": "q9"}], "sft", [])  # no output: does not read back as sft
+    assert (out / "train.jsonl").read_text().splitlines() == lines and not list(out.glob(".*staged"))
+    # the state records the digests compared, not the files re-read after the run
+    doc = tmp_path / "inbox" / "n.md"
+    doc.parent.mkdir()
+    doc.write_text("first version")
+    new, old, digests = new_files([str(doc.parent)], {})
+    assert new == [doc] and old == []
+    doc.write_text("rewritten during the run")
+    remember(tmp_path / "state.json", {}, digests)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert new_files([str(doc.parent)], state)[0] == [doc]  # curated again next time
 
 
 def test_sources_and_output_folder():

@@ -155,6 +155,8 @@ def test_html_text_and_jsonl_sources(tmp_path):
         + "\n{broken json\n"
         + json.dumps({"title": "no text field here"})
         + "\n"
+        + json.dumps({"text": "  "})
+        + "\n"
     )
     docs = read_documents([page, text, rows])
     assert [(p.id, p.text) for p in docs.passages] == [
@@ -167,6 +169,7 @@ def test_html_text_and_jsonl_sources(tmp_path):
     assert reasons[("notes.txt", "paragraph 1")].startswith("1 words (fewer than 6)")
     assert reasons[("kb.jsonl", "line 2")].startswith("invalid JSON")
     assert "no text field (expected a string in one of text, content" in reasons[("kb.jsonl", "line 3")]
+    assert reasons[("kb.jsonl", "line 4")] == "no text"  # an empty text is kept with its reason, not dropped
 
 
 def test_jsonl_without_any_text_names_the_file_and_line(tmp_path):

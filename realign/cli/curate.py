@@ -109,8 +109,12 @@ def curate_cmd(
     from tasks.curate.decision import decide
 
     try:
+        model_field = overrides.get("model", {})
+        if not isinstance(model_field, dict):
+            _fail(f"{config}: model: expected a mapping such as `model: {{path: DIR}}`, got {model_field!r}")
+        # Only a dry run reads the documents to count them: a run reads (and, with --new-only, only) the new ones.
         decision = decide(
-            request, sources, model or overrides.get("model", {}).get("path"), curated_root, price_per_hour
+            request, sources, model or model_field.get("path"), curated_root, price_per_hour, items, count=dry_run
         )
     except (DocumentError, ValueError) as exc:
         _fail(str(exc))

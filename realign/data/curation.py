@@ -155,6 +155,10 @@ _FAMILY_RX = [
 ]
 _MOE = re.compile(r"(?<![\w.])(\d+)\s*x\s*(\d+(?:\.\d+)?)\s*b\b")
 _SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(b|m|bn|billion|million)\b(?:[- ]param\w*)?")
+# "1M preference pairs", "500M tokens": a count of data, not a model size
+_COUNTED = re.compile(
+    r"\s*(?:of\s+)?(?:(?:preference|training|sft|dpo|instruction|chat|text|labell?ed|rated)\s+)?(?:tokens?|examples?|pairs?|rows?|samples?|words?|documents?|items?|questions?)\b"
+)
 
 
 @dataclass
@@ -186,7 +190,7 @@ def model_size_of(request: str) -> ModelSizeDecision:
             return ModelSizeDecision(b, f"'{name}': a known model of {b:g}B parameters")
     for m in _SIZE.finditer(text):
         value, unit = float(m.group(1)), m.group(2)
-        if value == 0:
+        if value == 0 or _COUNTED.match(text, m.end()):
             continue
         b = value / 1000 if unit in ("m", "million") else value
         return ModelSizeDecision(b, f"'{m.group(0).strip()}': {b:g}B parameters")

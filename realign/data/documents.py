@@ -111,10 +111,8 @@ def read_documents(paths: Iterable[str | Path], max_chars: int = MAX_CHARS, min_
                 continue
             words = len(text.split())
             if words < min_words:
-                if text:
-                    out.rejects.append(
-                        _reject(path, where, f"{words} words (fewer than {min_words}): not a passage", text)
-                    )
+                reason = f"{words} words (fewer than {min_words}): not a passage" if text else "no text"
+                out.rejects.append(_reject(path, where, reason, text))
                 continue
             parts = _cut(text, max_chars)
             for k, part in enumerate(parts, start=1):
@@ -176,6 +174,8 @@ def _paragraphs(path: Path) -> Iterator[tuple[int | None, int, str, str]]:
     kind = SUFFIXES[path.suffix.lower()]
     if kind == "pdf":
         for page, text in enumerate(_pdf_pages(path), start=1):
+            if not text.strip():  # kept in the rejects as an empty passage (read_documents says why)
+                yield page, 1, "", f"page {page} (no text layer: a scanned page? run OCR on it)"
             for i, block in enumerate(_pdf_blocks(text), start=1):
                 yield page, i, block, f"page {page}, paragraph {i}"
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,17 +49,23 @@ def read_state(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: not JSON ({exc}); delete it to curate every document again") from exc
 
 
-def new_files(sources: list[str], state: dict[str, str]) -> tuple[list[Path], list[Path]]:
-    """(files added or changed since `state` was written, files curated before and unchanged)."""
-    new, old = [], []
+def new_files(sources: list[str], state: dict[str, str]) -> tuple[list[Path], list[Path], dict[str, str]]:
+    """(files added or changed since `state` was written, files curated before and unchanged, {path: sha256} of the
+    new files as read now: what `remember` records, so a file rewritten during the run is curated again)."""
+    new, old, digests = [], [], {}
     for f in document_files(sources, allow_empty=True):
-        (old if state.get(str(f.resolve())) == file_digest(f) else new).append(f)
-    return new, old
+        key, digest = str(f.resolve()), file_digest(f)
+        if state.get(key) == digest:
+            old.append(f)
+        else:
+            new.append(f)
+            digests[key] = digest
+    return new, old, digests
 
 
-def remember(path: Path, state: dict[str, str], files: list[Path]) -> None:
-    """Record `files` as curated (after publishing, so a failed run curates them again next time)."""
-    write_json(path, {**state, **{str(f.resolve()): file_digest(f) for f in files}})
+def remember(path: Path, state: dict[str, str], digests: dict[str, str]) -> None:
+    """Record the files of `digests` as curated (after publishing, so a failed run curates them again next time)."""
+    write_json(path, {**state, **digests})
 
 
 # --- documents -> items -> the workflow's data files -----------------------------------------------------------
@@ -212,15 +219,29 @@ def _format_of(path: str) -> str | None:
 
 @task(name="curate-publish")
 def publish(out_dir: str, rows: list[dict], data_type: str, rejects: list[dict]) -> tuple[int, int]:
-    """Append `rows` to OUT/train.jsonl (atomically, earlier rows first, rows already there left out) and the
-    rejects to OUT/rejects.jsonl; the file is read back in its format. Returns (rows added, rows in the file)."""
+    """Append `rows` to OUT/train.jsonl (earlier rows first; a row already there is not repeated but kept in
+    rejects.jsonl with that reason) and the rejects to OUT/rejects.jsonl. The new file is read back in its format
+    before it replaces the old one, so a row that does not read back publishes nothing. Returns (rows added, rows in
+    the file)."""
     out = Path(out_dir)
     path = out / "train.jsonl"
     earlier = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     seen = {json.dumps(r, sort_keys=True) for r in earlier}
-    added = [r for r in rows if json.dumps(r, sort_keys=True) not in seen]
-    write_jsonl(path, earlier + added)
-    read_rows(str(path), ROW_FORMAT_OF[data_type])  # DataFormatError (FILE:LINE) if a row does not read back
+    added, repeated = [], []
+    for r in rows:
+        key = json.dumps(r, sort_keys=True)
+        (repeated if key in seen else added).append(r)
+        seen.add(key)
+    staged = out / f".train.jsonl.{os.getpid()}.staged"
+    write_jsonl(staged, earlier + added)
+    try:
+        list(
+            read_rows(str(staged), ROW_FORMAT_OF[data_type])
+        )  # DataFormatError (FILE:LINE) if a row does not read back
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    rejects = rejects + [{"stage": "publish", "reason": f"already in {path}", "row": r} for r in repeated]
     old = (out / "rejects.jsonl").read_text() if (out / "rejects.jsonl").is_file() else ""
     with atomic_path(out / "rejects.jsonl", "w") as fh:
         fh.write(old + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
