@@ -73,7 +73,8 @@ def test_the_four_stages_run_gate_and_write_their_outputs(tmp_path):
     model, _ = mlx_lm.load(str(run / "03_abliteration" / "model"))
     direction = load_directions(run / "02_direction_extraction" / "directions.safetensors").direction
     assert relative_projection(model, direction, embeddings=False) < 1e-5
-    assert summary["relative_projection"] < 1e-5
+    assert summary["relative_projection"] < 1e-5  # gated: float32, before the cast back
+    assert summary["saved_dtypes"] == ["float32"] and summary["saved_relative_projection"] < 1e-5  # no rounding
 
     # stage 7: the rates are the shares of refusals among the answers the run wrote, before and after
     rows = [json.loads(line) for line in (run / "07_evaluation" / "behaviour_answers.jsonl").read_text().splitlines()]
@@ -95,6 +96,7 @@ def test_the_four_stages_run_gate_and_write_their_outputs(tmp_path):
     assert rate["difference"] == pytest.approx(results["behaviour_rate_after"] - results["behaviour_rate_before"])
     assert ("count_accuracy", "after") in compared and ("behaviour_rate", "steered") in compared
     assert "behaviour rate" in summary["verdict"] and "retention" in summary["verdict"]
+    assert "KL on harmless prompts" in summary["verdict"]
     final = run / "07_evaluation" / "final_model"
     assert summary["final_model"] == str(final) and (final / "README.md").is_file()  # the model card beside it
     mlx_lm.load(str(final))
@@ -168,6 +170,10 @@ def test_each_suite_rejects_what_it_guards_and_names_it():
         strict,
     )
     assert report.tier == "REJECT"
+    # the KL check names what the KL was measured on (with files: the benchmark rows)
+    row = {**good, "kl": 5.0}
+    report = _report(abliteration_evaluation_suite, row, abliteration_evaluation={"kl_on": "benchmark prompts"})
+    assert [o.metric for o in report.outcomes if not o.success] == ["kl (benchmark prompts)"]
 
 
 def test_your_own_model_and_files_and_a_rejecting_last_gate(tmp_path, tiny_model_dir):
@@ -211,6 +217,9 @@ def test_your_own_model_and_files_and_a_rejecting_last_gate(tmp_path, tiny_model
     assert summary["sft_steps"] == 0 and "capability_retention" in summary["failure"]
     assert summary["results"]["capability_retention"] is None  # NaN: not computed, written as null
     assert summary["results"]["before/copy_accuracy"] == 0.0
+    # with files, KL is measured on the benchmark rows, and the report says so
+    verdict = json.loads((tmp_path / "runs" / "files" / "07_evaluation" / "evaluation.json").read_text())["verdict"]
+    assert "KL on benchmark prompts" in verdict and "harmless" not in verdict
     assert (
         len((tmp_path / "runs" / "files" / "07_evaluation" / "behaviour_answers.jsonl").read_text().splitlines()) == 6
     )

@@ -227,6 +227,8 @@ def test_abliterated_weights_are_orthogonal_and_load_in_mlx_lm(tiny_model_dir, t
     report = abliterate(lm.model, direction, layer=1)
     assert len(report.matrices) == 1 + 2 * 2  # embeddings + o_proj and down_proj of both blocks
     assert report.relative_projection_after < 1e-6
+    assert report.relative_projection_stored == report.relative_projection_after  # float32: nothing to round
+    assert report.dtypes == ["float32"] and report.note == ""
     out = save_abliterated(lm.model, tiny_model_dir, tmp_path / "abliterated", report)
     model, tokenizer = mlx_lm.load(str(out))
     weights = dict(tree_flatten(model.parameters()))
@@ -321,6 +323,133 @@ def test_behaviour_sets_are_disjoint_and_files_are_read(tmp_path):
     sets = load_behaviour(cfg)
     assert sets.positive == ["a", "b"] and sets.benchmarks == {"arith": (["1+1"], ["2"])}
     assert sets.harmless_probe == [("1+1", "2")] and sets.sft == []
+    assert sets.probe_label == "benchmark prompts"  # what KL is measured on with files: said as it is
     bench.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2"}\n')
     with pytest.raises(DataFormatError, match="arith.jsonl:2"):
         load_behaviour(cfg)
+
+
+# --- review fixes: other architectures, quantised models, bf16, batched KL, twinned splits ------------------------
+
+
+def tiny_llama():
+    """A tiny mlx-lm Llama (no tokenizer): its forward pass and make_cache read `layer.use_sliding` of each block."""
+    from mlx_lm.models import llama
+
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=64,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=4,
+    )
+    mx.random.seed(0)
+    model = llama.Model(args)
+    mx.eval(model.parameters())
+    return model
+
+
+def test_steering_and_extraction_pass_block_attributes_through_on_a_llama_model():
+    from types import SimpleNamespace
+
+    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+
+    model = tiny_llama()
+    tokens = mx.array([[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]])
+    base = np.array(model(tokens))
+    direction = mx.array(np.random.default_rng(4).normal(size=32).astype(np.float32))
+    with steered(model, [SteeringVector(direction, 0.0, 0), SteeringVector(direction, 0.0, 1)]):
+        assert all(isinstance(b, SteeredBlock) for b in model_blocks(model))
+        assert np.array_equal(np.array(model(tokens)), base)  # strength 0: exactly the base logits
+        assert [b.use_sliding for b in model_blocks(model)] == [True, False]  # the wrapped block's attribute
+        cache = make_prompt_cache(model)
+        assert isinstance(cache[0], RotatingKVCache) and type(cache[1]) is KVCache
+    with steered(model, [SteeringVector(direction, 4.0, 1)]):
+        assert np.abs(np.array(model(tokens)) - base).max() > 1e-3
+    with pytest.raises(AttributeError):
+        SteeredBlock(model_blocks(model)[0], mx.zeros((32,))).no_such_attribute
+    tokenizer = SimpleNamespace(encode=lambda s: [ord(c) % 64 for c in s], pad_token_id=0)
+    acts = last_token_activations(model, tokenizer, PROMPTS, chat=False)
+    assert sorted(acts) == [0, 1] and acts[1].shape == (len(PROMPTS), 32) and np.isfinite(acts[1]).all()
+    assert np.array_equal(np.array(model(tokens)), base)  # recorders and steering gone
+
+
+def test_hidden_size_of_a_quantised_model(tiny_model_dir):
+    import mlx.nn as nn
+
+    from realign.model.load import load_model
+
+    lm = load_model(tiny_model_dir)
+    nn.quantize(lm.model, group_size=32, bits=4)
+    assert isinstance(lm.model.model.embed_tokens, nn.QuantizedEmbedding)
+    assert lm.model.model.embed_tokens.weight.shape[-1] == 16  # packed: 128 * 4 / 32
+    direction = mx.ones((128,))
+    with steered(lm.model, [SteeringVector(direction, 1.0, 0)]):  # the config's hidden size
+        assert np.isfinite(logits_of(lm)).all()
+    # without a config (no `args`): the quantised embedding's packed width, unpacked
+    from types import SimpleNamespace
+
+    from realign.steer.steering import _hidden_size
+
+    assert _hidden_size(SimpleNamespace(model=lm.model.model)) == 128
+    emb = nn.QuantizedEmbedding(64, 96, group_size=32, bits=6)
+    assert _hidden_size(SimpleNamespace(model=SimpleNamespace(embed_tokens=emb, layers=[None]))) == 96
+    with pytest.raises(ValueError, match="hidden size is 128"):
+        apply_steering(lm.model, [SteeringVector(mx.ones((16,)), 1.0, 0)])
+
+
+def test_a_bf16_model_is_gated_on_the_float32_projection_and_reports_the_rounding(tiny_model_dir):
+    from realign.model.load import load_model
+
+    lm = load_model(tiny_model_dir)
+    lm.model.set_dtype(mx.bfloat16)
+    direction = mx.array(np.random.default_rng(5).normal(size=128).astype(np.float32))
+    report = abliterate(lm.model, direction)
+    assert report.dtypes == ["bfloat16"] and "bfloat16 rounding" in report.note
+    assert lm.model.model.layers[0].mlp.down_proj.weight.dtype == mx.bfloat16  # stored in its own dtype
+    assert report.relative_projection_after < 1e-6  # the float32 arithmetic: within the stage-3 limit (1e-5)
+    # the bf16 weights cannot hold it: their projection is rounding, above the limit, and is what they measure
+    assert report.relative_projection_stored > 1e-5
+    # (relative_projection divides by the largest weight after abliteration, the report by the one before)
+    assert relative_projection(lm.model, direction) == pytest.approx(report.relative_projection_stored, rel=0.1)
+    assert report.relative_projection_stored < 1e-2
+
+
+def test_harmless_kl_in_batches_equals_one_batch(lm):
+    from realign.steer.measure import harmless_kl
+
+    # answers of different lengths: a mean of per-batch means would weight tokens differently
+    examples = [(PROMPTS[0], "4321"), (PROMPTS[1], "56789 56789"), (PROMPTS[2], "1"), (PROMPTS[3], "112233 6")]
+    direction = mx.array(np.random.default_rng(6).normal(size=128).astype(np.float32))
+    vectors = [SteeringVector(direction, 4.0, 1)]
+    one = harmless_kl(lm.model, lm.model, lm.tokenizer, examples, steering=vectors, batch_size=len(examples))
+    assert one > 1e-3
+    for batch_size in (1, 3):
+        got = harmless_kl(lm.model, lm.model, lm.tokenizer, examples, steering=vectors, batch_size=batch_size)
+        assert got == pytest.approx(one, rel=1e-6, abs=1e-6), batch_size
+    assert harmless_kl(lm.model, lm.model, lm.tokenizer, examples, batch_size=2) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_twinned_prompt_lists_are_held_out_as_pairs(monkeypatch):
+    import realign.steer.directions as directions
+
+    seen = []
+
+    def fake_activations(model, tokenizer, prompts, **kwargs):
+        seen.append(list(prompts))
+        return {0: np.array([[float(p.startswith("Bad.")), float(len(p))] for p in prompts])}
+
+    monkeypatch.setattr(directions, "last_token_activations", fake_activations)
+    digits = [str(1000 + 37 * i) for i in range(20)]
+    directions.directions_from_prompts(None, None, [f"Bad. {d}" for d in digits], [f"Blue. {d}" for d in digits])
+    train_pos, train_neg, held_pos, held_neg = ([p.split(" ", 1)[1] for p in ps] for ps in seen)
+    assert len(held_pos) == 5 and held_pos == held_neg and train_pos == train_neg  # no twin across the split
+    # lists of different lengths are not twins: split independently
+    seen.clear()
+    directions.directions_from_prompts(None, None, [f"Bad. {d}" for d in digits], [f"Blue. {d}" for d in digits[:16]])
+    assert [len(s) for s in seen] == [15, 12, 5, 4]

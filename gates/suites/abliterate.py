@@ -26,8 +26,8 @@ STEER_REMEDY = {
         "another layer (direction.layer)"
     ),
     "orthogonal": (
-        "The saved weights still write along the direction: check the model is full precision and its writers are "
-        "named o_proj / down_proj"
+        "The orthogonalised weights still write along the direction: check the model is full precision and its "
+        "writers are named o_proj / down_proj"
     ),
     "loads": "The abliterated model does not load with mlx_lm.load: see the stage log; re-run the stage",
     "removed": (
@@ -67,8 +67,8 @@ def direction_suite(th: ThresholdsConfig, limits: dict | None = None) -> gx.Expe
 
 
 def abliteration_suite(th: ThresholdsConfig, limits: dict | None = None) -> gx.ExpectationSuite:
-    """Stage 3 (one row): the reloaded writers' relative projection on the direction at most the float32 tolerance;
-    the model loads and its weights are finite."""
+    """Stage 3 (one row): the orthogonalised writers' relative projection on the direction (float32, before the cast
+    to the model's dtype) at most the float32 tolerance; the saved model loads and its weights are finite."""
     lim = _limits(limits)
     return build_suite(
         "abliteration_suite",
@@ -81,9 +81,12 @@ def abliteration_suite(th: ThresholdsConfig, limits: dict | None = None) -> gx.E
     )
 
 
-def abliteration_evaluation_suite(th: ThresholdsConfig, limits: dict | None = None) -> gx.ExpectationSuite:
+def abliteration_evaluation_suite(
+    th: ThresholdsConfig, limits: dict | None = None, kl_on: str = "harmless prompts"
+) -> gx.ExpectationSuite:
     """Stage 7 (one row): behaviour rate after at most the max, its drop outside noise (interval's upper end below
-    the max), capability retention and KL on harmless prompts within the shared thresholds."""
+    the max), capability retention and KL (on `kl_on`: the prompts it was measured on) within the shared
+    thresholds."""
     lim = _limits(limits)
     return build_suite(
         "abliteration_evaluation_suite",
@@ -99,6 +102,6 @@ def abliteration_evaluation_suite(th: ThresholdsConfig, limits: dict | None = No
             metric_check(
                 "capability_retention", minimum=th.evaluation.min_capability_retention, remedy=REMEDY["capability"]
             ),
-            metric_check("kl", metric="kl (harmless prompts)", maximum=th.optimization.max_kl, remedy=REMEDY["kl"]),
+            metric_check("kl", metric=f"kl ({kl_on})", maximum=th.optimization.max_kl, remedy=REMEDY["kl"]),
         ],
     )

@@ -134,7 +134,8 @@ class SteeringThresholds(_Strict):
         1e-5,
         gt=0.0,
         le=1.0,
-        description="Stage 3: largest |r . W| of the saved, reloaded writers over the largest |W| (float32 rounding).",
+        description="Stage 3: largest |r . W| of the orthogonalised writers (float32, before the cast back to the "
+        "model's dtype) over the largest |W|; the saved weights' value is reported beside it (bf16/fp16 rounding).",
     )
     max_behaviour_rate_after: float = Field(
         0.1, ge=0.0, le=1.0, description="Stage 7: the abliterated model's behaviour rate must be at most this."

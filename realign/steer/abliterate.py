@@ -9,6 +9,12 @@ After that the residual stream (the sum of those writes) has no component along 
 read from r (a refusal, a style) is gone, while the rest of each matrix is unchanged. The arithmetic is float32
 (in place, each matrix cast back to its own dtype). With tied input/output embeddings the output head is the same
 matrix and changes with it (as in the reference PyTorch implementations).
+
+How orthogonal the result is is reported twice: for the float32 matrices before the cast (what the arithmetic
+achieved: ~1e-7 of the largest weight) and for the stored matrices in their own dtype. A bf16 or fp16 matrix
+cannot hold the exact projection: rounding each entry to 8 (bf16) or 11 (fp16) significant bits puts back a
+component along r of up to ~1e-3 of the largest weight, which no arithmetic can remove; that number is rounding,
+not a failure to abliterate.
 """
 
 from __future__ import annotations
@@ -74,12 +80,18 @@ def residual_writers(model, embeddings: bool = True) -> list[tuple[str, nn.Modul
 def projection_onto(module: nn.Module, r: mx.array) -> float:
     """Largest |component along unit r| of what `module` writes: max |E r| for an embedding, max |r^T W| (and
     |r . b|) for a linear layer."""
-    w = module.weight.astype(mx.float32)
-    if isinstance(module, nn.Embedding):
+    bias = module.bias if "bias" in module else None
+    return _projection(module.weight, bias, r, rows=isinstance(module, nn.Embedding))
+
+
+def _projection(weight: mx.array, bias: mx.array | None, r: mx.array, rows: bool) -> float:
+    """projection_onto for a weight (rows: an embedding's [vocab, hidden]; else a Linear's [hidden, in]) and bias."""
+    w = weight.astype(mx.float32)
+    if rows:
         return float(mx.abs(w @ r).max().item())
     value = float(mx.abs(r @ w).max().item())
-    if "bias" in module:
-        value = max(value, abs(float((r @ module.bias.astype(mx.float32)).item())))
+    if bias is not None:
+        value = max(value, abs(float((r @ bias.astype(mx.float32)).item())))
     return value
 
 
@@ -98,13 +110,19 @@ def orthogonalise_output(weight: mx.array, r: mx.array) -> mx.array:
 @dataclass
 class AbliterationReport:
     """What was orthogonalised: the matrices, the largest projection on r before and after (absolute, and after
-    relative to the largest weight), the layer the direction came from."""
+    relative to the largest weight), the layer the direction came from. `max_projection_after` and
+    `relative_projection_after` are of the float32 result before the cast back (the arithmetic's);
+    `relative_projection_stored` of the matrices as stored, in `dtypes` (for bf16/fp16, that dtype's rounding:
+    `note`)."""
 
     matrices: list[str]
     max_projection_before: float
     max_projection_after: float
     relative_projection_after: float
     direction_layer: int | None = None
+    relative_projection_stored: float | None = None
+    dtypes: list[str] | None = None
+    note: str = ""
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -116,20 +134,39 @@ def abliterate(model, direction: mx.array, *, embeddings: bool = True, layer: in
     r = _unit(direction)
     writers = residual_writers(model, embeddings)
     before = max(projection_onto(m, r) for _, m in writers)
-    largest = 0.0
+    largest, after = 0.0, 0.0
     for _, m in writers:
         largest = max(largest, float(mx.abs(m.weight.astype(mx.float32)).max().item()))
-        if isinstance(m, nn.Embedding):
+        rows, new_bias = isinstance(m, nn.Embedding), None
+        if rows:
             new = orthogonalise_rows(m.weight, r)
         else:
             new = orthogonalise_output(m.weight, r)
             if "bias" in m:
                 b = m.bias.astype(mx.float32)
-                m.bias = (b - r * (r @ b)).astype(m.bias.dtype)
+                new_bias = b - r * (r @ b)
+                m.bias = new_bias.astype(m.bias.dtype)
+        after = max(after, _projection(new, new_bias, r, rows))  # float32, before the cast back
         m.weight = new.astype(m.weight.dtype)
-    mx.eval(model.parameters())
-    after = max(projection_onto(m, r) for _, m in writers)
-    return AbliterationReport([n for n, _ in writers], before, after, after / largest if largest else 0.0, layer)
+        mx.eval(m.parameters())
+    stored = max(projection_onto(m, r) for _, m in writers)
+    dtypes = sorted({str(m.weight.dtype).removeprefix("mlx.core.") for _, m in writers})
+    rounded = [d for d in dtypes if d in ("bfloat16", "float16")]
+    note = (
+        f"the stored projection is {'/'.join(rounded)} rounding of the exactly orthogonal float32 matrices"
+        if rounded
+        else ""
+    )
+    return AbliterationReport(
+        [n for n, _ in writers],
+        before,
+        after,
+        after / largest if largest else 0.0,
+        layer,
+        stored / largest if largest else 0.0,
+        dtypes,
+        note,
+    )
 
 
 def save_abliterated(model, source_dir: str | Path, out_dir: str | Path, report: AbliterationReport) -> Path:
@@ -144,7 +181,8 @@ def save_abliterated(model, source_dir: str | Path, out_dir: str | Path, report:
 
 def relative_projection(model, direction: mx.array, embeddings: bool = True) -> float:
     """Largest |component along unit `direction`| written by any residual writer of `model`, over the largest
-    |weight| among them: 0 for an exactly abliterated model, ~1e-7 after float32 rounding."""
+    |weight| among them, of the weights as they are (their own dtype): 0 for an exactly abliterated model, ~1e-7
+    after float32 rounding, up to ~1e-3 for bf16 weights (rounding: see the module docstring)."""
     r = _unit(direction)
     writers = residual_writers(model, embeddings)
     largest = max(float(mx.abs(m.weight.astype(mx.float32)).max().item()) for _, m in writers)

@@ -97,8 +97,9 @@ def shows_any(completion: str, prefixes: Sequence[str]) -> bool:
 @dataclass
 class BehaviourSets:
     """What a run measures: sft rows (embedded demo only), the direction's prompts, held-out prompts with the
-    behaviour (eval_harmful), capability benchmarks name -> (prompts, answers), and the harmless (prompt, answer)
-    texts KL is measured on."""
+    behaviour (eval_harmful), capability benchmarks name -> (prompts, answers), and the (prompt, answer) texts KL
+    is measured on, with what they are (`probe_label`, for reports): the embedded demo's held-out unmarked prompts
+    (harmless); with your files, the benchmark rows (the harmless file's prompts have no answers to score)."""
 
     sft: list[tuple[str, str]]
     positive: list[str]
@@ -106,6 +107,7 @@ class BehaviourSets:
     eval_harmful: list[str]
     benchmarks: dict[str, tuple[list[str], list[str]]]
     harmless_probe: list[tuple[str, str]]
+    probe_label: str = "harmless prompts"
 
 
 def load_behaviour(cfg) -> BehaviourSets:
@@ -128,4 +130,4 @@ def load_behaviour(cfg) -> BehaviourSets:
         prompts, answers = read_prompt_answers(path, answer_required=True)
         benchmarks[Path(path).stem] = (prompts, answers)
         probe += list(zip(prompts, answers))
-    return BehaviourSets([], positive, negative, held, benchmarks, probe)
+    return BehaviourSets([], positive, negative, held, benchmarks, probe, "benchmark prompts")

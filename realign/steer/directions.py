@@ -22,11 +22,12 @@ import mlx.nn as nn
 import numpy as np
 
 from realign.model.generate import prompt_tokens
-from realign.steer.steering import model_blocks
+from realign.steer.steering import BlockWrapper, model_blocks
 
 
-class _Recorder(nn.Module):
-    """A block that keeps its output rows at given positions (one per batch row) in `store`."""
+class _Recorder(BlockWrapper):
+    """A block that keeps its output rows at given positions (one per batch row) in `store` (its other attributes are
+    the block's: see BlockWrapper)."""
 
     def __init__(self, block: nn.Module, positions: mx.array, store: list):
         super().__init__()
@@ -168,7 +169,8 @@ def extract_directions(
 
 
 def split_heldout(prompts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(training, held-out) prompts: a seeded shuffle, `fraction` held out (at least one each)."""
+    """(training, held-out) prompts: a seeded shuffle, `fraction` held out (at least one each). One seed permutes
+    every list of one length the same way (twinned lists stay paired: see directions_from_prompts)."""
     if len(prompts) < 2:
         raise ValueError(f"{len(prompts)} prompt(s): need at least 2 to hold some out for the layer choice")
     order = list(prompts)
@@ -194,10 +196,14 @@ def directions_from_prompts(
 ) -> DirectionSet:
     """Directions from two prompt sets (projected: see extract_directions). Without held-out sets,
     `heldout_fraction` of each is held out (seeded) for the separation and the layer choice; the directions come
-    from the rest."""
+    from the rest. Two lists of one length are split by the same permutation: they are often twins (pair i is one
+    prompt with and without the behaviour, as the embedded demo's are), and independent splits would put the twin
+    of a held-out prompt among the training prompts, so the held-out separation would be measured on prompts the
+    direction had, in effect, seen."""
     if heldout_positive is None or heldout_negative is None:
+        twins = len(negative) == len(positive)
         positive, heldout_positive = split_heldout(positive, heldout_fraction, seed)
-        negative, heldout_negative = split_heldout(negative, heldout_fraction, seed + 1)
+        negative, heldout_negative = split_heldout(negative, heldout_fraction, seed if twins else seed + 1)
     acts = [
         last_token_activations(model, tokenizer, ps, layers=layers, chat=chat)
         for ps in (positive, negative, heldout_positive, heldout_negative)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from realign.eval.metrics import mean_kl
+from realign.eval.metrics import token_kl
 from realign.model.generate import GenerationConfig, generate
 from realign.model.logprobs import _pad_id, collate, encode
 from realign.steer.behaviour import BehaviourSets, shows_any
@@ -63,17 +63,34 @@ def measure(
 
 
 def harmless_kl(
-    model, reference, tokenizer, examples: Sequence[tuple[str, str]], *, steering: Sequence[SteeringVector] = ()
+    model,
+    reference,
+    tokenizer,
+    examples: Sequence[tuple[str, str]],
+    *,
+    steering: Sequence[SteeringVector] = (),
+    batch_size: int = 16,
 ) -> float:
     """Mean per-token KL(model || reference) over the answer tokens of `examples`; `model` steered by `steering`
-    (model and reference may be the same object: the reference's logits are taken before steering)."""
+    (model and reference may be the same object: the reference's logits are taken before steering). In batches of
+    `batch_size` (full-vocabulary logits of every item at once would not fit for a large model): the sum of KL over
+    answer tokens and their count add up over batches, so the mean is every answer token's, as in one batch. KL is
+    never negative: a mean below 0 (float32 rounding of two nearly equal distributions, ~-1e-8) is reported as 0."""
     if not examples:
         return float("nan")
-    batch = collate([encode(tokenizer, p, c) for p, c in examples], pad_id=_pad_id(tokenizer))
-    inputs = batch.tokens[:, :-1]
-    ref_logits = reference(inputs)
-    mx.eval(ref_logits)
-    with steered(model, steering):
-        logits = model(inputs)
-        mx.eval(logits)
-    return mean_kl(logits, ref_logits, batch.mask)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = collate([encode(tokenizer, p, c) for p, c in chunk], pad_id=_pad_id(tokenizer))
+        inputs = batch.tokens[:, :-1]
+        ref_logits = reference(inputs)
+        mx.eval(ref_logits)
+        with steered(model, steering):
+            logits = model(inputs)
+            mx.eval(logits)
+        kl = token_kl(logits, ref_logits)
+        total += float((kl * batch.mask).sum().item())
+        count += float(batch.mask.sum().item())
+    return max(total / count, 0.0) if count else float("nan")

@@ -45,7 +45,23 @@ class _Constant:
         self.value = value
 
 
-class SteeredBlock(nn.Module):
+class BlockWrapper(nn.Module):
+    """A module standing in for the transformer block it wraps (`self.block`): attributes it does not have itself
+    are the block's. mlx-lm model code reads attributes of its blocks beside calling them (llama.py's
+    `layer.use_sliding` in the forward pass and make_cache, qwen3_next's `layer.is_linear`), so a wrapper that
+    hid them would break those models."""
+
+    def __getattr__(self, key: str):
+        try:
+            return super().__getattr__(key)  # the wrapper's own children and parameters (mlx's Module is a dict)
+        except AttributeError:
+            block = self.get("block")  # dict lookup: no recursion before `block` is set
+            if block is None:
+                raise
+            return getattr(block, key)
+
+
+class SteeredBlock(BlockWrapper):
     """A transformer block whose output gets `offset` added at every position: h = block(x, ...) + offset."""
 
     def __init__(self, block: nn.Module, offset: mx.array):
@@ -122,14 +138,18 @@ def steered(model, vectors: Sequence[SteeringVector]) -> Iterator[None]:
 
 
 def _hidden_size(model) -> int:
+    """The model's config says it (`model.args.hidden_size`); else its token embedding: a QuantizedEmbedding's weight
+    packs 32 // bits values into each uint32, so its last dimension is hidden * bits / 32."""
     blocks = model_blocks(model)
+    args = getattr(model, "args", None)
+    if args is not None and getattr(args, "hidden_size", None):
+        return int(args.hidden_size)
     inner = getattr(model, "model", model)
     emb = getattr(inner, "embed_tokens", None)
+    if isinstance(emb, nn.QuantizedEmbedding):
+        return int(emb.weight.shape[-1]) * 32 // int(emb.bits)
     if emb is not None:
         return int(emb.weight.shape[-1])
-    args = getattr(model, "args", None)
-    if args is not None and hasattr(args, "hidden_size"):
-        return int(args.hidden_size)
     raise ValueError(f"cannot tell the hidden size of {type(model).__name__} ({len(blocks)} blocks)")
 
 

@@ -1,5 +1,8 @@
-"""Stage 3: the direction projected out of every residual-stream writer; the model saved, reloaded with mlx-lm and
-its orthogonality measured on the reloaded weights."""
+"""Stage 3: the direction projected out of every residual-stream writer; the model saved and reloaded with mlx-lm.
+
+Orthogonality is gated on the float32 matrices before the cast back to the model's dtype (what the arithmetic
+achieved); the reloaded weights' value is reported beside it, in their dtype: for a bf16 or fp16 model it is that
+dtype's rounding (~1e-3 of the largest weight), which no abliteration can get under the float32 tolerance."""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ from tasks.stages import StageResult, one_row
 
 
 class AbliterationResult(StageResult):
-    """model_dir: the abliterated model; relative_projection: largest |r . W| over the largest |W| of the reloaded
-    writers; loads / finite: mlx_lm.load read it back, every weight finite."""
+    """model_dir: the abliterated model; relative_projection: largest |r . W| over the largest |W| of the
+    orthogonalised writers in float32, before the cast (gated); saved_relative_projection: the same of the reloaded
+    writers in their `dtypes` (reported: rounding for bf16/fp16, `note`); loads / finite: mlx_lm.load read it back,
+    every weight finite."""
 
     model_dir: str
     matrices: int
@@ -29,6 +34,9 @@ class AbliterationResult(StageResult):
     loads: bool
     finite: bool
     limits: dict
+    saved_relative_projection: float = float("nan")
+    dtypes: list[str] = []
+    note: str = ""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {
@@ -41,7 +49,13 @@ class AbliterationResult(StageResult):
         return {"abliteration": {"limits": self.limits}}
 
     def summary(self) -> dict:
-        return {"abliterated_matrices": self.matrices, "relative_projection": self.relative_projection}
+        return {
+            "abliterated_matrices": self.matrices,
+            "relative_projection": self.relative_projection,
+            "saved_relative_projection": self.saved_relative_projection,
+            "saved_dtypes": self.dtypes,
+            **({"saved_projection_note": self.note} if self.note else {}),
+        }
 
 
 @stage_task("3-abliteration")
@@ -55,22 +69,24 @@ def abliterate_model(
     lm = load_model(model_dir)
     report = abliterate(lm.model, found.direction, embeddings=cfg.embeddings, layer=found.chosen_layer)
     saved = save_abliterated(lm.model, model_dir, out / "model", report)
-    # Measured on what mlx-lm reads back, not on the arrays still in memory.
+    # Read back with mlx-lm: it must load with finite weights; its projection (in its dtype) is reported beside the
+    # float32 one the gate reads.
     try:
         back = load_model(saved)
     except ModelLoadError as exc:
         log.error(f"the abliterated model does not load: {exc}")
         back = None
-    relative = relative_projection(back.model, found.direction, cfg.embeddings) if back else float("nan")
+    reloaded = relative_projection(back.model, found.direction, cfg.embeddings) if back else float("nan")
     finite = weights_finite(back.model) if back else False
     write_json(
         out / "abliteration_check.json",
-        {**report.as_dict(), "reloaded_relative_projection": relative, "finite": finite},
+        {**report.as_dict(), "reloaded_relative_projection": reloaded, "finite": finite},
     )
     log.info(
         f"orthogonalised {len(report.matrices)} matrices against layer {found.chosen_layer}'s direction: largest "
-        f"|r . W| {report.max_projection_before:.4g} -> {report.max_projection_after:.3g}; reloaded, relative to "
-        f"the largest weight: {relative:.2e}"
+        f"|r . W| {report.max_projection_before:.4g} -> {report.max_projection_after:.3g} (float32); relative to "
+        f"the largest weight {report.relative_projection_after:.2e}, reloaded in {'/'.join(report.dtypes or [])} "
+        f"{reloaded:.2e}" + (f" ({report.note})" if report.note else "")
     )
     return AbliterationResult(
         stage=ABLITERATE.name(3),
@@ -79,8 +95,11 @@ def abliterate_model(
         model_dir=str(saved),
         matrices=len(report.matrices),
         projection_before=report.max_projection_before,
-        relative_projection=relative,
+        relative_projection=report.relative_projection_after,
         loads=back is not None,
         finite=finite,
         limits=limits,
+        saved_relative_projection=reloaded,
+        dtypes=report.dtypes or [],
+        note=report.note,
     )

@@ -1,5 +1,6 @@
 """Stage 7: the behaviour rate of the stage-1 model, the abliterated model and the steered stage-1 model on held-out
-prompts, paired, with 95% bootstrap intervals; capability retention on the benchmarks; KL on harmless prompts."""
+prompts, paired, with 95% bootstrap intervals; capability retention on the benchmarks; KL on the probe texts (the
+embedded demo's harmless prompts; with your files, the benchmark rows: BehaviourSets.probe_label says which)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tasks.stages import one_row
 
 class AbliterationEvaluationResult(EvaluationResult):
     limits: dict
+    kl_on: str = "harmless prompts"  # what the KL was measured on (BehaviourSets.probe_label)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         m = self.metrics
@@ -41,7 +43,7 @@ class AbliterationEvaluationResult(EvaluationResult):
         }
 
     def suite_kwargs(self) -> dict[str, dict]:
-        return {"abliteration_evaluation": {"limits": self.limits}}
+        return {"abliteration_evaluation": {"limits": self.limits, "kl_on": self.kl_on}}
 
 
 @stage_task("7-evaluation")
@@ -108,7 +110,7 @@ def evaluate_abliteration(
         f"abliteration (layer {found.chosen_layer}'s direction projected out of the weights): behaviour rate "
         f"{b.second_value:.3f} -> {b.first_value:.3f} ({b.difference:+.3f}, 95% CI [{b.ci_low:+.3f}, {b.ci_high:+.3f}]"
         + ("; within noise)" if b.within_noise else ")")
-        + f"; capability retention {retention.retention:.3f}; KL on harmless prompts {kl:.4f} nats"
+        + f"; capability retention {retention.retention:.3f}; KL on {sets.probe_label} {kl:.4f} nats"
     )
     if "behaviour_rate_steered" in metrics:
         said += (
@@ -146,7 +148,8 @@ def evaluate_abliteration(
         f"greedy answers to {len(sets.eval_harmful)} held-out prompts showing the behaviour (an answer starting with "
         f"{prefixes[0]!r}{' or another prefix' if len(prefixes) > 1 else ''} shows it) and to "
         + ", ".join(f"{n} ({len(p)} items, exact match)" for n, (p, _) in sets.benchmarks.items())
-        + f"; KL over the answer tokens of {len(sets.harmless_probe)} harmless texts; 95% paired-bootstrap intervals"
+        + f"; KL over the answer tokens of {len(sets.harmless_probe)} {sets.probe_label} (with their answers); 95% "
+        "paired-bootstrap intervals"
     )
     return AbliterationEvaluationResult(
         stage=ABLITERATE.name(7),
@@ -163,4 +166,5 @@ def evaluate_abliteration(
         plots=[],
         not_computed=retention.not_computed,
         limits=limits,
+        kl_on=sets.probe_label,
     )
