@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from realign.eval.metrics import masked_kl_and_entropy
 from realign.io import atomic_dir, atomic_path
 from realign.train.batches import POLICY_LOGITS, Batch
+
+if TYPE_CHECKING:  # distributed.py imports this module
+    from realign.train.distributed import DataParallel
 
 
 class LoRAConfig(BaseModel):
@@ -307,6 +310,7 @@ def train(
     callback: Callable[[dict], None] | None = None,
     resume_key: str | None = None,
     measure: Callable[[nn.Module, Batch, nn.Module | None, mx.array | None], dict] | None = token_stats,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train `model` (already prepared with `prepare_model`) for `cfg.steps` optimizer steps.
 
@@ -321,7 +325,24 @@ def train(
     None for models whose output is not a next-token distribution, such as a reward model). logits are the policy's
     on that step's (last micro-)batch from the loss's own forward, before the update (as TRL logs them), when the
     loss returns them under POLICY_LOGITS; else None.
+    parallel: data-parallel over `mlx.launch` ranks (realign.train.distributed): each rank trains on its slice of
+    every global batch, gradients summed across ranks; rank 0 alone checkpoints and calls `callback`.
     """
+    if parallel is not None and parallel.size > 1:
+        from realign.train.distributed import train_parallel
+
+        return train_parallel(
+            model,
+            loss_fn,
+            batch_at,
+            cfg,
+            parallel,
+            out_dir=out_dir,
+            reference=reference,
+            callback=callback,
+            resume_key=resume_key,
+            measure=measure,
+        )
     optimizer = make_optimizer(cfg)
     ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
     start, history, warning = resume_checkpoint(ckpt_root, model, optimizer, cfg, resume_key)

@@ -40,9 +40,12 @@ def fit_reward_model(
     out_dir: str | Path | None = None,
     callback: Callable[[dict], None] | None = None,
     resume_key: str | None = None,
+    parallel=None,
 ):
     """Wrap `lm_model` with a scalar head, train it on `pairs` ({prompt, chosen, rejected[, chosen_score,
-    rejected_score]}); returns (the reward model module, TrainResult). Per-step metrics: loss, accuracy, margin."""
+    rejected_score]}); returns (the reward model module, TrainResult). Per-step metrics: loss, accuracy, margin.
+    parallel: realign.train.distributed.DataParallel(group, layout="pairs", weight_by="examples") to train across
+    `mlx.launch` ranks (the loss is a mean over pairs)."""
     if not pairs:
         raise ValueError("no preference pairs to train the reward model on")
     model = sequence_reward_model(lm_model, seed=cfg.head_seed)
@@ -58,6 +61,7 @@ def fit_reward_model(
         callback=callback,
         resume_key=resume_key,
         measure=None,  # rewards, not next-token distributions: no KL or entropy to measure
+        parallel=parallel,
     )
     return model, result
 

@@ -1,0 +1,307 @@
+"""A training job across ranks: `mlx.launch` runs `python -m realign.train.distributed_job JOB.json` on every rank.
+
+The job (a JSON file) names the model, the data, the objective and the training settings; every rank loads the
+model and the data, trains its slice of each global batch (realign.train.distributed), and rank 0 writes the
+outputs: trainable.safetensors (the trained weights the optimiser touched), result.json (history, steps, how far
+the ranks' weights ended apart) and, with save_model, the model directory. Run without `mlx.launch`, the same job
+trains in one process with the ordinary loop: the reference a distributed run must match.
+
+`launch` builds and runs the `mlx.launch` command line from a DistributedConfig (hosts or a hostfile, backend,
+ranks per host), streams each rank's lines to a callback, and raises RankFailed naming the rank and host of a rank
+that died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from realign.train.loop import TrainConfig
+from realign.train.objectives import PreferenceLossConfig
+
+
+class DistributedConfig(BaseModel):
+    """Where a training stage's ranks run: `mlx.launch` starts one process per rank (MLX's own transport)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="One per machine, ssh-reachable, with the repository and .venv at the same paths; IP addresses "
+        "for the ring backend (mlx.launch requires them). Empty with no hostfile: this machine only (127.0.0.1).",
+    )
+    hostfile: str | None = Field(
+        None, description="An `mlx.distributed_config` hostfile (JSON: ssh name and IPs per host); replaces hosts."
+    )
+    backend: Literal["ring", "jaccl", "jaccl-ring", "mpi"] = Field(
+        "ring",
+        description="ring: TCP over Ethernet or Thunderbolt IP; jaccl: RDMA over Thunderbolt 5 (macOS 26.2+, every "
+        "pair of Macs cabled); jaccl-ring: RDMA, each Mac cabled to its neighbours; mpi: mpirun.",
+    )
+    ranks_per_host: int = Field(
+        1, ge=1, le=64, description="Processes per host (mlx.launch -n); with a hostfile, one per hostfile entry."
+    )
+    shares: list[float] | None = Field(
+        None,
+        description="Relative throughput per rank (examples/s from `realign calibrate`): each rank's share of a "
+        "global batch; None splits evenly.",
+    )
+    machines: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Hardware profile per host, in host order (e.g. m4-max, m3-ultra): without shares, each rank's "
+        "share is its machine's calibrated training throughput (peak examples/s) over its ranks.",
+    )
+    starting_port: int | None = Field(
+        None, ge=1024, le=65000, description="First TCP port of the ring backend; None picks a free one locally."
+    )
+    python: str | None = Field(None, description="Python on the hosts; default this interpreter (same venv path).")
+
+    @model_validator(mode="after")
+    def _shares_positive(self):
+        if self.shares is not None and any(not s > 0 for s in self.shares):
+            raise ValueError(f"shares must be > 0: {self.shares}")
+        return self
+
+    def world_size(self) -> int:
+        """Ranks in all: one per hostfile entry, or ranks_per_host on each host."""
+        if self.hostfile:
+            return len(hostfile_hosts(self.hostfile))
+        return max(1, len(self.hosts)) * self.ranks_per_host
+
+
+class DistributedJob(BaseModel):
+    """One distributed training run: model, data, objective, settings, output directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sft", "preference"] = Field(description="sft: (prompt, completion) rows; preference: pairs.")
+    model: str = Field(description="Model directory every rank can read at the same path.")
+    data: str = Field(
+        description="JSONL: {prompt, completion} rows for sft; {prompt, chosen, rejected} for preference."
+    )
+    out_dir: str = Field(description="Rank 0's outputs and checkpoints.")
+    train: TrainConfig = Field(TrainConfig(), description="Optimisation settings; batch_size is the global batch.")
+    loss: PreferenceLossConfig = Field(PreferenceLossConfig(), description="Preference objective (kind preference).")
+    shares: list[float] | None = Field(None, description="Relative throughput per rank; None splits evenly.")
+    chat: bool = Field(True, description="Apply the chat template to prompts.")
+    save_model: bool = Field(False, description="Also write the trained model directory (rank 0) to OUT_DIR/model.")
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def run_job(job: DistributedJob) -> dict:
+    """Train `job` on this rank; rank 0 writes the outputs. Returns the summary rank 0 writes to result.json."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from realign.model.load import load_model, save_model
+    from realign.model.logprobs import reference_logps
+    from realign.train.batches import preference_batches, sft_batches
+    from realign.train.distributed import DataParallel, rank_divergence, world
+    from realign.train.loop import prepare_model, resume_key, train
+    from realign.train.objectives import preference_loss, sft_loss
+
+    group = world()
+    rank, size = group.rank(), group.size()
+    cfg = job.train
+    lm = load_model(job.model)
+    rows = _rows(job.data)
+    key = resume_key(Path(job.data).read_bytes(), job.model, job.kind, job.loss.model_dump_json())
+    if job.kind == "sft":
+        batches = sft_batches(lm.tokenizer, [(r["prompt"], r["completion"]) for r in rows], cfg, chat=job.chat)
+        loss, layout, weight_by = sft_loss, "rows", "tokens"
+    else:
+        ref = None
+        if job.loss.method == "dpo":
+            # Each rank scores its stride of the pairs with the start model; a sum assembles them everywhere.
+            import numpy as np
+
+            mine = list(range(rank, len(rows), size))
+            part = reference_logps(
+                lm.model, lm.tokenizer, [rows[i] for i in mine], chat=job.chat, max_len=cfg.max_seq_len
+            )
+            ref = {}
+            for name in ("chosen_logps", "rejected_logps"):
+                full = np.zeros(len(rows), dtype=np.float32)
+                full[mine] = part[name]
+                ref[name] = np.array(mx.distributed.all_sum(mx.array(full), group=group)) if size > 1 else full
+        batches = preference_batches(lm.tokenizer, rows, cfg, ref=ref, chat=job.chat)
+        loss, layout, weight_by = preference_loss(job.loss), "pairs", "examples"
+    prepare_model(lm.model, cfg)
+    parallel = None
+    if size > 1:
+        shares = tuple(job.shares) if job.shares is not None else None
+        parallel = DataParallel(group, layout=layout, weight_by=weight_by, shares=shares)
+
+    def report(row: dict) -> None:
+        print(json.dumps({"rank": rank, **row}), flush=True)  # one line per step: the launcher forwards it
+
+    result = train(
+        lm.model,
+        loss,
+        batches,
+        cfg,
+        out_dir=job.out_dir,
+        callback=report,
+        resume_key=key,
+        parallel=parallel,  # KL and entropy every train.metrics_every steps (and at the last), as the stage tasks
+    )
+    divergence = rank_divergence(lm.model.trainable_parameters(), group)
+    summary = {
+        "ranks": size,
+        "steps_done": result.steps_done,
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
+        "resume_warning": result.resume_warning,
+        "rank_divergence": divergence,
+        "history": result.history,
+    }
+    if rank == 0:
+        out = Path(job.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".trainable.tmp.safetensors"  # written beside, then renamed: readers never see half a file
+        mx.save_safetensors(str(tmp), dict(tree_flatten(lm.model.trainable_parameters())))
+        os.replace(tmp, out / "trainable.safetensors")
+        if job.save_model:
+            save_model(lm.model, lm.path, out / "model")
+        (out / "result.json").write_text(json.dumps(summary))
+    return summary
+
+
+# --- launching --------------------------------------------------------------------------------
+
+
+class RankFailed(RuntimeError):
+    """A rank of a distributed run exited with an error; the message names its rank and host."""
+
+    def __init__(self, message: str, rank: int | None, host: str | None, returncode: int):
+        super().__init__(message)
+        self.rank, self.host, self.returncode = rank, host, returncode
+
+
+def _free_port(n: int) -> int:
+    """A local port with the next n - 1 free too (the ring backend listens on port + rank)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + n < 65000:
+            return port
+    raise RuntimeError("no free TCP port found for the ring backend")
+
+
+def launch_command(cfg: DistributedConfig, args: list[str]) -> list[str]:
+    """The `mlx.launch` argv running `python ARGS` on every rank."""
+    python = cfg.python or sys.executable
+    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or "mlx.launch"
+    cmd = [launcher, "--backend", cfg.backend, "--python", python]
+    if cfg.hostfile:
+        cmd += ["--hostfile", cfg.hostfile]
+    else:
+        cmd += ["--hosts", ",".join(cfg.hosts or ["127.0.0.1"])]
+    cmd += ["-n", str(cfg.ranks_per_host)]
+    if cfg.backend == "ring":
+        cmd += ["--starting-port", str(cfg.starting_port or _free_port(cfg.world_size()))]
+    return [*cmd, *args]
+
+
+_RANK_LINE = re.compile(r'^\{"rank": (\d+)')
+
+
+def launch(
+    cfg: DistributedConfig,
+    args: list[str],
+    *,
+    on_line: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+    env: dict | None = None,
+) -> list[str]:
+    """Run `python ARGS` on every rank through `mlx.launch`; return all output lines.
+
+    Each line goes to on_line as it arrives. When a rank fails, mlx.launch stops the others and exits non-zero:
+    RankFailed then names the first rank mlx.launch reports failed, and its host, and carries the last lines.
+    """
+    cmd = launch_command(cfg, args)
+    full_env = {**os.environ, **(env or {})}
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True
+    )
+
+    def pump():
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if on_line:
+                on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the launcher and every rank it started (its own session)
+        proc.wait()
+        reader.join(5)
+        raise RankFailed(f"distributed run timed out after {timeout}s: {' '.join(cmd)}", None, None, -9) from None
+    reader.join(10)
+    rank, host = failed_rank(lines, cfg)
+    # mlx.launch (0.32) exits 0 even when a rank failed; its "[WARN] Node with rank N exited with code C" tells.
+    if rc != 0 or rank is not None:
+        where = f"rank {rank} on {host}" if rank is not None else "a rank"
+        tail = "\n".join(lines[-20:])
+        raise RankFailed(f"distributed run failed: {where} exited with an error.\n{tail}", rank, host, rc)
+    return lines
+
+
+def hostfile_hosts(path: str) -> list[str]:
+    """The ssh names in an MLX hostfile (a list of hosts, or {"backend", "envs", "hosts": [...]}), one per rank."""
+    spec = json.loads(Path(path).read_text())
+    return [h["ssh"] for h in (spec["hosts"] if isinstance(spec, dict) else spec)]
+
+
+def failed_rank(lines: list[str], cfg: DistributedConfig) -> tuple[int | None, str | None]:
+    """(rank, host) of the first rank mlx.launch reports as failed, or (None, None)."""
+    hosts, per_host = cfg.hosts or ["127.0.0.1"], cfg.ranks_per_host
+    if cfg.hostfile:  # one rank per entry: mlx.launch ignores -n with a hostfile
+        hosts, per_host = hostfile_hosts(cfg.hostfile), 1
+    for line in lines:
+        m = re.search(r"[Rr]ank (\d+) exited with code (-?\d+)", line) or re.search(
+            r"\[(\d+)\] .*exit(?:ed)? with (?:code|status) (-?\d+)", line
+        )
+        if m and m.group(2) != "0":
+            rank = int(m.group(1))
+            host = hosts[min(rank // per_host, len(hosts) - 1)] if hosts else None
+            return rank, host
+    return None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m realign.train.distributed_job JOB.json", file=sys.stderr)
+        return 2
+    job = DistributedJob.model_validate_json(Path(args[0]).read_text())
+    run_job(job)
+    return 0
+
+
+if __name__ == "__main__":  # `python -m` imports the realign package (and its fast BLAS) before this module
+    raise SystemExit(main())
