@@ -346,3 +346,20 @@ def test_stage_task_forwards_rank_lines_and_names_a_dead_rank(work, tmp_path):
         launch(DistributedConfig(hosts=["127.0.0.1"], ranks_per_host=2), [str(dies)], timeout=120)
     assert failed.value.rank == 1 and failed.value.host == "127.0.0.1"
     assert "rank 1 on 127.0.0.1" in str(failed.value) and "rank 1 gives up" in str(failed.value)
+
+
+def test_the_rank_that_failed_on_its_own_account_is_named_not_its_peer():
+    from realign.train.distributed_job import DistributedConfig, failed_rank
+
+    cfg = DistributedConfig(hosts=["10.0.0.1", "10.0.0.2"], ranks_per_host=1)
+    # mlx.launch reports the victim (rank 0 lost its peer) first; rank 1's own line says what happened
+    lines = [
+        '{"rank_failed": 0, "peer_error": true, "error": "RuntimeError: [ring] Socket 4 was closed by the peer"}',
+        '{"rank_failed": 1, "peer_error": false, "error": "out of memory"}',
+        "[WARN] Node with rank 0 exited with code 1",
+        "[WARN] Node with rank 1 exited with code -15",
+    ]
+    assert failed_rank(lines, cfg) == (1, "10.0.0.2")
+    assert failed_rank(lines[:1] + lines[2:], cfg) == (0, "10.0.0.1")  # only peer errors: the first reported
+    assert failed_rank(lines[3:], cfg) == (1, "10.0.0.2")  # no guard lines: mlx.launch's own report
+    assert failed_rank(["step 1: loss 2.0"], cfg) == (None, None)

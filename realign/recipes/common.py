@@ -14,6 +14,7 @@ from realign.data.datasets import DataConfig, read_prompt_answers
 from realign.data.formats import DataFormatError
 from realign.model.load import looks_like_path
 from realign.model.tiny import TinyModelConfig
+from realign.train.distributed_job import DistributedConfig
 from realign.train.loop import TrainConfig
 
 
@@ -93,6 +94,13 @@ class WorkflowRecipe(Recipe):
     approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
     price_per_hour: float | None = Field(
         None, ge=0, description="Machine price per hour, for cost per example in the summary."
+    )
+    distributed: DistributedConfig | None = Field(
+        None,
+        title="Distributed training",
+        description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
+        "stage 1's SFT (every workflow) and the DPO workflow's stage-5 training launch on these ranks with "
+        "mlx.launch, data parallel; every other stage, and those stages' evaluations, stay a single process.",
     )
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shutil
 import socket
 import subprocess
@@ -37,7 +38,7 @@ class DistributedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: list[str] = Field(
-        default_factory=list,
+        [],  # a value, not a factory: the Prefect form shows it (pydantic copies it per instance)
         max_length=64,
         description="One per machine, ssh-reachable, with the repository and .venv at the same paths; IP addresses "
         "for the ring backend (mlx.launch requires them). Empty with no hostfile: this machine only (127.0.0.1).",
@@ -59,7 +60,7 @@ class DistributedConfig(BaseModel):
         "global batch; None splits evenly.",
     )
     machines: list[str] = Field(
-        default_factory=list,
+        [],
         max_length=64,
         description="Hardware profile per host, in host order (e.g. m4-max, m3-ultra): without shares, each rank's "
         "share is its machine's calibrated training throughput (peak examples/s) over its ranks.",
@@ -221,7 +222,36 @@ def launch_command(cfg: DistributedConfig, args: list[str]) -> list[str]:
     return [*cmd, *args]
 
 
-_RANK_LINE = re.compile(r'^\{"rank": (\d+)')
+# Every rank runs under `guard` (launch adds it): a rank that fails says so itself, with its rank and whether its
+# error is only a peer going away. mlx.launch reports ranks in the order they ended, and that is often a victim
+# first: the rank whose peer died reads "closed by the peer" and exits while the culprit is still shutting down.
+_FAILED_LINE = re.compile(r'^\{"rank_failed": (\d+), "peer_error": (true|false)')
+_PEER_ERROR = re.compile(r"closed by the peer|connection reset|broken pipe|\[ring\]|\[jaccl\]", re.IGNORECASE)
+
+
+def guard(argv: list[str]) -> None:
+    """Run `python ARGV` (a script path, or -m MODULE ...) as __main__; on failure print one line
+    {"rank_failed": RANK, "peer_error": BOOL, "error": ...} before the error propagates."""
+    rank = int(os.environ.get("MLX_RANK", "0"))
+    try:
+        if argv[0] == "-m":
+            sys.argv = argv[1:]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            _report_failure(rank, str(exc.code))
+        raise
+    except BaseException as exc:
+        _report_failure(rank, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _report_failure(rank: int, error: str) -> None:
+    peer = bool(_PEER_ERROR.search(error))
+    print(json.dumps({"rank_failed": rank, "peer_error": peer, "error": error[:500]}), flush=True)
 
 
 def launch(
@@ -237,7 +267,7 @@ def launch(
     Each line goes to on_line as it arrives. When a rank fails, mlx.launch stops the others and exits non-zero:
     RankFailed then names the first rank mlx.launch reports failed, and its host, and carries the last lines.
     """
-    cmd = launch_command(cfg, args)
+    cmd = launch_command(cfg, ["-m", "realign.train.distributed_job", "--guard", *args])
     full_env = {**os.environ, **(env or {})}
     lines: list[str] = []
     proc = subprocess.Popen(
@@ -278,23 +308,34 @@ def hostfile_hosts(path: str) -> list[str]:
 
 
 def failed_rank(lines: list[str], cfg: DistributedConfig) -> tuple[int | None, str | None]:
-    """(rank, host) of the first rank mlx.launch reports as failed, or (None, None)."""
+    """(rank, host) of the rank that failed first on its own account: a rank's own failure line (guard) that is not
+    only a peer going away, else any rank's failure line, else the first rank mlx.launch reports; (None, None)."""
     hosts, per_host = cfg.hosts or ["127.0.0.1"], cfg.ranks_per_host
     if cfg.hostfile:  # one rank per entry: mlx.launch ignores -n with a hostfile
         hosts, per_host = hostfile_hosts(cfg.hostfile), 1
+
+    def host_of(rank: int) -> str | None:
+        return hosts[min(rank // per_host, len(hosts) - 1)] if hosts else None
+
+    reported = [m for m in map(_FAILED_LINE.match, (ln.strip() for ln in lines)) if m]
+    if reported:
+        first = next((m for m in reported if m.group(2) == "false"), reported[0])
+        return int(first.group(1)), host_of(int(first.group(1)))
     for line in lines:
         m = re.search(r"[Rr]ank (\d+) exited with code (-?\d+)", line) or re.search(
             r"\[(\d+)\] .*exit(?:ed)? with (?:code|status) (-?\d+)", line
         )
         if m and m.group(2) != "0":
             rank = int(m.group(1))
-            host = hosts[min(rank // per_host, len(hosts) - 1)] if hosts else None
-            return rank, host
+            return rank, host_of(rank)
     return None, None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--guard"] and len(args) > 1:
+        guard(args[1:])
+        return 0
     if len(args) != 1:
         print("usage: python -m realign.train.distributed_job JOB.json", file=sys.stderr)
         return 2

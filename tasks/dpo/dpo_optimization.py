@@ -13,12 +13,14 @@ from realign.io import write_json, write_parquet
 from realign.model.load import load_model, save_model
 from realign.recipes.dpo import DPOStageConfig
 from realign.train.batches import preference_batches
+from realign.train.distributed_job import DistributedConfig
 from realign.train.held_out import held_out, split_with_reference
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.stages import StageResult, one_row
 
 
@@ -61,8 +63,16 @@ def step_line(row: dict, steps: int) -> str:
 
 @stage_task("5-dpo-optimization")
 def optimize_dpo(
-    cfg: DPOStageConfig, start_dir: str, pairs_path: str, ref_logps_path: str, run_dir: str, round: int = 1
+    cfg: DPOStageConfig,
+    start_dir: str,
+    pairs_path: str,
+    ref_logps_path: str,
+    run_dir: str,
+    round: int = 1,
+    distributed: DistributedConfig | None = None,
 ) -> DPOResult:
+    """distributed: train on these ranks (mlx.launch); None: the recipe's `distributed` section, read from
+    RUN_DIR/recipe.json, else this process. The held-out check always runs here, after training."""
     log = get_run_logger()
     t0 = time.perf_counter()
     out = DPO_STAGES.dir(run_dir, 5, round)
@@ -92,17 +102,34 @@ def optimize_dpo(
     key = resume_key(
         Path(pairs_path).read_bytes(), Path(ref_logps_path).read_bytes(), start_dir, cfg.loss.model_dump_json()
     )
-    batches = preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr)
-    result = train(
-        lm.model,
-        preference_loss(cfg.loss),
-        batches,
-        cfg.train,
-        out_dir=out,
-        reference=reference,
-        callback=progress,
-        resume_key=key,
-    )
+    ranks = stage_distributed(run_dir, distributed)
+    if ranks is not None:
+        # Data parallel on the ranks, from OUT/distributed/ (job, pairs, checkpoints, rank 0's weights). Each rank
+        # scores the training pairs' reference log-probs with the start model itself (the job carries no stage-3
+        # cache). The ranks hold no frozen reference copy: with full fine-tuning their per-step KL is NaN and
+        # kl_limit cannot stop them; the held-out check below (KL, reward accuracy) runs here, single-process.
+        if cfg.train.kl_limit is not None and cfg.train.lora is None:
+            log.warning("distributed full fine-tuning measures no per-step KL: kl_limit is not applied on the ranks")
+        rows = [
+            {"prompt": str(p["prompt"]), "chosen": str(p["chosen"]), "rejected": str(p["rejected"])}
+            for p in train_pairs
+        ]
+        result = train_on_ranks("preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss)
+        load_trained(lm.model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], training_line(row), row)
+    else:
+        batches = preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr)
+        result = train(
+            lm.model,
+            preference_loss(cfg.loss),
+            batches,
+            cfg.train,
+            out_dir=out,
+            reference=reference,
+            callback=progress,
+            resume_key=key,
+        )
     bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)

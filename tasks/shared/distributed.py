@@ -6,6 +6,10 @@ the recipe's hosts (DistributedConfig), forwards each rank's lines to the run lo
 rows as progress lines), and fails with the rank and host of a rank that died. Checkpoints live in the job's
 out_dir, so a retry (Prefect's, or a rerun of the stage) resumes from the last one written: same world size, same
 job, bit-identical continuation.
+
+The training stages (stage 1's SFT, the DPO workflow's stage 5) use `stage_distributed` to read the recipe's
+`distributed:` section, `train_on_ranks` to write their data and job and launch it, and `load_trained` to bring
+rank 0's trained weights back into the stage's own model, which then goes on exactly as after a single-process run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from prefect.exceptions import MissingContextError
 from hardware.config import HardwareConfig
 from realign.model.sharded import ShardedJob
 from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, hostfile_hosts, launch
+from realign.train.loop import TrainConfig, TrainResult
+from realign.train.objectives import PreferenceLossConfig
 
 JOB_MODULE = "realign.train.distributed_job"
 SHARDED_MODULE = "realign.model.sharded"
@@ -125,3 +131,87 @@ def run_sharded_inference(job: ShardedJob, cfg: DistributedConfig, timeout: floa
 def sharded_inference(job: ShardedJob, cfg: DistributedConfig, timeout: float | None = None) -> dict:
     """The Prefect task: one launch of all ranks holding one model between them; a failed rank fails it (named)."""
     return run_sharded_inference(job, cfg, timeout)
+
+
+# --- what the training stages call ---------------------------------------------------------------
+
+
+def stage_distributed(run_dir: str | Path, given: DistributedConfig | None = None) -> DistributedConfig | None:
+    """A training stage's ranks: `given`, else the `distributed` section of RUN_DIR/recipe.json (the resolved recipe
+    the flow's Run writes before any stage runs), else None: train in this process."""
+    if given is not None:
+        return given
+    path = Path(run_dir) / "recipe.json"
+    if not path.is_file():
+        return None
+    section = json.loads(path.read_text()).get("distributed")
+    return DistributedConfig.model_validate(section) if section else None
+
+
+def train_on_ranks(
+    kind: str,
+    model_dir: str | Path,
+    rows: list[dict],
+    train: TrainConfig,
+    cfg: DistributedConfig,
+    job_dir: str | Path,
+    loss: PreferenceLossConfig | None = None,
+    timeout: float | None = None,
+) -> TrainResult:
+    """Train `model_dir` on `rows` across the ranks `cfg` names: the rows go to JOB_DIR/data.jsonl ({prompt,
+    completion} for kind sft, {prompt, chosen, rejected} for preference), the job to JOB_DIR/job.json (shares from
+    `rank_shares`), one `train_distributed` task launches it; rank 0 leaves its trained weights in
+    JOB_DIR/trainable.safetensors (see `load_trained`) and its checkpoints in JOB_DIR/checkpoints.
+
+    Returns what the single-process loop would (its history rows also carry the per-rank timings).
+    """
+    out = Path(job_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if not data.is_file() or data.read_text() != text:  # unchanged data keeps its bytes: a retry resumes
+        data.write_text(text)
+    job = DistributedJob(
+        kind=kind,
+        model=str(model_dir),
+        data=str(data),
+        out_dir=str(out),
+        train=train,
+        loss=loss or PreferenceLossConfig(),
+    )
+    done = train_distributed(job, cfg, timeout)
+    result = TrainResult(
+        steps_done=done["steps_done"],
+        stopped=done["stopped"],
+        history=done["history"],
+        resumed_from=done["resumed_from"],
+        resume_warning=done["resume_warning"],
+    )
+    if result.stopped == "kl_limit" and result.history:  # the loop's reason, from the step that stopped it
+        last = result.history[-1]
+        result.reason = f"KL {last['kl']:.4f} > limit {train.kl_limit} at step {last['step']}"
+    _logger().info(
+        f"{kind} training on {done['ranks']} ranks: {result.steps_done} steps, ranks' weights "
+        f"{done['rank_divergence']:.2g} apart"
+    )
+    return result
+
+
+def load_trained(model, job_dir: str | Path) -> None:
+    """Rank 0's trained weights into `model`, loaded from the job's model directory and prepared (prepare_model)
+    with the job's TrainConfig: it then holds what training in this process would have left in it.
+
+    Read from the job's last checkpoint, which rank 0 writes at the final step (the same arrays as its
+    trainable.safetensors), through the loop's own checkpoint reader: tasks/ import no mlx. Its checksums are
+    checked; the optimizer state it also restores is dropped.
+    """
+    from realign.train.loop import checkpoint_problem, load_checkpoint, make_optimizer
+
+    out = Path(job_dir)
+    job = DistributedJob.model_validate_json((out / "job.json").read_text())
+    steps = json.loads((out / "result.json").read_text())["steps_done"]
+    ckpt = out / "checkpoints" / f"step_{steps:06d}"
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise RuntimeError(f"the distributed run's final checkpoint cannot be read: {problem}")
+    load_checkpoint(ckpt, model, make_optimizer(job.train))

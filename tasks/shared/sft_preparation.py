@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger
@@ -16,10 +17,12 @@ from realign.model.tiny import build_tiny_model
 from realign.recipes.common import ModelSpec, SFTStageConfig
 from realign.score.verify import judge
 from realign.train.batches import sft_batches
+from realign.train.distributed_job import DistributedConfig
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import sft_loss
 from tasks.cache import stage_task
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.stages import SHARED_STAGES, StageResult, one_row
 
 
@@ -50,8 +53,11 @@ def prepare_sft(
     run_dir: str,
     eval_max_tokens: int = 12,
     verifier: str | None = None,
+    distributed: DistributedConfig | None = None,
 ) -> SFTPrepResult:
-    """verifier: judge the baseline's answers with this verifier kind (RLVR) instead of exact match."""
+    """verifier: judge the baseline's answers with this verifier kind (RLVR) instead of exact match.
+    distributed: train SFT on these ranks (mlx.launch); None: the recipe's `distributed` section, read from
+    RUN_DIR/recipe.json, else this process. The baseline evaluation always runs here, on the trained model."""
     log = get_run_logger()
     t0 = time.perf_counter()
     out = SHARED_STAGES.dir(run_dir, 1)
@@ -75,9 +81,20 @@ def prepare_sft(
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
-        key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
-        batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
-        result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
+        ranks = stage_distributed(run_dir, distributed)
+        if ranks is not None:
+            # Every rank loads the base model and trains its slice of each global batch; rank 0's weights then come
+            # into lm.model (prepared above as on the ranks), and the stage goes on as after training here.
+            rows = [{"prompt": p, "completion": c} for p, c in bundle.sft]
+            model_src = base if Path(str(base)).exists() else lm.path  # a hub id: the local copy load_model read
+            result = train_on_ranks("sft", model_src, rows, cfg, ranks, out / "sft")
+            load_trained(lm.model, out / "sft")
+            for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+                bar.update(row["step"], training_line(row), row)
+        else:
+            key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
+            batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
+            result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
         bar.finish(result.steps_done, result.reason)
         if result.resume_warning:
             log.warning(result.resume_warning)
