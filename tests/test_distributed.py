@@ -349,7 +349,7 @@ def test_stage_task_forwards_rank_lines_and_names_a_dead_rank(work, tmp_path):
 
 
 def test_the_rank_that_failed_on_its_own_account_is_named_not_its_peer():
-    from realign.train.distributed_job import DistributedConfig, failed_rank
+    from realign.train.distributed_job import DistributedConfig, failed_rank, rank_error
 
     cfg = DistributedConfig(hosts=["10.0.0.1", "10.0.0.2"], ranks_per_host=1)
     # mlx.launch reports the victim (rank 0 lost its peer) first; rank 1's own line says what happened
@@ -363,3 +363,5 @@ def test_the_rank_that_failed_on_its_own_account_is_named_not_its_peer():
     assert failed_rank(lines[:1] + lines[2:], cfg) == (0, "10.0.0.1")  # only peer errors: the first reported
     assert failed_rank(lines[3:], cfg) == (1, "10.0.0.2")  # no guard lines: mlx.launch's own report
     assert failed_rank(["step 1: loss 2.0"], cfg) == (None, None)
+    assert rank_error(lines, 1) == "out of memory" and rank_error(lines, 0).endswith("closed by the peer")
+    assert rank_error(lines[2:], 1) is None

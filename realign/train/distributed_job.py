@@ -296,9 +296,23 @@ def launch(
     # mlx.launch (0.32) exits 0 even when a rank failed; its "[WARN] Node with rank N exited with code C" tells.
     if rc != 0 or rank is not None:
         where = f"rank {rank} on {host}" if rank is not None else "a rank"
+        own = rank_error(lines, rank)
         tail = "\n".join(lines[-20:])
-        raise RankFailed(f"distributed run failed: {where} exited with an error.\n{tail}", rank, host, rc)
+        said = f" Its error: {own}" if own else ""
+        raise RankFailed(f"distributed run failed: {where} exited with an error.{said}\n{tail}", rank, host, rc)
     return lines
+
+
+def rank_error(lines: list[str], rank: int | None) -> str | None:
+    """The error a rank reported itself (its guard line), or None: the tail of the log may hold only its peers'."""
+    for line in lines:
+        m = _FAILED_LINE.match(line.strip())
+        if m and rank is not None and int(m.group(1)) == rank:
+            try:
+                return json.loads(line.strip())["error"]
+            except (ValueError, KeyError):
+                return None
+    return None
 
 
 def hostfile_hosts(path: str) -> list[str]:
