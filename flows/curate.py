@@ -132,7 +132,8 @@ def curate(
         )
         summary = {
             "tier": report.tier,
-            "examples_processed": built.train_questions * 2,
+            # the SFT rows scored (cloze answers and continuations), counted from the file the gate read
+            "examples_processed": len(built.tables()["sft_quality"]),
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "cost_per_example": None,
             "cost_note": "no model ran: the rows are extracted and scored by the quality rubric",

@@ -445,6 +445,7 @@ def test_nightly_curation_takes_only_the_documents_added_since_the_last_run(tmp_
             curate(request, sources=[str(other)], curated_root=str(tmp_path / "c2"), config=strict)
     out = tmp_path / "curated" / f"sft_inbox_{date.today():%Y%m%d}"
     assert first["data_type"] == "sft" and first["workflow"] == "srf" and first["tier"] in ("HIGH", "MEDIUM")
+    assert first["examples_processed"] == first["examples"]  # every scored SFT row, published (none repeated)
     assert [Path(f).name for f in first["documents"]] == ["part1.md", "part2.md"]
     assert [Path(f).name for f in second["documents"]] == ["part3.md"] and second["documents_unchanged"] == 2
     lines = (out / "train.jsonl").read_text().splitlines()
