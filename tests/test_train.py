@@ -222,7 +222,9 @@ def test_preference_training_logs_trl_metrics_and_learns(tiny_model_dir, loss):
     if loss.method == "dpo":
         # step 1's rewards, KL and entropy come from the loss's forward, before its update: policy == reference
         assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and first["kl"] == pytest.approx(0.0, abs=1e-6)
-        assert last["rewards/margins"] > 0
+        # the logged margin on every pair after training is positive; one 8-pair batch's margin (the last step's) is
+        # a noisy sample that flips sign across BLAS builds, so the fixed batch of all 16 pairs is what is checked
+        assert preference_loss(loss)(lm.model, fixed)[1]["rewards/margins"].item() > 0
     assert last["kl"] > 0 and last["entropy"] > 0
 
 
