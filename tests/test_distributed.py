@@ -230,6 +230,54 @@ def test_resume_on_two_ranks_is_exact(work):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("shares", ["", "3,1"], ids=["even", "uneven-3to1"])
+def test_rl_gradient_on_fixed_samples_matches_one_process(work, tmp_path, shares):
+    """GRPO (token-weighted, batch-scaled rewards) and RLOO (sequence-weighted, batch-normalised, KL in the reward):
+    each rank scores its prompts' samples, the advantages come from the pooled rewards, and the weighted all_sum
+    is the single-process gradient of the same samples."""
+    args = ["tests/helpers/dist_rl_grad.py", str(work["model"])]
+    one_process([*args, str(tmp_path / "one")])
+    on_ranks([*args, str(tmp_path / "two"), shares])
+    for kind in ("grpo", "rloo"):
+        adv_one = json.loads((tmp_path / "one" / f"advantages-{kind}.json").read_text())
+        adv_two = json.loads((tmp_path / "two" / f"advantages-{kind}.json").read_text())
+        # GRPO's from the same rewards: equal; RLOO's also carry the sequence KL, computed by each rank in float32
+        np.testing.assert_allclose(adv_two, adv_one, rtol=1e-5, atol=1e-6)
+        assert np.std(adv_one) > 0.1  # spread out: the samples' rewards differ
+        a, b = load(tmp_path / "one" / f"grad-{kind}.safetensors"), load(tmp_path / "two" / f"grad-{kind}.safetensors")
+        assert a.keys() == b.keys()
+        for name in a:
+            scale = np.abs(a[name]).max()
+            assert np.abs(a[name] - b[name]).max() <= 1e-5 * scale + 1e-8, (kind, name)
+
+
+@pytest.mark.slow
+def test_rl_training_on_two_ranks_and_its_exact_resume(work, tmp_path):
+    """GRPO with LoRA on 2 ranks split 3:1: rank 0 reports the whole batch's samples and each rank's waiting; every
+    rank ends with the same weights; a run continued from its step-2 checkpoint ends where a straight run does."""
+    helper, model = "tests/helpers/dist_rl.py", str(work["model"])
+    on_ranks([helper, model, str(tmp_path / "straight"), "3", "3,1"])
+    straight = json.loads((tmp_path / "straight" / "result.json").read_text())
+    assert straight["ranks"] == 2 and straight["steps_done"] == 3 and straight["rank_divergence"] == 0.0
+    rows = straight["history"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["samples"] == 16 and r["ranks"] == 2 and r["wait_s/rank1"] >= 0 and r["comm_s"] >= 0 for r in rows)
+    assert all(np.isfinite(r["reward"]) and np.isfinite(r["kl"]) for r in rows)
+    lora_b = {k: v for k, v in load(tmp_path / "straight" / "trainable.safetensors").items() if "lora_b" in k}
+    assert lora_b and max(np.abs(v).max() for v in lora_b.values()) > 0  # LoRA B starts at 0: training moved it
+    from realign.train.distributed_job import RankFailed
+
+    with pytest.raises(RankFailed):
+        on_ranks([helper, model, str(tmp_path / "resumed"), "3", "3,1", "2"])
+    on_ranks([helper, model, str(tmp_path / "resumed"), "3", "3,1"])
+    resumed = json.loads((tmp_path / "resumed" / "result.json").read_text())
+    assert resumed["resumed_from"] == 2 and resumed["steps_done"] == 3
+    a = load(tmp_path / "straight" / "trainable.safetensors")
+    b = load(tmp_path / "resumed" / "trainable.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 # --- sharded models ----------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from realign.train.batches import POLICY_LOGITS, Batch
@@ -184,6 +185,39 @@ def rank_divergence(tree, group: mx.distributed.Group) -> float:
     return float(mx.distributed.all_max(mx.array([local]), group=group).item())
 
 
+def gather_ragged(values: np.ndarray, counts: Sequence[int], group: mx.distributed.Group) -> np.ndarray:
+    """Every rank's 1-D `values` (rank r holds counts[r] of them), concatenated in rank order, on every rank.
+
+    all_gather needs one shape everywhere: each rank pads to the largest count and the padding is cut off by count
+    (not by value: NaN is a legitimate value, an unscored reward). float64 end to end, so nothing is rounded.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if group.size() == 1:
+        return values
+    if len(values) != counts[group.rank()]:
+        raise ValueError(f"rank {group.rank()} has {len(values)} values, counts say {counts[group.rank()]}")
+    width = max(counts)
+    padded = np.zeros(width, dtype=np.float64)
+    padded[: len(values)] = values
+    gathered = np.array(mx.distributed.all_gather(mx.array(padded), group=group)).reshape(group.size(), width)
+    return np.concatenate([gathered[r, :n] for r, n in enumerate(counts)])
+
+
+def sync_start(model: nn.Module, optimizer: optim.Optimizer, start: int, group: mx.distributed.Group) -> int:
+    """Rank 0's step, trainable weights and optimizer state on every rank (rank 0 alone resumed from disk): one
+    starting point, and no shared disk needed. Returns rank 0's step."""
+    start = int(mx.distributed.all_sum(mx.array(start if group.rank() == 0 else 0), group=group).item())
+    optimizer.init(model.trainable_parameters())
+    # Rank 0's tree is read from disk, the others' built by init: evaluate before communicating, so every rank's
+    # graph is plain arrays and the collectives run in the order they are called.
+    mx.eval(model.parameters(), optimizer.state)
+    model.update(broadcast_tree(model.trainable_parameters(), group))
+    mx.eval(model.parameters())
+    optimizer.state = broadcast_tree(optimizer.state, group)
+    mx.eval(optimizer.state)
+    return start
+
+
 def global_gradient(model: nn.Module, loss_fn: Callable, batch: Batch, parallel: DataParallel | None):
     """(loss, gradient) of `loss_fn` on a whole global batch: this rank's slice, weighted, summed over the ranks.
 
@@ -228,16 +262,7 @@ def train_parallel(
     start, history, warning = 0, [], ""
     if rank == 0:
         start, history, warning = resume_checkpoint(ckpt_root, model, optimizer, cfg, resume_key)
-    # Rank 0's step, weights and optimizer state everywhere: one starting point, and no shared disk needed.
-    start = int(mx.distributed.all_sum(mx.array(start if rank == 0 else 0), group=group).item())
-    optimizer.init(model.trainable_parameters())
-    # Rank 0's tree is read from disk, the others' built by init: evaluate before communicating, so every rank's
-    # graph is plain arrays and the collectives run in the order they are called.
-    mx.eval(model.parameters(), optimizer.state)
-    model.update(broadcast_tree(model.trainable_parameters(), group))
-    mx.eval(model.parameters())
-    optimizer.state = broadcast_tree(optimizer.state, group)
-    mx.eval(optimizer.state)
+    start = sync_start(model, optimizer, start, group)
     resumed = start
 
     value_and_grad = nn.value_and_grad(model, lambda b: loss_fn(model, b))

@@ -30,6 +30,7 @@ from realign.eval.metrics import token_entropy
 from realign.model.generate import GenerationConfig, generate, prompt_tokens
 from realign.model.logprobs import Encoded, _pad_id, collate, token_logps_from_logits
 from realign.train.batches import batch_indices
+from realign.train.distributed import DataParallel, gather_ragged, split_counts, sum_tree, sync_start
 from realign.train.loop import (
     TrainConfig,
     TrainResult,
@@ -278,6 +279,8 @@ class Rollout:
     old_logps: mx.array | None  # [N, T-1] when num_iterations > 1
     ref_logps: mx.array  # [N, T-1]
     lengths: list[int]
+    # The whole micro-batch's rewards over every rank (this rank's N of them among), for the advantages and the logs.
+    all_rewards: np.ndarray | None = None
 
 
 def token_logps(model: nn.Module, tokens: mx.array, temperature: float = 1.0) -> tuple[mx.array, mx.array]:
@@ -326,10 +329,33 @@ def rollout(
     reward_fn: Callable[[list[str], list[str]], Sequence[float]],
     cfg: RLConfig,
     seed: int,
+    pool: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None,
 ) -> Rollout:
     """Sample, score and fix the advantages of one micro-batch. reference None: the policy's own base (LoRA
-    adapters off); without adapters a reference model is required (ValueError)."""
+    adapters off); without adapters a reference model is required (ValueError).
+
+    pool(values) -> (the micro-batch's values over every rank, where this rank's start): under data parallelism
+    each rank samples whole groups, and the advantages are computed on the pooled rewards (and RLOO's sequence KL),
+    so batch-level statistics (scale_rewards "batch", RLOO's normalize) are the global batch's, as in one process.
+    """
     texts, encoded, lengths = _sample(policy, tokenizer, prompts, cfg, seed)
+    return score_samples(policy, reference, tokenizer, prompts, texts, encoded, lengths, reward_fn, cfg, pool)
+
+
+def score_samples(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    tokenizer,
+    prompts: list[str],
+    texts: list[str],
+    encoded: list[Encoded],
+    lengths: list[int],
+    reward_fn: Callable[[list[str], list[str]], Sequence[float]],
+    cfg: RLConfig,
+    pool: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None,
+) -> Rollout:
+    """The rest of `rollout` once the G samples per prompt are drawn (grouped, in prompt order): rewards,
+    reference (and old) log-probs, advantages."""
     flat_prompts = [p for p in prompts for _ in range(cfg.num_generations)]
     rewards = np.asarray(reward_fn(flat_prompts, texts), dtype=np.float64)
     if rewards.shape != (len(texts),):
@@ -348,16 +374,76 @@ def rollout(
         old_lp = mx.stop_gradient(old_lp)
     ref_lp = mx.stop_gradient(ref_lp)
     mx.eval(ref_lp, *([old_lp] if old_lp is not None else []))
+    all_rewards, at = pool(rewards) if pool else (rewards, 0)
     if cfg.estimator == "grpo":
-        adv = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+        adv = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
     else:
         seq_kl = np.array(((old_lp - ref_lp) * batch.mask).sum(axis=1))
+        all_kl = pool(seq_kl)[0] if pool else seq_kl
         adv, _ = rloo_advantages(
-            rewards, cfg.num_generations, sequence_kl=seq_kl, beta=cfg.beta, normalize=cfg.normalize_advantages
+            all_rewards, cfg.num_generations, sequence_kl=all_kl, beta=cfg.beta, normalize=cfg.normalize_advantages
         )
+    adv = adv[at : at + len(rewards)]
     if cfg.num_iterations == 1:
         old_lp = None  # the update's own (detached) log-probs are the old ones: identical values, no stale copy
-    return Rollout(prompts, texts, rewards, adv, batch.tokens, batch.mask, old_lp, ref_lp, lengths)
+    return Rollout(prompts, texts, rewards, adv, batch.tokens, batch.mask, old_lp, ref_lp, lengths, all_rewards)
+
+
+def rank_pool(
+    counts: Sequence[int], num_generations: int, group: mx.distributed.Group
+) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
+    """`rollout`'s pool when rank r samples counts[r] prompts (G samples each) of a micro-batch: values -> (every
+    rank's, in rank order = the single process's prompt order, and where this rank's start)."""
+    per_rank = [c * num_generations for c in counts]
+    at = sum(per_rank[: group.rank()])
+    return lambda values: (gather_ragged(values, per_rank, group), at)
+
+
+def loss_shares(cfg: RLConfig, rolls: Sequence[Rollout], group: mx.distributed.Group | None) -> list[float]:
+    """Per micro-batch, this rank's share of what the loss averages over: completion tokens ("bnpo", "dapo") or
+    sequences ("grpo", "dr_grpo", RLOO), this rank's count over all ranks'. 1.0 each without a group."""
+    if group is None:
+        return [1.0] * len(rolls)
+    tokens = cfg.estimator == "grpo" and cfg.loss_type in ("bnpo", "dapo")
+    weights = [float(r.mask.sum().item()) if tokens else float(r.mask.shape[0]) for r in rolls]
+    totals = mx.distributed.all_sum(mx.array(weights, dtype=mx.float32), group=group).tolist()
+    # no completion token anywhere (every sample empty): nothing to average, the sequences decide
+    sequences = mx.distributed.all_sum(mx.array([float(r.mask.shape[0]) for r in rolls]), group=group).tolist()
+    return [w / t if t > 0 else r.mask.shape[0] / n for w, t, r, n in zip(weights, totals, rolls, sequences)]
+
+
+def rollout_gradient(
+    grad_step: Callable[[dict], tuple[mx.array, dict, dict]],
+    rolls: Sequence[Rollout],
+    fracs: Sequence[float],
+    group: mx.distributed.Group | None,
+    sums: dict[str, float],
+) -> tuple[dict, float, float]:
+    """The summed gradient of one update over the micro-batches `rolls` (and over ranks, each weighed by its share
+    `fracs`), adding each metric times its share into `sums`. Returns (gradient, seconds waiting for the slowest
+    rank, seconds in the all_sum)."""
+    acc = None
+    for r, frac in zip(rolls, fracs):
+        batch = {"tokens": r.tokens, "mask": r.mask, "ref_logps": r.ref_logps}
+        batch["advantages"] = mx.array(r.advantages, dtype=mx.float32)
+        if r.old_logps is not None:
+            batch["old_logps"] = r.old_logps
+        _, metrics, grads = grad_step(batch)
+        if group is not None:
+            grads = tree_map(lambda g, f=frac: g * f, grads)
+        acc = grads if acc is None else tree_map(mx.add, acc, grads)
+        mx.eval(acc, metrics)
+        for name, v in metrics.items():
+            sums[name] = sums.get(name, 0.0) + v.item() * frac
+    if group is None:
+        return acc, 0.0, 0.0
+    # A one-element all_sum is a barrier: the time in it is this rank waiting for the slowest one.
+    t0 = time.perf_counter()
+    mx.eval(mx.distributed.all_sum(mx.zeros(1), group=group))
+    t1 = time.perf_counter()
+    acc = sum_tree(acc, group)
+    mx.eval(acc)
+    return acc, t1 - t0, time.perf_counter() - t1
 
 
 def rl_loss(cfg: RLConfig) -> Callable[[nn.Module, dict], tuple[mx.array, dict]]:
@@ -409,6 +495,7 @@ def rl_train(
     out_dir: str | Path | None = None,
     callback: Callable[[dict], None] | None = None,
     resume_key: str | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train `policy` (prepared with `prepare_model`) with on-policy RL on `prompts` for `cfg.train.steps` steps.
 
@@ -418,6 +505,14 @@ def rl_train(
     every step with TRL's names: reward, reward_std, frac_reward_zero_std, kl, entropy, clip_ratio/*,
     completions/mean_length, loss, lr, grad_norm, and tokens, seconds, samples_per_s, tokens_per_s.
     Stops early when the step's KL passes `cfg.train.kl_limit`.
+
+    parallel: data parallelism over `mlx.launch` ranks. Each rank takes whole prompts (their G samples stay on one
+    rank, so group statistics need no communication) in proportion to `parallel.shares`, samples with its own seed,
+    pools the rewards for the advantages, and weighs its gradient by its share of what the loss averages over
+    (`loss_weight`); one all_sum per update gives every rank the same gradient. The sampled completions differ from
+    one process's (other seeds, other batch compositions); for the same samples the gradient is the one process's.
+    Rank 0 alone resumes, checkpoints and calls `callback`; rows add compute_s/rankN, wait_s/rankN, comm_s, ranks.
+    With entropy_coef > 0 under loss_type "grpo", the entropy term (a token mean) is weighed by sequences too.
     """
     tc = cfg.train
     if not prompts:
@@ -425,17 +520,22 @@ def rl_train(
     if tc.lora is not None and tc.lora.dropout:
         raise ValueError("RL with LoRA dropout: old and new log-probs would differ by noise; set train.lora.dropout 0")
     prompts = list(prompts)
+    group = parallel.group if parallel is not None and parallel.size > 1 else None
+    rank, size = (group.rank(), group.size()) if group else (0, 1)
     # One warmup + cosine schedule over every update: each step makes num_iterations of them (TRL counts each).
     mu = cfg.num_iterations
     optimizer = make_optimizer(tc.model_copy(update={"steps": tc.steps * mu, "warmup_steps": tc.warmup_steps * mu}))
-    ckpt_root = Path(out_dir) / "checkpoints" if out_dir else None
+    ckpt_root = Path(out_dir) / "checkpoints" if out_dir and rank == 0 else None
     # Checkpoints resume only under the same RL settings too (beta, G, estimator...), not just the optimiser's.
     key = hashlib.sha256(f"{resume_key or ''}|{cfg.model_dump_json()}".encode()).hexdigest()
     start, history, warning = resume_checkpoint(ckpt_root, policy, optimizer, tc, key)
+    last_kl = history[-1].get("kl", math.nan) if history else math.nan
+    if group:
+        start = sync_start(policy, optimizer, start, group)
+        last_kl = mx.distributed.all_sum(mx.array(last_kl if rank == 0 else 0.0), group=group).item()
     result = TrainResult(
         steps_done=start, stopped="completed", history=history, resumed_from=start, resume_warning=warning
     )
-    last_kl = history[-1].get("kl", math.nan) if history else math.nan
     if start < tc.steps and tc.kl_limit is not None and last_kl > tc.kl_limit:
         # the run being resumed had stopped on its KL limit: stopping again is what it did, not training past it
         result.stopped, result.reason = "kl_limit", f"KL {last_kl:.4f} > limit {tc.kl_limit} at step {start}"
@@ -451,36 +551,35 @@ def rl_train(
         state = [policy.state, mx.random.state]
         grad_step = mx.compile(grad_step, inputs=state, outputs=state)
     order = batch_indices(len(prompts), tc.batch_size, tc.seed)
+    G = cfg.num_generations
     for step in range(start, tc.steps):
         t0 = time.perf_counter()
         mx.random.seed((tc.seed * 1_000_003 + step) % 2**32)
-        rolls = [
-            rollout(
-                policy,
-                reference,
-                tokenizer,
-                [prompts[j] for j in order(step * tc.grad_accum + k)],
-                reward_fn,
-                cfg,
-                seed=(tc.seed * 7_919 + step * tc.grad_accum + k) % 2**31,
+        rolls, fracs = [], []
+        for k in range(tc.grad_accum):
+            chosen = order(step * tc.grad_accum + k)
+            counts = split_counts(len(chosen), parallel.shares if group else None, size)
+            first = sum(counts[:rank])
+            rolls.append(
+                rollout(
+                    policy,
+                    reference,
+                    tokenizer,
+                    [prompts[j] for j in chosen[first : first + counts[rank]]],
+                    reward_fn,
+                    cfg,
+                    # rank 0's seed is a single process's: one rank draws what one process would
+                    seed=(tc.seed * 7_919 + step * tc.grad_accum + k + rank * 1_000_033) % 2**31,
+                    pool=rank_pool(counts, G, group) if group else None,
+                )
             )
-            for k in range(tc.grad_accum)
-        ]
+        fracs = loss_shares(cfg, rolls, group)
         t_sampled = time.perf_counter()
         sums: dict[str, float] = {}
-        grad_norm, lr, updates = None, 0.0, 0
+        grad_norm, lr, updates, wait_s, comm_s = None, 0.0, 0, 0.0, 0.0
         for _ in range(cfg.num_iterations):
-            acc = None
-            for r in rolls:
-                batch = {"tokens": r.tokens, "mask": r.mask, "ref_logps": r.ref_logps}
-                batch["advantages"] = mx.array(r.advantages, dtype=mx.float32)
-                if r.old_logps is not None:
-                    batch["old_logps"] = r.old_logps
-                _, metrics, grads = grad_step(batch)
-                acc = grads if acc is None else tree_map(mx.add, acc, grads)
-                mx.eval(acc, metrics)
-                for name, v in metrics.items():
-                    sums[name] = sums.get(name, 0.0) + v.item()
+            acc, waited, communicated = rollout_gradient(grad_step, rolls, fracs, group, sums)
+            wait_s, comm_s = wait_s + waited, comm_s + communicated
             if tc.grad_accum > 1:
                 acc = tree_map(lambda g: g / tc.grad_accum, acc)
             if tc.max_grad_norm is not None:
@@ -491,12 +590,20 @@ def rl_train(
             lr_now = optimizer.learning_rate
             lr = lr_now.item() if isinstance(lr_now, mx.array) else float(lr_now)
             updates += 1
-        rewards = np.concatenate([r.rewards for r in rolls])
-        stds = np.concatenate([group_std(r.rewards, cfg.num_generations) for r in rolls])
+        if group:  # every rank's weighted metrics, summed: the global batch's means
+            names = sorted(sums)
+            summed = mx.distributed.all_sum(mx.array([sums[n] for n in names], dtype=mx.float32), group=group)
+            sums = dict(zip(names, summed.tolist()))
+        rewards = np.concatenate([r.all_rewards for r in rolls])
+        stds = np.concatenate([group_std(r.all_rewards, G) for r in rolls])
         finite = rewards[np.isfinite(rewards)]
         lengths = [n for r in rolls for n in r.lengths]
         ntoks = float(sum(r.mask.sum().item() for r in rolls))
+        if group:
+            lengths = gather_ragged(np.array(lengths), [c * G * len(rolls) for c in counts], group).tolist()
+            ntoks = mx.distributed.all_sum(mx.array(ntoks), group=group).item()
         dt = time.perf_counter() - t0
+        # divided by updates * micro-batches: each micro-batch's metrics are means (weighted over ranks: still means)
         row = {"step": step + 1, "lr": lr}
         row.update({k: v / (updates * len(rolls)) for k, v in sums.items()})
         row.update(
@@ -517,9 +624,14 @@ def rl_train(
         )
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
+        if group:
+            times = mx.distributed.all_gather(mx.array([dt - wait_s - comm_s, wait_s]), group=group).tolist()
+            for r in range(size):
+                row[f"compute_s/rank{r}"], row[f"wait_s/rank{r}"] = times[2 * r], times[2 * r + 1]
+            row.update({"comm_s": comm_s, "ranks": size})
         history.append(row)
         result.steps_done = step + 1
-        if callback:
+        if callback and rank == 0:
             callback(row)
         kl = row.get("kl", math.nan)
         stop = tc.kl_limit is not None and not math.isnan(kl) and kl > tc.kl_limit
