@@ -14,6 +14,14 @@ def lm(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    """A tiny model with larger weights (init_std 0.08): its greedy tokens vary (the default repeats one token)."""
+    from realign.model.tiny import TinyModelConfig, build_tiny_model
+
+    return load_model(build_tiny_model(tmp_path_factory.mktemp("models") / "peaked", TinyModelConfig(init_std=0.08)))
+
+
 def test_n_samples_per_prompt_with_token_counts(lm):
     prompts = ["Reverse: 123", "Copy: 45", "hi"]
     out = generate(lm.model, lm.tokenizer, prompts, GenerationConfig(n=4, batch_size=5, max_tokens=6, temperature=1.0))
@@ -46,6 +54,77 @@ def test_a_shared_prompt_prefill_gives_the_completions_separate_prefills_give(lm
         runs[shared] = [[c.tokens for c in group] for group in generate(lm.model, lm.tokenizer, prompts, cfg)]
     assert runs[True] == runs[False]
     assert sum(len(t) for g in runs[True] for t in g) > 0
+
+
+def _mlx_lm_batch(model, rows, caches, max_tokens, sampler, stop):
+    """mlx-lm's own batch_generate loop (its BatchGenerator, as batch_generate drives it) with any stop tokens."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in stop],
+        sampler=sampler,
+        completion_batch_size=len(rows),
+        prefill_batch_size=len(rows),
+    )
+    uids = gen.insert(rows, [max_tokens] * len(rows), caches=caches)
+    out = {uid: [] for uid in uids}
+    while responses := gen.next_generated():
+        for r in responses:
+            if r.finish_reason != "stop":
+                out[r.uid].append(r.token)
+    gen.close()
+    return [out[uid] for uid in uids]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("shared", [False, True], ids=["prefill", "shared-prefill"])
+def test_lean_decoding_gives_mlx_lm_batch_generate_tokens(peaked, temperature, shared):
+    """realign's decode loop against mlx-lm's: same tokens, row by row, with every row running to max_tokens, and
+    with rows stopping at different steps (stop tokens taken from what the rows emit)."""
+    from mlx_lm.sample_utils import make_sampler
+
+    from realign.model.generate import decode_batch, lean_decoding_applies, prefill_caches
+
+    lm = peaked
+    prompts = ["Reverse: 12", "Copy: 9876543210 and then some more words", "Reverse: 34", "Copy: 5", "hi there"]
+    prompts += [f"Reverse: {1000 + 37 * i}" for i in range(5)]
+    encoded = [prompt_tokens(lm.tokenizer, p) for p in prompts]
+    sampler = make_sampler(temp=temperature)
+
+    def rows_and_caches():
+        if not shared:
+            return encoded, None
+        caches = prefill_caches(lm.model, dict(enumerate(encoded)))
+        return [e[-1:] for e in encoded], [caches[i] for i in range(len(encoded))]
+
+    rows, caches = rows_and_caches()
+    assert lean_decoding_applies(rows, shared)
+    mx.random.seed(3)
+    free = decode_batch(lm.model, rows, caches, 12, sampler, set())
+    rows, caches = rows_and_caches()
+    mx.random.seed(3)
+    assert free == _mlx_lm_batch(lm.model, rows, caches, 12, sampler, set()) and {len(r) for r in free} == {12}
+    stop = {free[i][i + 2] for i in range(4)}  # row i stops by its token i + 2 (same draws up to there)
+    results = []
+    for run in (decode_batch, _mlx_lm_batch):
+        rows, caches = rows_and_caches()
+        mx.random.seed(3)
+        results.append(run(lm.model, rows, caches, 12, sampler, stop))
+    ours, theirs = results
+    assert ours == theirs
+    lengths = [len(r) for r in ours]
+    assert min(lengths) < 12 and len(set(lengths)) > 2, lengths  # rows stop at several steps
+
+
+def test_lean_decoding_steps_aside_where_mlx_lm_batches_differently():
+    from realign.model.generate import lean_decoding_applies
+
+    assert lean_decoding_applies([[1, 2]] * 32, shared=False)
+    assert not lean_decoding_applies([[1, 2]] * 33, shared=False)  # mlx-lm admits 32 rows at a time
+    assert not lean_decoding_applies([[1] * 2049], shared=False)  # prefilled in steps, between decoding steps
+    assert not lean_decoding_applies([[1, 2], [3]], shared=False)  # a one-token prompt starts decoding first
+    assert lean_decoding_applies([[1], [3]], shared=True)
 
 
 def test_prefill_caches_hold_each_prompt_but_its_last_token(lm):

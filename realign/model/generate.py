@@ -86,23 +86,104 @@ def generate(
             # The chunk's prompts, each prefilled once (all but its last token, which starts the decoding).
             caches_of = prefill_caches(model, {i: encoded[i] for i, _ in chunk})
             caches = [caches_of[i] for i, _ in chunk]
-        resp = mlx_lm.batch_generate(
-            model,
-            tokenizer,
-            [encoded[i][-1:] if shared else encoded[i] for i, _ in chunk],
-            prompt_caches=caches,
-            max_tokens=cfg.max_tokens,
-            sampler=sampler,
-            return_token_ids=True,
-            completion_batch_size=len(chunk),
-            # Shared: every row's prompt is its one last token, so all of them start decoding together.
-            prefill_batch_size=len(chunk) if shared else min(len(chunk), 32),
-        )
-        for (i, s), text, ids in zip(chunk, resp.texts, resp.token_ids):
+        rows = [encoded[i][-1:] if shared else encoded[i] for i, _ in chunk]
+        if lean_decoding_applies(rows, shared):
+            token_ids = decode_batch(model, rows, caches, cfg.max_tokens, sampler, stop)
+            texts = [tokenizer.decode(ids) for ids in token_ids]
+        else:
+            resp = mlx_lm.batch_generate(
+                model,
+                tokenizer,
+                rows,
+                prompt_caches=caches,
+                max_tokens=cfg.max_tokens,
+                sampler=sampler,
+                return_token_ids=True,
+                completion_batch_size=len(chunk),
+                # Shared: every row's prompt is its one last token, so all of them start decoding together.
+                prefill_batch_size=len(chunk) if shared else min(len(chunk), 32),
+            )
+            texts, token_ids = resp.texts, resp.token_ids
+        for (i, s), text, ids in zip(chunk, texts, token_ids):
             ids = [t for t in ids if t not in stop]
             out[i].append(Completion(i, s, text, ids, finished=len(ids) < cfg.max_tokens))
         if on_progress:
             on_progress(min(start + cfg.batch_size, len(jobs)), len(jobs))
+    return out
+
+
+# mlx-lm's batch_generate admits at most this many rows to decoding at once (its prefill batch) and prefills a prompt
+# in steps of this many tokens, interleaving the steps with other rows' decoding.
+MLX_LM_PREFILL_BATCH, MLX_LM_PREFILL_STEP = 32, 2048
+
+
+def lean_decoding_applies(rows: Sequence[Sequence[int]], shared: bool) -> bool:
+    """Whether `decode_batch` reproduces mlx-lm's batch_generate exactly for these rows: every row enters decoding
+    at the same step, which holds when there are at most 32 rows, each prompt fits one prefill step, and either
+    every prompt is its one last token (shared prefill) or none is."""
+    if len(rows) > MLX_LM_PREFILL_BATCH or any(len(r) > MLX_LM_PREFILL_STEP for r in rows):
+        return False
+    return shared or all(len(r) > 1 for r in rows)
+
+
+def decode_batch(
+    model, rows: Sequence[Sequence[int]], caches: list | None, max_tokens: int, sampler, stop: set[int]
+) -> list[list[int]]:
+    """The generated ids of each row (the stop token excluded), as mlx-lm's batch_generate returns them when
+    `lean_decoding_applies`: the same prefill (its PromptProcessingBatch), the same forward, log-softmax and sampler
+    calls on the same rows in the same order (one step ahead, rows dropped once finished), so the same random draws
+    and tokens (greedy: the argmax of the logits, see below). It leaves out per-step bookkeeping: a per-row split of
+    the log-probs, response objects, stop-sequence matchers, per-row token buffers."""
+    import mlx.core as mx
+    from mlx_lm.generate import PromptProcessingBatch, generation_stream
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import greedy_sampler
+
+    n = len(rows)
+    # Greedy decoding takes the argmax of the logits, not of their log-softmax as mlx-lm does: the same token (a shift
+    # by one constant per row keeps the order; only an exact tie after rounding could differ), and on a CPU the
+    # full-vocabulary exp costs as much as a tiny model's forward pass.
+    greedy = sampler is greedy_sampler
+    with mx.stream(generation_stream):
+        batch = PromptProcessingBatch(
+            model=model,
+            uids=list(range(n)),
+            caches=caches if caches is not None else [make_prompt_cache(model) for _ in range(n)],
+            tokens=None,
+            prefill_step_size=MLX_LM_PREFILL_STEP,
+        )
+        if any(len(r) > 1 for r in rows):
+            batch.prompt([list(r[:-1]) for r in rows])
+        cache = batch.prompt_cache
+
+        def sample(tokens: mx.array) -> mx.array:
+            logits = model(tokens[:, None], cache=cache)[:, -1, :]
+            if greedy:  # the largest logit is the largest log-prob: no log-softmax over the vocabulary
+                return mx.argmax(logits, axis=-1)
+            return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+        active = list(range(n))  # the original row of each row of the decoding batch
+        out: list[list[int]] = [[] for _ in range(n)]
+        upcoming = sample(mx.array([r[-1] for r in rows]))
+        mx.async_eval(upcoming)
+        while active:
+            current = upcoming
+            upcoming = sample(current)  # the next step is queued before this one is read, as mlx-lm does
+            mx.async_eval(upcoming)
+            keep = []
+            for j, token in enumerate(current.tolist()):
+                row = out[active[j]]
+                if token in stop:
+                    continue
+                row.append(token)
+                if len(row) < max_tokens:
+                    keep.append(j)
+            if len(keep) < len(active):
+                active = [active[j] for j in keep]
+                if keep:
+                    for c in cache:
+                        c.filter(keep)
+                    upcoming = upcoming[mx.array(keep)]
     return out
 
 
