@@ -156,3 +156,88 @@ def test_dpo_stage_on_two_ranks_matches_one_process(tmp_path, tiny_model_dir, pa
         assert (Path(two.out_dir) / f).is_file()
     assert files(one.model_dir) == files(two.model_dir)
     close(one.model_dir, two.model_dir, tiny_model_dir)
+
+
+def test_rlvr_stage_trains_on_two_ranks(tmp_path, tiny_model_dir):
+    """The RLVR workflow's stage 5 with `distributed:` set: GRPO launched on 2 ranks, each sampling and verifying its
+    share of every step's tasks; the stage reads rank 0's weights back and evaluates them here, as after one
+    process. (The sampled completions differ from one process's, so the result is compared in form, not value;
+    tests/test_distributed.py checks the RL gradient of the same samples against one process.)"""
+    from realign.data.datasets import DataConfig, load_data
+    from realign.recipes.rlvr import RLVRWorkflowConfig
+    from tasks.rlvr.rlvr_optimization import optimize_rlvr
+
+    rl = {"num_generations": 4, "max_completion_length": 6, "train": {**TRAIN, "batch_size": 4, "steps": 3}}
+    c = RLVRWorkflowConfig.model_validate(
+        {
+            "model": {"path": str(tiny_model_dir)},
+            "data": DATA,
+            "verifier": {"kind": "exact"},
+            "rl": {"rl": rl, "probe_prompts": 8},
+            "distributed": {**TWO_RANKS, "shares": [3.0, 1.0]},
+        }
+    )
+    bundle = load_data(DataConfig(**DATA))
+    tasks = tmp_path / "tasks.jsonl"
+    rows = [
+        {"prompt": p, "solution": bundle.answers[p], "category": "all", "tests": None, "verifiable": True}
+        for p in bundle.prompts[:12]
+    ]
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    @flow
+    def stage_five(c, run_dir: str):
+        return optimize_rlvr(c.rl, c.verifier, str(tasks), str(tiny_model_dir), c.data, run_dir, max_tokens=6)
+
+    two = stage_five(c, run_dir(tmp_path / "two", c))
+    job_dir = Path(two.out_dir) / "distributed"
+    launched_two_ranks(job_dir)
+    job = json.loads((job_dir / "job.json").read_text())
+    assert job["kind"] == "rlvr" and job["shares"] == [3.0, 1.0] and job["verifier"] == "exact"
+    assert two.steps == 3 and two.stopped == "completed" and two.samples == 3 * 4 * 4  # steps x tasks x G
+    m = pd.read_parquet(two.metrics_path)
+    assert len(m) == 3 and (m["ranks"] == 2).all() and (m["samples"] == 16).all()
+    for name in ("kl", "entropy", "verified_before", "verified_after"):  # evaluated here, single-process
+        assert np.isfinite(getattr(two, name)), name
+    from realign.model.load import load_model
+
+    assert load_model(two.model_dir).tokenizer is not None  # the trained policy, saved as a model directory
+
+
+def test_srf_stage_trains_on_two_ranks_with_the_reward_model(tmp_path, tiny_model_dir):
+    """The SRF workflow's stage 5 with `distributed:` set: every rank loads the reward model and rewards the groups it
+    samples (plus the graded verifier, by weight); rank 0's weights come back and the drift is measured here."""
+    from realign.model.load import load_model
+    from realign.recipes.srf import SRFWorkflowConfig
+    from realign.score.reward_model import save_reward_model, sequence_reward_model
+    from tasks.srf.rl_fine_tuning import optimize_rl
+
+    # an untrained head on the tiny model: its rewards differ between samples, so the policy gets a gradient
+    rm_dir = save_reward_model(sequence_reward_model(load_model(tiny_model_dir).model, seed=1), tiny_model_dir,
+                               tmp_path / "rm", chat=True, max_len=128)  # fmt: skip
+    rl = {"num_generations": 4, "max_completion_length": 6, "train": {**TRAIN, "batch_size": 4, "steps": 3}}
+    c = SRFWorkflowConfig.model_validate(
+        {
+            "model": {"path": str(tiny_model_dir)},
+            "data": DATA,
+            "rl": {"rl": rl, "probe_prompts": 8, "reward_model_weight": 1.0, "verifier_weight": 0.5},
+            "distributed": TWO_RANKS,
+        }
+    )
+
+    @flow
+    def stage_five(c, run_dir: str):
+        return optimize_rl(c.rl, str(tiny_model_dir), str(rm_dir), c.data, run_dir)
+
+    two = stage_five(c, run_dir(tmp_path / "two", c))
+    job_dir = Path(two.out_dir) / "distributed"
+    launched_two_ranks(job_dir)
+    job = json.loads((job_dir / "job.json").read_text())
+    assert job["kind"] == "srf" and job["reward_model"] == str(rm_dir) and job["verifier_weight"] == 0.5
+    m = pd.read_parquet(two.metrics_path)
+    assert len(m) == 3 and (m["ranks"] == 2).all() and (m["samples"] == 16).all()
+    assert (m["reward_std"] > 0).all()  # the reward model's scores vary between samples
+    close_enough = weights(two.model_dir)
+    start = weights(tiny_model_dir)
+    assert max(np.abs(close_enough[k] - start[k]).max() for k in start) > 0  # rank 0's trained weights came back
+    assert np.isfinite(two.kl) and np.isfinite(two.entropy)

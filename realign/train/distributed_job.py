@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from realign.train.loop import TrainConfig
 from realign.train.objectives import PreferenceLossConfig
+from realign.train.rl import RLConfig
 
 
 class DistributedConfig(BaseModel):
@@ -88,14 +89,25 @@ class DistributedJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["sft", "preference"] = Field(description="sft: (prompt, completion) rows; preference: pairs.")
+    kind: Literal["sft", "preference", "rlvr", "srf"] = Field(
+        description="sft: (prompt, completion) rows; preference: pairs; rlvr: on-policy RL on verifiable tasks; "
+        "srf: on-policy RL on prompts rewarded by a reward model (and a graded verifier)."
+    )
     model: str = Field(description="Model directory every rank can read at the same path.")
     data: str = Field(
-        description="JSONL: {prompt, completion} rows for sft; {prompt, chosen, rejected} for preference."
+        description="JSONL: {prompt, completion} rows for sft; {prompt, chosen, rejected} for preference; "
+        "{prompt, solution, tests} tasks for rlvr; {prompt, answer} for srf (answer null where none is known)."
     )
     out_dir: str = Field(description="Rank 0's outputs and checkpoints.")
     train: TrainConfig = Field(TrainConfig(), description="Optimisation settings; batch_size is the global batch.")
     loss: PreferenceLossConfig = Field(PreferenceLossConfig(), description="Preference objective (kind preference).")
+    rl: RLConfig | None = Field(None, description="RL settings (kind rlvr); its `train` replaces `train`.")
+    verifier: str = Field("auto", description="Verifier kind that rewards the samples (kind rlvr).")
+    reward_model: str | None = Field(None, description="Reward model directory every rank can read (kind srf).")
+    reward_model_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of its score (kind srf).")
+    verifier_weight: float = Field(
+        0.0, ge=0.0, le=100.0, description="Weight of the graded verifier on the rows' answers (kind srf)."
+    )
     shares: list[float] | None = Field(None, description="Relative throughput per rank; None splits evenly.")
     chat: bool = Field(True, description="Apply the chat template to prompts.")
     save_model: bool = Field(False, description="Also write the trained model directory (rank 0) to OUT_DIR/model.")
@@ -109,9 +121,8 @@ def _rows(path: str) -> list[dict]:
 def run_job(job: DistributedJob) -> dict:
     """Train `job` on this rank; rank 0 writes the outputs. Returns the summary rank 0 writes to result.json."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
 
-    from realign.model.load import load_model, save_model
+    from realign.model.load import load_model
     from realign.model.logprobs import reference_logps
     from realign.train.batches import preference_batches, sft_batches
     from realign.train.distributed import DataParallel, rank_divergence, world
@@ -120,6 +131,8 @@ def run_job(job: DistributedJob) -> dict:
 
     group = world()
     rank, size = group.rank(), group.size()
+    if job.kind in ("rlvr", "srf"):
+        return _run_rl_job(job, group)
     cfg = job.train
     lm = load_model(job.model)
     rows = _rows(job.data)
@@ -163,11 +176,77 @@ def run_job(job: DistributedJob) -> dict:
         resume_key=key,
         parallel=parallel,  # KL and entropy every train.metrics_every steps (and at the last), as the stage tasks
     )
-    divergence = rank_divergence(lm.model.trainable_parameters(), group)
+    return _finish(job, lm, result, rank_divergence(lm.model.trainable_parameters(), group), size, rank)
+
+
+def _run_rl_job(job: DistributedJob, group) -> dict:
+    """kinds rlvr and srf: GRPO/RLOO on the rows' prompts, each rank sampling whole groups of its share of every
+    step's prompts (realign.train.rl.rl_train with a DataParallel) and rewarding them itself: rlvr with the tasks'
+    verifier, srf with the reward model (every rank loads it) and the graded verifier, by weight."""
+    from realign.model.load import load_model
+    from realign.score.combined import WeightedSum
+    from realign.score.reward_model import load_reward_model
+    from realign.score.verifiers import Verifier
+    from realign.score.verify import TaskVerifier
+    from realign.train.distributed import DataParallel, rank_divergence
+    from realign.train.loop import prepare_model, resume_key
+    from realign.train.rl import rl_train
+
+    if job.rl is None:
+        raise ValueError(f"a job of kind {job.kind} needs its rl settings (DistributedJob.rl)")
+    rank, size = group.rank(), group.size()
+    tasks = _rows(job.data)
+    if job.kind == "rlvr":
+        tests = {t["prompt"]: t["tests"] for t in tasks if t.get("tests")}  # the python verifier runs them
+        reward = TaskVerifier({t["prompt"]: t["solution"] for t in tasks}, job.verifier, tests)
+    else:
+        terms = []
+        if job.reward_model_weight:
+            if not job.reward_model:
+                raise ValueError("a job of kind srf with reward_model_weight > 0 needs its reward_model directory")
+            terms.append((load_reward_model(job.reward_model), job.reward_model_weight))
+        if job.verifier_weight:
+            answers = {t["prompt"]: t["answer"] for t in tasks if t.get("answer") is not None}
+            terms.append((Verifier(answers, mode="graded"), job.verifier_weight))
+        reward = WeightedSum(terms)
+    lm = load_model(job.model)
+    reference = None if job.rl.train.lora is not None else load_model(job.model).model  # LoRA: the base, adapters off
+    prepare_model(lm.model, job.rl.train)
+    parallel = DataParallel(group, shares=tuple(job.shares) if job.shares else None) if size > 1 else None
+    key = resume_key(Path(job.data).read_bytes(), job.model, job.kind, job.verifier, job.reward_model or "")
+    if job.reward_model and Path(job.reward_model, "score_head.safetensors").is_file():
+        key = resume_key(key, Path(job.reward_model, "score_head.safetensors").read_bytes())
+
+    def report(row: dict) -> None:
+        print(json.dumps({"rank": rank, **row}), flush=True)  # one line per step: the launcher forwards it
+
+    result = rl_train(
+        lm.model,
+        lm.tokenizer,
+        [t["prompt"] for t in tasks],
+        reward.score,
+        job.rl,
+        reference=reference,
+        out_dir=job.out_dir,
+        callback=report,
+        resume_key=key,
+        parallel=parallel,
+    )
+    return _finish(job, lm, result, rank_divergence(lm.model.trainable_parameters(), group), size, rank)
+
+
+def _finish(job: DistributedJob, lm, result, divergence: float, size: int, rank: int) -> dict:
+    """Rank 0 writes trainable.safetensors (atomically), the model directory when asked, and result.json."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from realign.model.load import save_model
+
     summary = {
         "ranks": size,
         "steps_done": result.steps_done,
         "stopped": result.stopped,
+        "reason": result.reason,
         "resumed_from": result.resumed_from,
         "resume_warning": result.resume_warning,
         "rank_divergence": divergence,

@@ -22,6 +22,7 @@ from realign.train.rl import rl_train
 from tasks.cache import stage_task
 from tasks.progress import Progress, training_line
 from tasks.rlvr import RLVR_STAGES
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.srf.rl_fine_tuning import step_line
 from tasks.stages import StageResult, one_row
 
@@ -78,7 +79,9 @@ def optimize_rlvr(
     t0 = time.perf_counter()
     out = RLVR_STAGES.dir(run_dir, 5, round)
     tasks = read_tasks(tasks_path, max_tasks)  # the tasks stage 4 sampled (and decontamination saw)
-    reward = TaskVerifier({t.prompt: t.solution for t in tasks}, verifier.kind)
+    # with each task's tests: the python verifier runs them (without, it refuses every sample)
+    tests = {t.prompt: list(t.tests) for t in tasks if t.tests}
+    reward = TaskVerifier({t.prompt: t.solution for t in tasks}, verifier.kind, tests)
     prompts = [t.prompt for t in tasks]
     bundle = load_data(data)
     held = bundle.dev or bundle.target
@@ -103,17 +106,28 @@ def optimize_rlvr(
     key = resume_key(
         Path(tasks_path).read_bytes(), repr(prompts), start_dir, cfg.model_dump_json(), verifier.model_dump_json()
     )
-    result = rl_train(
-        lm.model,
-        lm.tokenizer,
-        prompts,
-        reward.score,
-        rl,
-        reference=reference,
-        out_dir=out,
-        callback=progress,
-        resume_key=key,
-    )
+    ranks = stage_distributed(run_dir)
+    if ranks is not None:
+        # Data parallel on the ranks (the recipe's `distributed:` section), from OUT/distributed/: each rank samples
+        # whole groups of its share of every step's tasks and the verifier rewards them there; the evaluations
+        # before and after stay here, single-process.
+        rows = [{"prompt": t.prompt, "solution": t.solution, "tests": list(t.tests or [])} for t in tasks]
+        result = train_on_ranks("rlvr", start_dir, rows, tc, ranks, out / "distributed", rl=rl, verifier=verifier.kind)
+        load_trained(lm.model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], training_line(row), row)
+    else:
+        result = rl_train(
+            lm.model,
+            lm.tokenizer,
+            prompts,
+            reward.score,
+            rl,
+            reference=reference,
+            out_dir=out,
+            callback=progress,
+            resume_key=key,
+        )
     bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)

@@ -7,9 +7,10 @@ rows as progress lines), and fails with the rank and host of a rank that died. C
 out_dir, so a retry (Prefect's, or a rerun of the stage) resumes from the last one written: same world size, same
 job, bit-identical continuation.
 
-The training stages (stage 1's SFT, the DPO workflow's stage 5) use `stage_distributed` to read the recipe's
-`distributed:` section, `train_on_ranks` to write their data and job and launch it, and `load_trained` to bring
-rank 0's trained weights back into the stage's own model, which then goes on exactly as after a single-process run.
+The training stages (stage 1's SFT, the DPO, SRF and RLVR workflows' stage 5) use `stage_distributed` to read the
+recipe's `distributed:` section, `train_on_ranks` to write their data and job and launch it, and `load_trained` to
+bring rank 0's trained weights back into the stage's own model, which then goes on exactly as after a
+single-process run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from realign.model.sharded import ShardedJob
 from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, hostfile_hosts, launch
 from realign.train.loop import TrainConfig, TrainResult
 from realign.train.objectives import PreferenceLossConfig
+from realign.train.rl import RLConfig
 
 JOB_MODULE = "realign.train.distributed_job"
 SHARDED_MODULE = "realign.model.sharded"
@@ -157,11 +159,17 @@ def train_on_ranks(
     job_dir: str | Path,
     loss: PreferenceLossConfig | None = None,
     timeout: float | None = None,
+    rl: RLConfig | None = None,
+    verifier: str = "auto",
+    reward_model: str | None = None,
+    reward_model_weight: float = 1.0,
+    verifier_weight: float = 0.0,
 ) -> TrainResult:
     """Train `model_dir` on `rows` across the ranks `cfg` names: the rows go to JOB_DIR/data.jsonl ({prompt,
-    completion} for kind sft, {prompt, chosen, rejected} for preference), the job to JOB_DIR/job.json (shares from
-    `rank_shares`), one `train_distributed` task launches it; rank 0 leaves its trained weights in
-    JOB_DIR/trainable.safetensors (see `load_trained`) and its checkpoints in JOB_DIR/checkpoints.
+    completion} for kind sft, {prompt, chosen, rejected} for preference, {prompt, solution, tests} for rlvr, with
+    `rl` and `verifier`, {prompt, answer} for srf, with `rl`, the reward model and the weights), the job to
+    JOB_DIR/job.json (shares from `rank_shares`), one `train_distributed` task launches it; rank 0 leaves its trained
+    weights in JOB_DIR/trainable.safetensors (see `load_trained`) and its checkpoints in JOB_DIR/checkpoints.
 
     Returns what the single-process loop would (its history rows also carry the per-rank timings).
     """
@@ -176,8 +184,13 @@ def train_on_ranks(
         model=str(model_dir),
         data=str(data),
         out_dir=str(out),
-        train=train,
+        train=rl.train if rl is not None else train,
         loss=loss or PreferenceLossConfig(),
+        rl=rl,
+        verifier=verifier,
+        reward_model=reward_model,
+        reward_model_weight=reward_model_weight,
+        verifier_weight=verifier_weight,
     )
     done = train_distributed(job, cfg, timeout)
     result = TrainResult(

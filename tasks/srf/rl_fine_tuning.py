@@ -22,6 +22,7 @@ from realign.train.loop import prepare_model, resume_key
 from realign.train.rl import rl_train
 from tasks.cache import stage_task
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.srf import SRF_STAGES
 from tasks.stages import StageResult, one_row
 
@@ -98,17 +99,38 @@ def optimize_rl(
     key = resume_key(repr(bundle.prompts), start_dir, reward_model_dir, cfg.model_dump_json())
     if Path(reward_model_dir).is_dir():
         key = resume_key(key, (Path(reward_model_dir) / "score_head.safetensors").read_bytes())
-    result = rl_train(
-        lm.model,
-        lm.tokenizer,
-        bundle.prompts,
-        reward.score,
-        rl,
-        reference=reference,
-        out_dir=out,
-        callback=progress,
-        resume_key=key,
-    )
+    ranks = stage_distributed(run_dir)
+    if ranks is not None:
+        # Data parallel on the ranks (the recipe's `distributed:` section), from OUT/distributed/: every rank loads
+        # the reward model and rewards the groups it samples; the held-out drift below is measured here.
+        rows = [{"prompt": p, "answer": bundle.answers.get(p)} for p in bundle.prompts]
+        result = train_on_ranks(
+            "srf",
+            start_dir,
+            rows,
+            tc,
+            ranks,
+            out / "distributed",
+            rl=rl,
+            reward_model=reward_model_dir if cfg.reward_model_weight else None,
+            reward_model_weight=cfg.reward_model_weight,
+            verifier_weight=cfg.verifier_weight,
+        )
+        load_trained(lm.model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], training_line(row), row)
+    else:
+        result = rl_train(
+            lm.model,
+            lm.tokenizer,
+            bundle.prompts,
+            reward.score,
+            rl,
+            reference=reference,
+            out_dir=out,
+            callback=progress,
+            resume_key=key,
+        )
     bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)
