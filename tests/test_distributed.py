@@ -76,20 +76,23 @@ def test_split_counts():
         split_counts(8, [1, 1, 1], 2)
 
 
+class Solo:
+    """A stand-in group: slicing needs only rank and size."""
+
+    def __init__(self, rank, size):
+        self._r, self._s = rank, size
+
+    def rank(self):
+        return self._r
+
+    def size(self):
+        return self._s
+
+
 def test_take_keeps_pairs_together():
     import mlx.core as mx
 
     from realign.train.distributed import DataParallel
-
-    class Solo:  # a stand-in group: slicing needs only rank and size
-        def __init__(self, rank, size):
-            self._r, self._s = rank, size
-
-        def rank(self):
-            return self._r
-
-        def size(self):
-            return self._s
 
     tokens = mx.arange(8).reshape(8, 1)  # 4 pairs: rows 0-3 chosen, 4-7 rejected
     batch = {"tokens": tokens, "mask": mx.ones((8, 1)), "ref_chosen": mx.arange(4), "ref_rejected": mx.arange(4) + 4}
@@ -98,6 +101,34 @@ def test_take_keeps_pairs_together():
     assert part["tokens"].reshape(-1).tolist() == [3, 7]  # pair 3: its chosen and its rejected row
     assert part["ref_chosen"].tolist() == [3] and part["ref_rejected"].tolist() == [7]
     assert frac == 0.25
+
+
+@pytest.mark.parametrize("method,rpo_alpha", [("dpo", 1.0), ("orpo", None), ("cpo", None)], ids=["rpo", "orpo", "cpo"])
+def test_slices_of_a_loss_with_a_token_mean_nll_sum_to_the_global_loss(work, method, rpo_alpha):
+    """RPO, ORPO and CPO add the chosen tokens' mean NLL to a per-pair loss: each slice's weighted loss (its NLL term
+    rescaled by NLL_WEIGHT) sums to the global batch's loss, also when the slices' completions differ in length."""
+    from realign.model.load import load_model
+    from realign.model.logprobs import reference_logps
+    from realign.train.batches import NLL_WEIGHT, preference_batches
+    from realign.train.distributed import DataParallel
+    from realign.train.loop import TrainConfig
+    from realign.train.objectives import PreferenceLossConfig, preference_loss
+
+    lm = load_model(work["model"])
+    pairs = [json.loads(line) for line in (work["root"] / "pairs.jsonl").read_text().splitlines()][:8]
+    cfg = TrainConfig(batch_size=8, lora=None, max_seq_len=64)
+    batch = preference_batches(lm.tokenizer, pairs, cfg, ref=reference_logps(lm.model, lm.tokenizer, pairs))(0)
+    loss = preference_loss(PreferenceLossConfig(method=method, rpo_alpha=rpo_alpha))
+    whole = loss(lm.model, batch)[0].item()
+    slices = [DataParallel(Solo(r, 2), layout="pairs", shares=(3.0, 1.0)).mine(batch) for r in (0, 1)]
+    tokens = [float(part["mask"][: part["tokens"].shape[0] // 2].sum().item()) / frac for part, frac in slices]
+    assert abs(tokens[0] - tokens[1]) > 1  # chosen tokens per pair differ between the slices
+    summed = sum(frac * loss(lm.model, part)[0].item() for part, frac in slices)
+    print(f"weighted sum - whole: {summed - whole:.3g}")
+    assert summed == pytest.approx(whole, rel=2e-6)
+    plain = [{k: v for k, v in part.items() if k != NLL_WEIGHT} for part, _ in slices]
+    unweighted = sum(frac * loss(lm.model, part)[0].item() for part, (_, frac) in zip(plain, slices))
+    assert abs(unweighted - whole) > 1e-4 * abs(whole)  # what the weight corrects (the untrained model's NLL is flat)
 
 
 def test_rank_shares_follow_the_calibrated_machines(tmp_path):

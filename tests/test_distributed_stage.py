@@ -1,11 +1,13 @@
 """A recipe's `distributed:` section makes the training stages launch themselves on ranks (mlx.launch, 2 local ranks
 on the ring backend), and what they leave is what the single-process stage leaves.
 
-Stage 1 (SFT) and the DPO workflow's stage 5 each run twice under prefect_test_harness, in two run directories whose
-RUN_DIR/recipe.json (as the flow's Run writes it) differs only in `distributed`: the distributed run must have
-launched 2 ranks (its job files and per-rank step rows), return a result of the same form, write the same output
-files, and end at the single-process weights within the tolerance of tests/test_distributed.py (max |diff| <= 1e-4;
-see its docstring for why not bit-exact).
+Stage 1 (SFT), the DPO workflow's stage 5 and the anti-hallucination stages 3 and 5 each run twice under
+prefect_test_harness, in two run directories whose RUN_DIR/recipe.json (as the flow's Run writes it) differs only in
+`distributed`: the distributed run must have launched 2 ranks (its job files and per-rank step rows), return a result
+of the same form, write the same output files, and end at the single-process weights within the tolerance of
+tests/test_distributed.py (max |diff| <= 1e-4; see its docstring for why not bit-exact). The SRF and RLVR stage 5
+(on-policy RL: the ranks sample other completions than one process) are checked in form: launched on 2 ranks,
+identical weights on both, evaluations here.
 """
 
 from __future__ import annotations
@@ -241,3 +243,46 @@ def test_srf_stage_trains_on_two_ranks_with_the_reward_model(tmp_path, tiny_mode
     start = weights(tiny_model_dir)
     assert max(np.abs(close_enough[k] - start[k]).max() for k in start) > 0  # rank 0's trained weights came back
     assert np.isfinite(two.kl) and np.isfinite(two.entropy)
+
+
+def test_antihallucination_training_stages_on_two_ranks_match_one_process(tmp_path, tiny_model_dir):
+    """The anti-hallucination workflow's own training stages with `distributed:` set: stage 3's citation SFT and stage
+    5's grounding DPO train on 2 ranks and end at the single-process weights (tolerance as above)."""
+    from realign.data.datasets import load_data
+    from realign.recipes.antihallucination import AntiHallucinationWorkflowConfig
+    from tasks.antihallucination.citation_training import train_citations
+    from tasks.antihallucination.grounding_optimization import optimize_grounding
+
+    def recipe_ah(distributed):
+        return AntiHallucinationWorkflowConfig.model_validate(
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"n_people": 40, "n_prompts": 40, "n_sft_target": 40, "n_sft_benchmark": 16,
+                         "n_prompts_benchmark": 10, "n_eval": 10, "n_dev": 10},
+                "citation": {"train": {**TRAIN, "metrics_every": 1000}},
+                "optimization": {"train": {**TRAIN, "metrics_every": 2}, "val_fraction": 0.25},
+                "distributed": distributed,
+            }
+        )  # fmt: skip
+
+    single, dist = recipe_ah(None), recipe_ah(TWO_RANKS)
+    bundle = load_data(single.data)
+    sft, pairs = tmp_path / "cited.jsonl", tmp_path / "pairs.jsonl"
+    sft.write_text("".join(json.dumps({"instruction": p, "output": c}) + "\n" for p, c in bundle.sft[:32]))
+    sft_rows = bundle.sft[:32]
+    rows = [{"prompt": p, "chosen": c, "rejected": sft_rows[(i + 7) % 32][1]} for i, (p, c) in enumerate(sft_rows)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    @flow
+    def stages(c, run_dir: str):
+        cited = train_citations(c.citation, c.data, str(sft), str(tiny_model_dir), run_dir, max_tokens=6)
+        grounded = optimize_grounding(c.optimization, c.data, str(pairs), str(tiny_model_dir), run_dir, max_tokens=6)
+        return cited, grounded
+
+    one = stages(single, run_dir(tmp_path / "one", single))
+    two = stages(dist, run_dir(tmp_path / "two", dist))
+    for a, b in zip(one, two):
+        launched_two_ranks(Path(b.out_dir) / "distributed")
+        assert not (Path(a.out_dir) / "distributed").exists()  # the single-process run trained here
+        assert type(a) is type(b) and a.steps == b.steps == TRAIN["steps"]
+        close(a.model_dir, b.model_dir, tiny_model_dir)

@@ -99,9 +99,9 @@ class WorkflowRecipe(Recipe):
         None,
         title="Distributed training",
         description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
-        "stage 1's SFT (every workflow) and the DPO, SRF and RLVR workflows' stage-5 training launch on these "
-        "ranks with mlx.launch, data parallel; every other stage, and those stages' evaluations, stay a single "
-        "process.",
+        "every training stage (stage 1's SFT; stage 5's DPO, RL or GRPO; the anti-hallucination stages 3 and 5) "
+        "launches on these ranks with mlx.launch, data parallel; every other stage, and those stages' evaluations, "
+        "stay a single process.",
     )
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
 

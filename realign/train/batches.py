@@ -17,6 +17,8 @@ Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-speci
 # A loss may add its policy logits [B, T-1, V] (stop-gradient) to its metrics under this key: the loop then measures
 # entropy and KL from them instead of running the policy forward again. Never summed or logged as a metric.
 POLICY_LOGITS = "policy_logits"
+# A preference batch's scale for its chosen-token NLL term (RPO, ORPO, CPO): set on a data-parallel slice only.
+NLL_WEIGHT = "nll_weight"
 
 
 # Micro-batches per length group: enough that rows of similar length meet, few enough that a group spans a small

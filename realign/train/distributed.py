@@ -26,7 +26,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from realign.train.batches import POLICY_LOGITS, Batch
+from realign.train.batches import NLL_WEIGHT, POLICY_LOGITS, Batch
 
 if TYPE_CHECKING:  # loop.py imports this module lazily
     from realign.train.loop import TrainConfig, TrainResult
@@ -72,9 +72,9 @@ class DataParallel:
     layout: "rows" (each row an example: SFT) or "pairs" (rows [0, B) chosen, [B, 2B) rejected, with per-pair
     arrays such as the reference log-probs: the preference losses and the reward model).
     weight_by: what the loss averages over, so the combination of slices equals the global loss: "tokens" for a
-    per-token mean (SFT's NLL), "examples" for a per-example mean (DPO, reward model). Losses that add a per-token
-    term to a per-example one (RPO, ORPO, CPO's NLL term) get an example-weighted average: unbiased, but not the
-    single-process value to float precision unless the slices have equal numbers of tokens per example.
+    per-token mean (SFT's NLL), "examples" for a per-example mean (DPO, reward model). The preference losses that add
+    a token mean to the per-example one (RPO, ORPO, CPO's chosen-token NLL) get a per-slice NLL_WEIGHT in the slice,
+    so that term too sums to the global batch's token mean.
     shares: relative throughput per rank (the calibration the shard planner uses); None splits evenly.
     """
 
@@ -124,6 +124,12 @@ class DataParallel:
         total = self.weight(batch)
         # An all-masked global batch (tokens weighting) has no loss to share: weigh by examples instead.
         frac = self.weight(part) / total if total > 0 else counts[self.rank] / sum(counts)
+        if self.layout == "pairs" and self.weight_by == "examples":
+            # The chosen-token NLL (RPO, ORPO, CPO) is a token mean inside a per-example loss: scaled by
+            # (this slice's share of the chosen tokens) / (its share of the examples), frac * that is the token share.
+            chosen = float(batch["mask"][: self.units(batch)].sum().item())
+            mine = float(part["mask"][: counts[self.rank]].sum().item())
+            part[NLL_WEIGHT] = mx.array(mine / chosen / frac if chosen > 0 and frac > 0 else 1.0)
         return part, frac
 
 

@@ -13,7 +13,7 @@ import mlx.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from realign.model.logprobs import TokenBatch, forward_logps
-from realign.train.batches import POLICY_LOGITS, Batch
+from realign.train.batches import NLL_WEIGHT, POLICY_LOGITS, Batch
 from realign.train.losses import cpo_loss, dpo_loss, nll_loss, orpo_loss
 
 
@@ -62,7 +62,7 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
     IPO's loss is on length-averaged log-ratios, but its rewards (and so margins and accuracies) are
     beta * (summed policy - summed reference) log-probs, as TRL 1.16 logs them; ORPO's and CPO's are
     beta * their (averaged for ORPO/SimPO) policy log-probs, as in TRL.
-    The NLL is over the chosen completion tokens (prompt and padding masked) for RPO, CPO and ORPO alike;
+    The NLL is the mean over the chosen completion tokens (prompt and padding masked) for RPO, CPO and ORPO alike;
     TRL's ORPO takes it over prompt + completion (kept: docs/PARITY.md).
     """
 
@@ -73,7 +73,9 @@ def preference_loss(cfg: PreferenceLossConfig) -> Callable[[nn.Module, Batch], t
         B = sums.shape[0] // 2
         pc, pr = sums[:B], sums[B:]
         nc, nr = counts[:B], counts[B:]
-        chosen_nll = nll_loss(lp[:B], mask[:B])
+        # A data-parallel slice's token mean, rescaled so that the ranks' example-weighted sum is the global batch's
+        # token mean (realign.train.distributed.DataParallel.mine); absent in one process.
+        chosen_nll = nll_loss(lp[:B], mask[:B]) * batch.get(NLL_WEIGHT, 1.0)
         if cfg.averaged():
             pc_in, pr_in = pc / nc, pr / nr
         else:

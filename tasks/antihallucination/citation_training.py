@@ -22,6 +22,7 @@ from realign.train.objectives import sft_loss
 from tasks.antihallucination import AH_STAGES
 from tasks.cache import stage_task, weights_digest
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.stages import StageResult, one_row
 
 
@@ -78,15 +79,23 @@ def train_citations(
             log.info(f"SFT step {row['step']}/{steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
     key = resume_key(Path(sft_path).read_bytes(), repr(bundle.replay), weights_digest(start_dir))
-    result = train(
-        lm.model,
-        sft_loss,
-        sft_batches(lm.tokenizer, rows, cfg.train),
-        cfg.train,
-        out_dir=out,
-        callback=progress,
-        resume_key=key,
-    )
+    ranks = stage_distributed(run_dir)
+    if ranks is not None:  # data parallel on the recipe's ranks, from OUT/distributed/; the held-out check stays here
+        sft_rows = [{"prompt": p, "completion": c} for p, c in rows]
+        result = train_on_ranks("sft", start_dir, sft_rows, cfg.train, ranks, out / "distributed")
+        load_trained(lm.model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], training_line(row), row)
+    else:
+        result = train(
+            lm.model,
+            sft_loss,
+            sft_batches(lm.tokenizer, rows, cfg.train),
+            cfg.train,
+            out_dir=out,
+            callback=progress,
+            resume_key=key,
+        )
     bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)

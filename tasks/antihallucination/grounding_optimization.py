@@ -29,6 +29,7 @@ from tasks.antihallucination import AH_STAGES
 from tasks.cache import stage_task, weights_digest
 from tasks.dpo.dpo_optimization import step_line
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.stages import StageResult, one_row
 
 
@@ -112,7 +113,8 @@ def optimize_grounding(
             hallucination=h,
         )
 
-    ref_all = reference_logps(lm.model, lm.tokenizer, pairs)
+    # cut as training cuts them: the reference scores the tokens the policy sees
+    ref_all = reference_logps(lm.model, lm.tokenizer, pairs, max_len=cfg.train.max_seq_len)
     train_pairs, val_pairs, ref_tr, ref_va = split_with_reference(pairs, ref_all, cfg.val_fraction, cfg.train.seed)
     reference = None if cfg.train.lora is not None else load_model(start_dir).model  # full FT: a frozen copy for KL
     prepare_model(lm.model, cfg.train)
@@ -130,16 +132,27 @@ def optimize_grounding(
         f"({len(val_pairs)} held out), {steps} steps"
     )
     key = resume_key(Path(pairs_path).read_bytes(), weights_digest(start_dir), cfg.loss.model_dump_json())
-    result = train(
-        lm.model,
-        preference_loss(cfg.loss),
-        preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr),
-        cfg.train,
-        out_dir=out,
-        reference=reference,
-        callback=progress,
-        resume_key=key,
-    )
+    ranks = stage_distributed(run_dir)
+    if ranks is not None:
+        # Data parallel on the recipe's ranks, from OUT/distributed/, as the DPO workflow's stage 5 (each rank scores
+        # the training pairs' reference log-probs with the start model; with full fine-tuning no per-step KL there);
+        # the held-out check and the grounded metrics below run here.
+        rows = [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for p in train_pairs]
+        result = train_on_ranks("preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss)
+        load_trained(lm.model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], training_line(row), row)
+    else:
+        result = train(
+            lm.model,
+            preference_loss(cfg.loss),
+            preference_batches(lm.tokenizer, train_pairs, cfg.train, ref=ref_tr),
+            cfg.train,
+            out_dir=out,
+            reference=reference,
+            callback=progress,
+            resume_key=key,
+        )
     bar.finish(result.steps_done, result.reason)
     if result.resume_warning:
         log.warning(result.resume_warning)

@@ -51,6 +51,7 @@ def initialize_reference(
         ref.tokenizer,
         pairs,
         batch_size=32,
+        max_len=train_cfg.max_seq_len,  # cut as training cuts them: the reference scores the tokens the policy sees
         on_progress=lambda d, n: log.info(f"reference log-probs {d}/{n}") if d == n else None,
     )
     write_parquet(out / "reference_logps.parquet", pd.DataFrame(cache))
