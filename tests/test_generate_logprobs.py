@@ -122,7 +122,8 @@ def test_lean_decoding_steps_aside_where_mlx_lm_batches_differently():
 
     assert lean_decoding_applies([[1, 2]] * 32, shared=False)
     assert not lean_decoding_applies([[1, 2]] * 33, shared=False)  # mlx-lm admits 32 rows at a time
-    assert not lean_decoding_applies([[1] * 2049], shared=False)  # prefilled in steps, between decoding steps
+    assert lean_decoding_applies([[1] * 2049], shared=False)  # 2048 to prefill, the last token starts decoding
+    assert not lean_decoding_applies([[1] * 2050], shared=False)  # prefilled in steps, between decoding steps
     assert not lean_decoding_applies([[1, 2], [3]], shared=False)  # a one-token prompt starts decoding first
     assert lean_decoding_applies([[1], [3]], shared=True)
 

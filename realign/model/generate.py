@@ -121,7 +121,8 @@ def lean_decoding_applies(rows: Sequence[Sequence[int]], shared: bool) -> bool:
     """Whether `decode_batch` reproduces mlx-lm's batch_generate exactly for these rows: every row enters decoding
     at the same step, which holds when there are at most 32 rows, each prompt fits one prefill step, and either
     every prompt is its one last token (shared prefill) or none is."""
-    if len(rows) > MLX_LM_PREFILL_BATCH or any(len(r) > MLX_LM_PREFILL_STEP for r in rows):
+    # a prompt's last token starts the decoding: the rest, len - 1 tokens, must fit one prefill step
+    if len(rows) > MLX_LM_PREFILL_BATCH or any(len(r) - 1 > MLX_LM_PREFILL_STEP for r in rows):
         return False
     return shared or all(len(r) > 1 for r in rows)
 
@@ -135,7 +136,7 @@ def decode_batch(
     and tokens (greedy: the argmax of the logits, see below). It leaves out per-step bookkeeping: a per-row split of
     the log-probs, response objects, stop-sequence matchers, per-row token buffers."""
     import mlx.core as mx
-    from mlx_lm.generate import PromptProcessingBatch, generation_stream
+    from mlx_lm.generate import PromptProcessingBatch, generation_stream, wired_limit
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.sample_utils import greedy_sampler
 
@@ -144,7 +145,8 @@ def decode_batch(
     # by one constant per row keeps the order; only an exact tie after rounding could differ), and on a CPU the
     # full-vocabulary exp costs as much as a tiny model's forward pass.
     greedy = sampler is greedy_sampler
-    with mx.stream(generation_stream):
+    # as mlx-lm's generators: the model's weights wired in memory on a Mac while decoding (nothing on a CPU)
+    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
         batch = PromptProcessingBatch(
             model=model,
             uids=list(range(n)),
@@ -166,7 +168,11 @@ def decode_batch(
         out: list[list[int]] = [[] for _ in range(n)]
         upcoming = sample(mx.array([r[-1] for r in rows]))
         mx.async_eval(upcoming)
+        steps = 0
         while active:
+            steps += 1
+            if steps % 512 == 0:  # as mlx-lm's BatchGenerator: long generations return the allocator's cache
+                mx.clear_cache()
             current = upcoming
             upcoming = sample(current)  # the next step is queued before this one is read, as mlx-lm does
             mx.async_eval(upcoming)

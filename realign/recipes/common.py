@@ -99,9 +99,9 @@ class WorkflowRecipe(Recipe):
         None,
         title="Distributed training",
         description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
-        "every training stage (stage 1's SFT; stage 5's DPO, RL or GRPO; the anti-hallucination stages 3 and 5) "
-        "launches on these ranks with mlx.launch, data parallel; every other stage, and those stages' evaluations, "
-        "stay a single process.",
+        "the policy's training stages (stage 1's SFT; stage 5's DPO, RL or GRPO; the anti-hallucination stages 3 "
+        "and 5) launch on these ranks with mlx.launch, data parallel; every other stage (the SRF reward model's "
+        "training too), and those stages' evaluations, stay a single process.",
     )
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
 

@@ -205,7 +205,9 @@ def gather_ragged(values: np.ndarray, counts: Sequence[int], group: mx.distribut
     width = max(counts)
     padded = np.zeros(width, dtype=np.float64)
     padded[: len(values)] = values
-    gathered = np.array(mx.distributed.all_gather(mx.array(padded), group=group)).reshape(group.size(), width)
+    # as raw 32-bit words: mx.array() would make float64 float32, and every backend moves uint32
+    words = mx.array(padded.view(np.uint32))
+    gathered = np.array(mx.distributed.all_gather(words, group=group)).view(np.float64).reshape(group.size(), width)
     return np.concatenate([gathered[r, :n] for r, n in enumerate(counts)])
 
 

@@ -101,7 +101,7 @@ class DistributedJob(BaseModel):
     out_dir: str = Field(description="Rank 0's outputs and checkpoints.")
     train: TrainConfig = Field(TrainConfig(), description="Optimisation settings; batch_size is the global batch.")
     loss: PreferenceLossConfig = Field(PreferenceLossConfig(), description="Preference objective (kind preference).")
-    rl: RLConfig | None = Field(None, description="RL settings (kind rlvr); its `train` replaces `train`.")
+    rl: RLConfig | None = Field(None, description="RL settings (kinds rlvr, srf); its `train` replaces `train`.")
     verifier: str = Field("auto", description="Verifier kind that rewards the samples (kind rlvr).")
     reward_model: str | None = Field(None, description="Reward model directory every rank can read (kind srf).")
     reward_model_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of its score (kind srf).")
@@ -111,6 +111,11 @@ class DistributedJob(BaseModel):
     shares: list[float] | None = Field(None, description="Relative throughput per rank; None splits evenly.")
     chat: bool = Field(True, description="Apply the chat template to prompts.")
     save_model: bool = Field(False, description="Also write the trained model directory (rank 0) to OUT_DIR/model.")
+    resume_key: str = Field(
+        "",
+        description="The stage's own resume key (its inputs' digest: start weights, settings): checkpoints made under "
+        "another are never continued.",
+    )
 
 
 def _rows(path: str) -> list[dict]:
@@ -136,7 +141,7 @@ def run_job(job: DistributedJob) -> dict:
     cfg = job.train
     lm = load_model(job.model)
     rows = _rows(job.data)
-    key = resume_key(Path(job.data).read_bytes(), job.model, job.kind, job.loss.model_dump_json())
+    key = resume_key(Path(job.data).read_bytes(), job.model, job.kind, job.loss.model_dump_json(), job.resume_key)
     if job.kind == "sft":
         batches = sft_batches(lm.tokenizer, [(r["prompt"], r["completion"]) for r in rows], cfg, chat=job.chat)
         loss, layout, weight_by = sft_loss, "rows", "tokens"
@@ -213,7 +218,15 @@ def _run_rl_job(job: DistributedJob, group) -> dict:
     reference = None if job.rl.train.lora is not None else load_model(job.model).model  # LoRA: the base, adapters off
     prepare_model(lm.model, job.rl.train)
     parallel = DataParallel(group, shares=tuple(job.shares) if job.shares else None) if size > 1 else None
-    key = resume_key(Path(job.data).read_bytes(), job.model, job.kind, job.verifier, job.reward_model or "")
+    key = resume_key(
+        Path(job.data).read_bytes(),
+        job.model,
+        job.kind,
+        job.verifier,
+        job.reward_model or "",
+        f"{job.reward_model_weight}|{job.verifier_weight}",
+        job.resume_key,
+    )
     if job.reward_model and Path(job.reward_model, "score_head.safetensors").is_file():
         key = resume_key(key, Path(job.reward_model, "score_head.safetensors").read_bytes())
 

@@ -509,10 +509,13 @@ def rl_train(
     parallel: data parallelism over `mlx.launch` ranks. Each rank takes whole prompts (their G samples stay on one
     rank, so group statistics need no communication) in proportion to `parallel.shares`, samples with its own seed,
     pools the rewards for the advantages, and weighs its gradient by its share of what the loss averages over
-    (`loss_weight`); one all_sum per update gives every rank the same gradient. The sampled completions differ from
+    (`loss_shares`); one all_sum per update gives every rank the same gradient. The sampled completions differ from
     one process's (other seeds, other batch compositions); for the same samples the gradient is the one process's.
     Rank 0 alone resumes, checkpoints and calls `callback`; rows add compute_s/rankN, wait_s/rankN, comm_s, ranks.
-    With entropy_coef > 0 under loss_type "grpo", the entropy term (a token mean) is weighed by sequences too.
+    Where the loss averages over sequences (grpo, dr_grpo, RLOO), the token means in it and in the logs (the entropy
+    bonus, kl, entropy, clip ratios) are combined by sequence shares too: an average of the ranks' token means, not
+    the global token mean, so kl_limit reads that average. A rank whose reward function raises leaves the others
+    waiting in a collective until mlx.launch stops them all.
     """
     tc = cfg.train
     if not prompts:
@@ -555,11 +558,12 @@ def rl_train(
     for step in range(start, tc.steps):
         t0 = time.perf_counter()
         mx.random.seed((tc.seed * 1_000_003 + step) % 2**32)
-        rolls, fracs = [], []
+        rolls, fracs, samples_per_rank = [], [], [0] * size
         for k in range(tc.grad_accum):
             chosen = order(step * tc.grad_accum + k)
             counts = split_counts(len(chosen), parallel.shares if group else None, size)
             first = sum(counts[:rank])
+            samples_per_rank = [n + c * G for n, c in zip(samples_per_rank, counts)]
             rolls.append(
                 rollout(
                     policy,
@@ -568,7 +572,7 @@ def rl_train(
                     [prompts[j] for j in chosen[first : first + counts[rank]]],
                     reward_fn,
                     cfg,
-                    # rank 0's seed is a single process's: one rank draws what one process would
+                    # rank 0's seed is the single process's formula (with one rank, the same draws as before)
                     seed=(tc.seed * 7_919 + step * tc.grad_accum + k + rank * 1_000_033) % 2**31,
                     pool=rank_pool(counts, G, group) if group else None,
                 )
@@ -600,7 +604,7 @@ def rl_train(
         lengths = [n for r in rolls for n in r.lengths]
         ntoks = float(sum(r.mask.sum().item() for r in rolls))
         if group:
-            lengths = gather_ragged(np.array(lengths), [c * G * len(rolls) for c in counts], group).tolist()
+            lengths = gather_ragged(np.array(lengths), samples_per_rank, group).tolist()
             ntoks = mx.distributed.all_sum(mx.array(ntoks), group=group).item()
         dt = time.perf_counter() - t0
         # divided by updates * micro-batches: each micro-batch's metrics are means (weighted over ranks: still means)

@@ -82,7 +82,7 @@ def train_citations(
     ranks = stage_distributed(run_dir)
     if ranks is not None:  # data parallel on the recipe's ranks, from OUT/distributed/; the held-out check stays here
         sft_rows = [{"prompt": p, "completion": c} for p, c in rows]
-        result = train_on_ranks("sft", start_dir, sft_rows, cfg.train, ranks, out / "distributed")
+        result = train_on_ranks("sft", start_dir, sft_rows, cfg.train, ranks, out / "distributed", key=key)
         load_trained(lm.model, out / "distributed")
         for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
             bar.update(row["step"], training_line(row), row)

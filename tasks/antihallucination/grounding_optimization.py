@@ -138,7 +138,9 @@ def optimize_grounding(
         # the training pairs' reference log-probs with the start model; with full fine-tuning no per-step KL there);
         # the held-out check and the grounded metrics below run here.
         rows = [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for p in train_pairs]
-        result = train_on_ranks("preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss)
+        result = train_on_ranks(
+            "preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss, key=key
+        )
         load_trained(lm.model, out / "distributed")
         for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
             bar.update(row["step"], training_line(row), row)

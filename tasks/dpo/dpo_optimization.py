@@ -114,7 +114,9 @@ def optimize_dpo(
             {"prompt": str(p["prompt"]), "chosen": str(p["chosen"]), "rejected": str(p["rejected"])}
             for p in train_pairs
         ]
-        result = train_on_ranks("preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss)
+        result = train_on_ranks(
+            "preference", start_dir, rows, cfg.train, ranks, out / "distributed", loss=cfg.loss, key=key
+        )
         load_trained(lm.model, out / "distributed")
         for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
             bar.update(row["step"], training_line(row), row)

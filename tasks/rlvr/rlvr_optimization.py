@@ -112,7 +112,9 @@ def optimize_rlvr(
         # whole groups of its share of every step's tasks and the verifier rewards them there; the evaluations
         # before and after stay here, single-process.
         rows = [{"prompt": t.prompt, "solution": t.solution, "tests": list(t.tests or [])} for t in tasks]
-        result = train_on_ranks("rlvr", start_dir, rows, tc, ranks, out / "distributed", rl=rl, verifier=verifier.kind)
+        result = train_on_ranks(
+            "rlvr", start_dir, rows, tc, ranks, out / "distributed", rl=rl, verifier=verifier.kind, key=key
+        )
         load_trained(lm.model, out / "distributed")
         for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
             bar.update(row["step"], training_line(row), row)

@@ -164,12 +164,14 @@ def train_on_ranks(
     reward_model: str | None = None,
     reward_model_weight: float = 1.0,
     verifier_weight: float = 0.0,
+    key: str = "",
 ) -> TrainResult:
     """Train `model_dir` on `rows` across the ranks `cfg` names: the rows go to JOB_DIR/data.jsonl ({prompt,
     completion} for kind sft, {prompt, chosen, rejected} for preference, {prompt, solution, tests} for rlvr, with
     `rl` and `verifier`, {prompt, answer} for srf, with `rl`, the reward model and the weights), the job to
     JOB_DIR/job.json (shares from `rank_shares`), one `train_distributed` task launches it; rank 0 leaves its trained
     weights in JOB_DIR/trainable.safetensors (see `load_trained`) and its checkpoints in JOB_DIR/checkpoints.
+    key: the stage's own resume key, so the ranks never continue checkpoints made from other inputs.
 
     Returns what the single-process loop would (its history rows also carry the per-rank timings).
     """
@@ -191,6 +193,7 @@ def train_on_ranks(
         reward_model=reward_model,
         reward_model_weight=reward_model_weight,
         verifier_weight=verifier_weight,
+        resume_key=key,
     )
     done = train_distributed(job, cfg, timeout)
     result = TrainResult(
@@ -200,7 +203,9 @@ def train_on_ranks(
         resumed_from=done["resumed_from"],
         resume_warning=done["resume_warning"],
     )
-    if result.stopped == "kl_limit" and result.history:  # the loop's reason, from the step that stopped it
+    if done.get("reason"):  # the loop's own reason (a KL stop), as rank 0 wrote it
+        result.reason = done["reason"]
+    elif result.stopped == "kl_limit" and result.history:
         last = result.history[-1]
         result.reason = f"KL {last['kl']:.4f} > limit {train.kl_limit} at step {last['step']}"
     _logger().info(

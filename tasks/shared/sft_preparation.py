@@ -81,18 +81,18 @@ def prepare_sft(
             if row["step"] % max(1, cfg.steps // 10) == 0 or row["step"] == cfg.steps:
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s")
 
+        key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
         ranks = stage_distributed(run_dir, distributed)
         if ranks is not None:
             # Every rank loads the base model and trains its slice of each global batch; rank 0's weights then come
             # into lm.model (prepared above as on the ranks), and the stage goes on as after training here.
             rows = [{"prompt": p, "completion": c} for p, c in bundle.sft]
             model_src = base if Path(str(base)).exists() else lm.path  # a hub id: the local copy load_model read
-            result = train_on_ranks("sft", model_src, rows, cfg, ranks, out / "sft")
+            result = train_on_ranks("sft", model_src, rows, cfg, ranks, out / "sft", key=key)
             load_trained(lm.model, out / "sft")
             for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
                 bar.update(row["step"], training_line(row), row)
         else:
-            key = resume_key(repr((str(base), bundle.sft)))  # same base model and data, or start over
             batches = sft_batches(lm.tokenizer, bundle.sft, cfg)
             result = train(lm.model, sft_loss, batches, cfg, out_dir=out / "sft", callback=progress, resume_key=key)
         bar.finish(result.steps_done, result.reason)

@@ -115,6 +115,7 @@ def optimize_rl(
             reward_model=reward_model_dir if cfg.reward_model_weight else None,
             reward_model_weight=cfg.reward_model_weight,
             verifier_weight=cfg.verifier_weight,
+            key=key,
         )
         load_trained(lm.model, out / "distributed")
         for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
