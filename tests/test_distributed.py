@@ -4,11 +4,11 @@ Every distributed result is compared with one process on the same global batch:
 - the gradient of a global batch summed over ranks (even and 3:1 splits) equals the single-process gradient to
   float32 rounding: SFT, DPO and the reward model's Bradley-Terry loss (per tensor, max |diff| <= 1e-5 * max |g|,
   5e-5 for the reward model; measured 1.2e-6 and 1.0e-5);
-- SFT and DPO trained for 4 steps on 2 ranks end at the single-process weights within atol 1e-4, and within 1e-6
-  on average. Not bit-exact: the ranks sum their slices' gradients in another order (and the matrix products run on
-  other row counts), which changes the last bits of the gradient; AdamW divides each gradient by its running RMS,
-  so where a gradient is ~0 those last bits decide the update's sign, up to lr per step (1e-3 here; measured max
-  2.6e-5, mean 2e-8);
+- SFT and DPO trained for 4 steps on 2 ranks end at the single-process weights: 99.9% of them within 1e-5, 1e-6 on
+  average, none further than lr per step. Not bit-exact: the ranks sum their slices' gradients in another order (and
+  the matrix products run on other row counts), which changes the last bits of the gradient; AdamW divides each
+  gradient by its running RMS, so where a gradient is ~0 those last bits decide the update's sign, up to lr per step
+  (1e-3 here; measured max 2.6e-5 to 1.5e-4 from run to run, mean 2e-8);
 - greedy generation with the model split over 2 ranks (tensor and pipeline parallel) gives the same tokens.
 """
 
@@ -224,11 +224,13 @@ def test_training_on_two_ranks_matches_one_process(work, kind, shares):
     b = load(work["root"] / f"{tag}-two" / "trainable.safetensors")
     assert a.keys() == b.keys()
     diffs = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a])
-    assert diffs.max() <= 1e-4, diffs.max()  # see the module docstring for why not bit-exact
+    # see the module docstring for why not bit-exact, and why a few weights may differ by up to lr per step
     assert diffs.mean() <= 1e-6, diffs.mean()
+    assert np.quantile(diffs, 0.999) <= 1e-5, np.quantile(diffs, 0.999)
+    assert diffs.max() <= LR * STEPS, diffs.max()
     # ...while training did move the weights by far more than that
     moved = np.concatenate([np.abs(a[k] - v).ravel() for k, v in load_initial(work, a).items()])
-    assert moved.max() > 100 * diffs.max()
+    assert moved.max() > 100 * np.quantile(diffs, 0.999)
 
 
 def load_initial(work, like: dict) -> dict[str, np.ndarray]:

@@ -4,10 +4,10 @@ on the ring backend), and what they leave is what the single-process stage leave
 Stage 1 (SFT), the DPO workflow's stage 5 and the anti-hallucination stages 3 and 5 each run twice under
 prefect_test_harness, in two run directories whose RUN_DIR/recipe.json (as the flow's Run writes it) differs only in
 `distributed`: the distributed run must have launched 2 ranks (its job files and per-rank step rows), return a result
-of the same form, write the same output files, and end at the single-process weights within the tolerance of
-tests/test_distributed.py (max |diff| <= 1e-4; see its docstring for why not bit-exact). The SRF and RLVR stage 5
-(on-policy RL: the ranks sample other completions than one process) are checked in form: launched on 2 ranks,
-identical weights on both, evaluations here.
+of the same form, write the same output files, and end at the single-process weights up to float rounding (`close`:
+99.9% within 1e-5, mean 1e-6, none beyond lr per step; tests/test_distributed.py's docstring says why). The SRF and
+RLVR stage 5 (on-policy RL: the ranks sample other completions than one process) are checked in form: launched on 2
+ranks, identical weights on both, evaluations here.
 """
 
 from __future__ import annotations
@@ -75,14 +75,21 @@ def files(d) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file())
 
 
-def close(one_dir, two_dir, start_dir) -> None:
+def close(one_dir, two_dir, start_dir, lr: float = TRAIN["learning_rate"], steps: int = TRAIN["steps"]) -> None:
+    """The distributed weights are the single-process ones up to float rounding: nearly every weight within 1e-5 and
+    on average within 1e-6. A few may be further apart, but never more than lr per step: AdamW divides each gradient
+    by its running RMS, so where a gradient is ~0 its last bits (summation order) decide the sign of a step of up to
+    lr (measured max 1e-5 to 1.5e-4 from run to run, 99.9th percentile ~1e-7, mean ~2e-8)."""
     a, b, start = weights(one_dir), weights(two_dir), weights(start_dir)
     assert a.keys() == b.keys()
     diffs = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a])
-    print(f"max |diff| {diffs.max():.3g}, mean {diffs.mean():.3g}")
-    assert diffs.max() <= 1e-4, diffs.max()
+    p999 = float(np.quantile(diffs, 0.999))
+    print(f"max |diff| {diffs.max():.3g}, 99.9th percentile {p999:.3g}, mean {diffs.mean():.3g}")
+    assert diffs.mean() <= 1e-6, diffs.mean()
+    assert p999 <= 1e-5, p999
+    assert diffs.max() <= lr * steps, diffs.max()
     moved = np.concatenate([np.abs(a[k] - start[k]).ravel() for k in a])
-    assert moved.max() > 100 * diffs.max()  # training moved the weights by far more than the ranks' difference
+    assert moved.max() > 100 * p999  # training moved the weights by far more than the ranks' difference
 
 
 def launched_two_ranks(job_dir: Path) -> None:
