@@ -60,6 +60,19 @@ def test_extract_steer_score_and_abliterate(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12 and rows[0]["steer"] == [f"{vec}:4@1", f"{vec}:-2"]
 
+    # the main `realign generate` steers too: strength 0 is the unsteered model, a strong vector changes the greedy text
+    texts = {}
+    for name, extra in (("none", []), ("zero", ["--steer", f"{vec}:0@1"]), ("strong", ["--steer", f"{vec}:40@1"])):
+        gen = tmp_path / f"main-{name}.jsonl"
+        args = ["--model", str(tiny_model_dir), "--prompts", str(pos), "--out", str(gen), "--temperature", "0"]
+        r = run_cli("generate", *args, "--max-tokens", "6", *extra)
+        assert r.returncode == 0, r.stderr
+        assert ("steered by" in r.stdout) == bool(extra)
+        texts[name] = [json.loads(line)["responses"][0]["text"] for line in gen.read_text().splitlines()]
+    assert texts["zero"] == texts["none"] and texts["strong"] != texts["none"]
+    r = run_cli("generate", "--model", str(tiny_model_dir), "--prompts", str(pos), "--out", str(gen), "--steer", "x:1")
+    assert r.returncode == 2 and "no such file" in r.stderr
+
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Copy: {d}", "answer": d}) + "\n" for d in digits[:4]))
     losses = tmp_path / "losses.jsonl"

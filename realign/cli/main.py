@@ -315,6 +315,12 @@ def generate_cmd(
     top_p: float = typer.Option(1.0, "--top-p"),
     max_tokens: int = typer.Option(64, "--max-tokens"),
     seed: int = typer.Option(0, "--seed"),
+    steer: list[str] = typer.Option(
+        [],
+        "--steer",
+        help="VEC.safetensors:STRENGTH[@LAYER], repeatable: steering vectors added to the residual stream while "
+        "generating (see `realign steer`).",
+    ),
 ) -> None:
     """Sample N completions per prompt with batched generation (chat template applied)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -322,11 +328,13 @@ def generate_cmd(
     from realign.io import atomic_path
     from realign.model.generate import GenerationConfig, generate
     from realign.model.load import ModelLoadError, load_model
+    from realign.steer.steering import load_steering, steered
 
     try:
         cfg = GenerationConfig(
             n=n, batch_size=batch_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
         )
+        vectors = load_steering(steer)
     except ValueError as exc:
         _fail(str(exc))
     texts = _read_prompts(prompts)
@@ -343,16 +351,27 @@ def generate_cmd(
         disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("gen", total=len(texts) * n)
-        results = generate(
-            lm.model, lm.tokenizer, texts, cfg, on_progress=lambda done, total: progress.update(task, completed=done)
-        )
+        try:
+            with steered(lm.model, vectors):
+                results = generate(
+                    lm.model,
+                    lm.tokenizer,
+                    texts,
+                    cfg,
+                    on_progress=lambda done, total: progress.update(task, completed=done),
+                )
+        except ValueError as exc:  # a vector whose width or layer does not fit this model
+            _fail(str(exc))
     with atomic_path(out_path, "w") as fh:
         for p, comps in zip(texts, results):
             fh.write(
                 json.dumps({"prompt": p, "responses": [{"text": c.text, "tokens": c.n_tokens} for c in comps]}) + "\n"
             )
     total = sum(c.n_tokens for comps in results for c in comps)
-    out.print(f"wrote {len(texts) * n} completions ({total} tokens) for {len(texts)} prompts to {out_path}")
+    out.print(
+        f"wrote {len(texts) * n} completions ({total} tokens) for {len(texts)} prompts to {out_path}"
+        + (f" steered by {', '.join(steer)}" if steer else "")
+    )
 
 
 def _read_prompts(path: Path) -> list[str]:
