@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -446,3 +447,77 @@ def test_the_rank_that_failed_on_its_own_account_is_named_not_its_peer():
     assert failed_rank(["step 1: loss 2.0"], cfg) == (None, None)
     assert rank_error(lines, 1) == "out of memory" and rank_error(lines, 0).endswith("closed by the peer")
     assert rank_error(lines[2:], 1) is None
+
+
+def test_sampling_is_sharded_when_the_recipe_forces_it_or_the_plan_says_the_model_fits_no_machine(
+    tmp_path, tiny_model_dir, capsys
+):
+    from hardware.sizing import KNOWN_SHAPES
+    from realign.train.distributed_job import DistributedConfig
+    from tasks.shared.distributed import sharded_sampling
+
+    ranks = DistributedConfig(hosts=["127.0.0.1"], ranks_per_host=2)
+    huge = tmp_path / "llama-405b"
+    huge.mkdir()
+    (huge / "config.json").write_text(json.dumps({**KNOWN_SHAPES["Llama-3.1-405B"], "torch_dtype": "bfloat16"}))
+
+    assert sharded_sampling(None, str(tiny_model_dir), 100) is None  # fits: sample here
+    assert sharded_sampling(ranks, str(tiny_model_dir), 100) is None  # ranks for training only
+    forced = ranks.model_copy(update={"model_sharding": "always"})
+    assert "always" in sharded_sampling(forced, str(tiny_model_dir), 100)
+    why = sharded_sampling(ranks, str(huge), 100)
+    assert why.startswith("the hardware plan says sharded") and "405" in why
+    assert sharded_sampling(ranks.model_copy(update={"model_sharding": "never"}), str(huge), 100) is None
+    capsys.readouterr()
+    assert sharded_sampling(None, str(huge), 100) is None  # no ranks to shard over: said, not failed
+    assert "no distributed section" in capsys.readouterr().err
+    assert sharded_sampling(None, str(tmp_path / "no-such-model"), 100) is None  # nothing to plan by
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["tensor", "pipeline"])
+def test_stage_two_samples_with_the_model_split_over_two_ranks_as_one_process_does(peaked_model, tmp_path, mode):
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from realign.recipes.dpo import DPOWorkflowConfig
+    from tasks.dpo.preference_data import generate_pairs
+
+    def recipe(distributed):
+        c = DPOWorkflowConfig.model_validate(
+            {
+                "model": {"path": str(peaked_model)},
+                "data": {"n_prompts": 12, "n_prompts_benchmark": 4, "n_eval": 10, "n_dev": 10},
+                "pairs": {
+                    "generation": {"n": 2, "temperature": 0.0, "max_tokens": 8, "batch_size": 16},
+                    "use_calibration": False,
+                },
+                "distributed": distributed,
+            }
+        )
+        root = tmp_path / ("two" if distributed else "one")
+        root.mkdir()
+        (root / "recipe.json").write_text(json.dumps(c.model_dump(mode="json")))
+        return c, str(root)
+
+    @flow
+    def stage_two(c, run_dir: str):
+        return generate_pairs(c.pairs, c.data, 0.15, 13, str(peaked_model), run_dir, 1)
+
+    sharded = {"hosts": ["127.0.0.1"], "ranks_per_host": 2, "model_sharding": "always", "shard_mode": mode}
+    with prefect_test_harness(server_startup_timeout=120):
+        one = stage_two(*recipe(None))
+        two = stage_two(*recipe(sharded))
+    assert one.shards[0]["shard"] == "local" and two.shards[0]["shard"] == f"sharded model ({mode}, 2 ranks)"
+    assert (Path(two.out_dir) / "sharded" / "generated.json").is_file()
+    rows = [[json.loads(line) for line in (Path(r.out_dir) / "completions.jsonl").open()] for r in (one, two)]
+    texts = [r["responses"][0]["text"] for r in rows[0]]
+    assert len(rows[0]) >= 12 and len(set(texts)) > 3  # greedy answers that differ from prompt to prompt
+    assert [r["prompt"] for r in rows[1]] == [r["prompt"] for r in rows[0]]  # back in the stage's order
+    same = sum(a == b for a, b in zip(*rows))
+    print(f"{mode}: {same} of {len(rows[0])} prompts sampled and scored exactly as in one process")
+    if mode == "pipeline":  # each rank runs whole layers: the same arithmetic, the same answers and scores
+        assert same == len(rows[0]) and json.dumps(two.stats) == json.dumps(one.stats)
+    else:  # each layer's partial products are summed across ranks in another order: a near-tie may flip a token
+        assert same >= 0.6 * len(rows[0])  # measured 14 and 15 of 16
+    assert two.completions == one.completions

@@ -123,11 +123,26 @@ def sample_and_score(
     reward_model: score = `reward_model`'s (a RewardModelScorer) sigmoid(reward), second = exact match likewise.
     """
     from realign.model.generate import generate
-    from realign.score.judge import JudgeScorer
 
     gen_cfg = pairs_cfg.generation.model_copy(update={"seed": seed})
     samples = generate(lm.model, lm.tokenizer, list(prompts), gen_cfg, on_progress=on_progress)
-    texts = [[c.text for c in per] for per in samples]
+    return score_samples(
+        prompts, [[c.text for c in per] for per in samples], answers, pairs_cfg, judge_lm, reward_model
+    )
+
+
+def score_samples(
+    prompts: Sequence[str],
+    texts: list[list[str]],
+    answers: Sequence[str | None],
+    pairs_cfg: PairsConfig,
+    judge_lm=None,
+    reward_model=None,
+) -> ScoredSamples:
+    """Score answers already sampled (`texts[i]` for `prompts[i]`) with the stage's scorer (see sample_and_score):
+    the same scores whichever way the answers were generated (in this process, a shard, a sharded model)."""
+    from realign.score.judge import JudgeScorer
+
     exact = None
     if all(a is not None for a in answers):
         exact = [[float(t.strip() == a.strip()) for t in ts] for ts, a in zip(texts, answers)]

@@ -70,6 +70,16 @@ class DistributedConfig(BaseModel):
         None, ge=1024, le=65000, description="First TCP port of the ring backend; None picks a free one locally."
     )
     python: str | None = Field(None, description="Python on the hosts; default this interpreter (same venv path).")
+    model_sharding: Literal["plan", "always", "never"] = Field(
+        "plan",
+        description="Stage 2's sampling (DPO, SRF) with one model split over these ranks (realign.model.sharded): "
+        "plan: when the hardware plan says 'sharded' (the model fits no single machine); always: force it; never.",
+    )
+    shard_mode: Literal["auto", "tensor", "pipeline"] = Field(
+        "auto",
+        description="How a sharded model is split: tensor (every layer over the ranks; wants Thunderbolt/JACCL), "
+        "pipeline (consecutive layers per rank; tolerates a slower link), auto: tensor where the architecture has it.",
+    )
 
     @model_validator(mode="after")
     def _shares_positive(self):

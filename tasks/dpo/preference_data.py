@@ -17,11 +17,12 @@ from realign.io import write_json, write_parquet
 from realign.model.load import load_model, model_root
 from realign.score.judge import JudgeScorer
 from realign.score.reward_model import load_reward_model
-from realign.score.sampling import PairsConfig, score_given
+from realign.score.sampling import PairsConfig, score_given, score_samples
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.progress import Progress
 from tasks.shards import run_shards
+from tasks.shared.distributed import sample_on_sharded_model, sharded_sampling, stage_distributed
 from tasks.stages import StageResult, one_row
 
 
@@ -108,10 +109,40 @@ def _pairwise_judge(pairs_cfg: PairsConfig):
     return judge_pairs
 
 
-def _sample(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out, round: int):
-    """Sample gen_cfg.n answers per prompt with the current model and score them (over work pools when sharded)."""
+def _sample_sharded(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out, dist, why: str):
+    """Sample with the model split over the recipe's ranks, then score here: (texts, scores, second, shards)."""
+    log = get_run_logger()
+    log.info(f"sampling with {model_dir} split over {dist.world_size()} ranks: {why}")
+    t0 = time.perf_counter()
+    texts, mode = sample_on_sharded_model(bundle.prompts, model_dir, gen_cfg, dist, out / "sharded")
+    seconds = time.perf_counter() - t0
+    judge_lm = load_model(pairs_cfg.judge_model) if pairs_cfg.scorer == "judge" else None
+    rm = load_reward_model(pairs_cfg.reward_model) if pairs_cfg.scorer == "reward_model" else None
+    scored = score_samples(
+        bundle.prompts, texts, [bundle.answers.get(p) for p in bundle.prompts], pairs_cfg, judge_lm, rm
+    )
+    record = {
+        "shard": f"sharded model ({mode}, {dist.world_size()} ranks)",
+        "rows": len(bundle.prompts),
+        "planned_examples_per_s": None,
+        "planned_from": why,
+        "measured_examples_per_s": len(bundle.prompts) / seconds,
+        "output": str(out / "sharded" / "generated.json"),
+    }
+    return scored, [record]
+
+
+def _sample(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out, round: int, run_dir: str):
+    """Sample gen_cfg.n answers per prompt with the current model and score them: over work pools when the recipe
+    names them, with the model split over the recipe's ranks when it fits no machine (or the recipe says so)."""
     log = get_run_logger()
     total = len(bundle.prompts) * gen_cfg.n
+    dist = stage_distributed(run_dir)
+    why = sharded_sampling(dist, model_dir, total)
+    if why:
+        scored, shards = _sample_sharded(bundle, pairs_cfg, gen_cfg, model_dir, out, dist, why)
+        Progress(DPO_STAGES.name(2, round), f"round {round} answers generated", total).update(total)
+        return scored.texts, scored.scores, scored.second, shards
     log.info(
         f"round {round}: sampling {gen_cfg.n} answers for {len(bundle.prompts)} prompts with {model_dir} "
         f"(batch {gen_cfg.batch_size})"
@@ -151,7 +182,7 @@ def generate_pairs(
     given = score_given_pairs(data.pairs, pairs_cfg, bundle.answers) if data.pairs and round == 1 else None
     texts, scores, second, shards = [], [], None, []
     if given is None or pairs_cfg.top_up:  # later rounds sample on-policy from the current model
-        texts, scores, second, shards = _sample(bundle, pairs_cfg, gen_cfg, model_dir, out, round)
+        texts, scores, second, shards = _sample(bundle, pairs_cfg, gen_cfg, model_dir, out, round, run_dir)
     prompts = bundle.prompts if texts else []
     pairs, stats = build_pairs(
         prompts,

@@ -23,6 +23,7 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from hardware.config import HardwareConfig
+from realign.model.generate import GenerationConfig
 from realign.model.sharded import ShardedJob
 from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, hostfile_hosts, launch
 from realign.train.loop import TrainConfig, TrainResult
@@ -133,6 +134,58 @@ def run_sharded_inference(job: ShardedJob, cfg: DistributedConfig, timeout: floa
 def sharded_inference(job: ShardedJob, cfg: DistributedConfig, timeout: float | None = None) -> dict:
     """The Prefect task: one launch of all ranks holding one model between them; a failed rank fails it (named)."""
     return run_sharded_inference(job, cfg, timeout)
+
+
+# --- what the sampling stage calls ------------------------------------------------------------------
+
+
+def sharded_sampling(cfg: DistributedConfig | None, model_dir: str, examples: int) -> str | None:
+    """Why stage 2 samples with the model split over the ranks of `cfg`, or None (sample here or over the pools).
+
+    The recipe forces it (`distributed.model_sharding: always`) or forbids it (`never`); by default (`plan`) the
+    hardware plan decides: its 'sharded' mode means the model fits no single machine (hardware.selection). A plan
+    that says sharded for a recipe without a `distributed` section is a warning, not an error: the machine this
+    runs on may hold more than the profiles say.
+    """
+    if cfg is not None and cfg.model_sharding != "plan":
+        return "the recipe's distributed.model_sharding is 'always'" if cfg.model_sharding == "always" else None
+    from hardware.plan import make_plan
+
+    try:
+        plan = make_plan(model_dir, max(1, examples))
+    except ValueError as exc:  # no config.json and no size in the name: nothing to plan by
+        _logger().info(f"no hardware plan for {model_dir} ({exc}): sampling in this process")
+        return None
+    if plan.mode != "sharded":
+        return None
+    if cfg is None:
+        _logger().warning(
+            f"the hardware plan says the model is to be sharded ({plan.reason}), but the recipe has no distributed "
+            "section: sampling in this process. Add distributed: {hosts: [...]} to split it over machines."
+        )
+        return None
+    return f"the hardware plan says sharded: {plan.reason}"
+
+
+def sample_on_sharded_model(
+    prompts: list[str], model_dir: str, generation: GenerationConfig, cfg: DistributedConfig, job_dir: str | Path
+) -> tuple[list[list[str]], str]:
+    """`generation.n` answers per prompt from the model split over the ranks `cfg` names (one `sharded_inference`
+    launch; every rank samples the same tokens, rank 0 writes them). Returns (texts per prompt, the mode used)."""
+    out = Path(job_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    job = ShardedJob(
+        kind="generate",
+        model=str(model_dir),
+        data=str(data),
+        out=str(out / "generated.json"),
+        mode=cfg.shard_mode,
+        generation=generation,
+    )
+    done = sharded_inference(job, cfg)
+    return [[c["text"] for c in per] for per in done["results"]], done["mode"]
 
 
 # --- what the training stages call ---------------------------------------------------------------
