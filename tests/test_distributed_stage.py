@@ -1,8 +1,9 @@
 """A recipe's `distributed:` section makes the training stages launch themselves on ranks (mlx.launch, 2 local ranks
 on the ring backend), and what they leave is what the single-process stage leaves.
 
-Stage 1 (SFT), the DPO workflow's stage 5 and the anti-hallucination stages 3 and 5 each run twice under
-prefect_test_harness, in two run directories whose RUN_DIR/recipe.json (as the flow's Run writes it) differs only in
+Stage 1 (SFT), the DPO workflow's stage 5, the SRF reward model (stage 3) and the anti-hallucination stages 3 and 5
+each run twice under prefect_test_harness, in two run directories whose RUN_DIR/recipe.json (as the flow's Run writes
+it) differs only in
 `distributed`: the distributed run must have launched 2 ranks (its job files and per-rank step rows), return a result
 of the same form, write the same output files, and end at the single-process weights up to float rounding (`close`:
 99.9% within 1e-5, mean 1e-6, none beyond lr per step; tests/test_distributed.py's docstring says why). The SRF and
@@ -88,7 +89,7 @@ def close(one_dir, two_dir, start_dir, lr: float = TRAIN["learning_rate"], steps
     assert diffs.mean() <= 1e-6, diffs.mean()
     assert p999 <= 1e-5, p999
     assert diffs.max() <= lr * steps, diffs.max()
-    moved = np.concatenate([np.abs(a[k] - start[k]).ravel() for k in a])
+    moved = np.concatenate([np.abs(a[k] - start[k]).ravel() for k in a if k in start])  # a reward head: new
     assert moved.max() > 100 * p999  # training moved the weights by far more than the ranks' difference
 
 
@@ -254,6 +255,44 @@ def test_srf_stage_trains_on_two_ranks_with_the_reward_model(tmp_path, tiny_mode
     start = weights(tiny_model_dir)
     assert max(np.abs(close_enough[k] - start[k]).max() for k in start) > 0  # rank 0's trained weights came back
     assert np.isfinite(two.kl) and np.isfinite(two.entropy)
+
+
+def test_reward_model_stage_on_two_ranks_matches_one_process(tmp_path, tiny_model_dir, pairs_files):
+    """The SRF workflow's stage 3 with `distributed:` set: the Bradley-Terry reward model trains on the ranks (each
+    its share of every batch of pairs); rank 0's head and backbone come back, are saved and measured here."""
+    from realign.recipes.srf import SRFWorkflowConfig
+    from tasks.srf.reward_model_training import train_reward_model
+
+    def srf(distributed):
+        return SRFWorkflowConfig.model_validate(
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": DATA,
+                # the reward model's default learning rate (1e-4): AdamW's near-zero-gradient steps scale with it
+                "reward_model": {"training": {"train": {**TRAIN, "learning_rate": 1e-4}}, "val_fraction": 0.25},
+                "distributed": distributed,
+            }
+        )
+
+    @flow
+    def stage_three(c, run_dir: str):
+        return train_reward_model(c.reward_model, str(tiny_model_dir), pairs_files[0], run_dir)
+
+    single, dist = srf(None), srf(TWO_RANKS)
+    one = stage_three(single, run_dir(tmp_path / "one", single))
+    two = stage_three(dist, run_dir(tmp_path / "two", dist))
+
+    job_dir = Path(two.out_dir) / "distributed"
+    launched_two_ranks(job_dir)
+    assert json.loads((job_dir / "job.json").read_text())["kind"] == "reward"
+    assert not (Path(one.out_dir) / "distributed").exists()  # the single-process run trained here
+    assert (one.steps, one.n_train, one.n_val) == (two.steps, two.n_train, two.n_val) == (TRAIN["steps"], 30, 10)
+    m1, m2 = pd.read_parquet(one.metrics_path), pd.read_parquet(two.metrics_path)
+    assert len(m1) == len(m2) == TRAIN["steps"] and (m2["ranks"] == 2).all()
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-4)
+    np.testing.assert_allclose(two.train_loss, one.train_loss, rtol=1e-3)  # the saved reward model, scored here
+    assert files(one.reward_model_dir) == files(two.reward_model_dir)
+    close(one.reward_model_dir, two.reward_model_dir, tiny_model_dir, lr=1e-4)
 
 
 def test_antihallucination_training_stages_on_two_ranks_match_one_process(tmp_path, tiny_model_dir):

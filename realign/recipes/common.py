@@ -99,9 +99,10 @@ class WorkflowRecipe(Recipe):
         None,
         title="Distributed training",
         description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
-        "the policy's training stages (stage 1's SFT; stage 5's DPO, RL or GRPO; the anti-hallucination stages 3 "
-        "and 5) launch on these ranks with mlx.launch, data parallel; every other stage (the SRF reward model's "
-        "training too), and those stages' evaluations, stay a single process.",
+        "the training stages (stage 1's SFT; stage 5's DPO, RL or GRPO; the SRF reward model; the "
+        "anti-hallucination stages 3 and 5) launch on these ranks with mlx.launch, data parallel; stage 2 samples "
+        "with the model split over them when it fits no machine (model_sharding); every other stage, and those "
+        "stages' evaluations, stay a single process.",
     )
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
 

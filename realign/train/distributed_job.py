@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from realign.train.loop import TrainConfig
 from realign.train.objectives import PreferenceLossConfig
+from realign.train.reward import RewardTrainingConfig
 from realign.train.rl import RLConfig
 
 
@@ -99,9 +100,10 @@ class DistributedJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["sft", "preference", "rlvr", "srf"] = Field(
-        description="sft: (prompt, completion) rows; preference: pairs; rlvr: on-policy RL on verifiable tasks; "
-        "srf: on-policy RL on prompts rewarded by a reward model (and a graded verifier)."
+    kind: Literal["sft", "preference", "reward", "rlvr", "srf"] = Field(
+        description="sft: (prompt, completion) rows; preference: pairs; reward: a reward model (scalar head) on "
+        "pairs; rlvr: on-policy RL on verifiable tasks; srf: on-policy RL on prompts rewarded by a reward model "
+        "(and a graded verifier)."
     )
     model: str = Field(description="Model directory every rank can read at the same path.")
     data: str = Field(
@@ -112,6 +114,9 @@ class DistributedJob(BaseModel):
     train: TrainConfig = Field(TrainConfig(), description="Optimisation settings; batch_size is the global batch.")
     loss: PreferenceLossConfig = Field(PreferenceLossConfig(), description="Preference objective (kind preference).")
     rl: RLConfig | None = Field(None, description="RL settings (kinds rlvr, srf); its `train` replaces `train`.")
+    reward_training: RewardTrainingConfig | None = Field(
+        None, description="Reward model settings (kind reward); its `train` replaces `train`."
+    )
     verifier: str = Field("auto", description="Verifier kind that rewards the samples (kind rlvr).")
     reward_model: str | None = Field(None, description="Reward model directory every rank can read (kind srf).")
     reward_model_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of its score (kind srf).")
@@ -148,6 +153,8 @@ def run_job(job: DistributedJob) -> dict:
     rank, size = group.rank(), group.size()
     if job.kind in ("rlvr", "srf"):
         return _run_rl_job(job, group)
+    if job.kind == "reward":
+        return _run_reward_job(job, group)
     cfg = job.train
     lm = load_model(job.model)
     rows = _rows(job.data)
@@ -192,6 +199,39 @@ def run_job(job: DistributedJob) -> dict:
         parallel=parallel,  # KL and entropy every train.metrics_every steps (and at the last), as the stage tasks
     )
     return _finish(job, lm, result, rank_divergence(lm.model.trainable_parameters(), group), size, rank)
+
+
+def _run_reward_job(job: DistributedJob, group) -> dict:
+    """kind reward: the Bradley-Terry reward model (realign.train.reward.fit_reward_model) on the rows' pairs, each
+    rank taking its share of every global batch of pairs; rank 0 writes the trained head and backbone."""
+    from realign.model.load import load_model
+    from realign.train.distributed import DataParallel, rank_divergence
+    from realign.train.loop import resume_key
+    from realign.train.reward import fit_reward_model
+
+    if job.reward_training is None:
+        raise ValueError("a reward job needs reward_training (the stage's RewardTrainingConfig)")
+    rank, size = group.rank(), group.size()
+    lm = load_model(job.model)
+    rows = _rows(job.data)
+    key = resume_key(
+        Path(job.data).read_bytes(), job.model, job.kind, job.reward_training.model_dump_json(), job.resume_key
+    )
+    parallel = None
+    if size > 1:
+        shares = tuple(job.shares) if job.shares is not None else None
+        parallel = DataParallel(group, layout="pairs", weight_by="examples", shares=shares)
+    model, result = fit_reward_model(
+        lm.model,
+        lm.tokenizer,
+        rows,
+        job.reward_training,
+        out_dir=job.out_dir,
+        callback=lambda row: print(json.dumps({"rank": rank, **row}), flush=True),
+        resume_key=key,
+        parallel=parallel,
+    )
+    return _finish(job, lm, result, rank_divergence(model.trainable_parameters(), group), size, rank, model)
 
 
 def _run_rl_job(job: DistributedJob, group) -> dict:
@@ -258,8 +298,9 @@ def _run_rl_job(job: DistributedJob, group) -> dict:
     return _finish(job, lm, result, rank_divergence(lm.model.trainable_parameters(), group), size, rank)
 
 
-def _finish(job: DistributedJob, lm, result, divergence: float, size: int, rank: int) -> dict:
-    """Rank 0 writes trainable.safetensors (atomically), the model directory when asked, and result.json."""
+def _finish(job: DistributedJob, lm, result, divergence: float, size: int, rank: int, model=None) -> dict:
+    """Rank 0 writes trainable.safetensors (atomically), the model directory when asked, and result.json.
+    model: what was trained, when not lm.model itself (the reward model wraps it)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -279,7 +320,7 @@ def _finish(job: DistributedJob, lm, result, divergence: float, size: int, rank:
         out = Path(job.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / ".trainable.tmp.safetensors"  # written beside, then renamed: readers never see half a file
-        mx.save_safetensors(str(tmp), dict(tree_flatten(lm.model.trainable_parameters())))
+        mx.save_safetensors(str(tmp), dict(tree_flatten((model or lm.model).trainable_parameters())))
         os.replace(tmp, out / "trainable.safetensors")
         if job.save_model:
             save_model(lm.model, lm.path, out / "model")

@@ -31,6 +31,15 @@ class RewardTrainingConfig(BaseModel):
     head_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the head's N(0, 0.02) initialisation.")
 
 
+def reward_model_to_train(lm_model, cfg: RewardTrainingConfig):
+    """`lm_model` with the scalar head (seeded), prepared for `cfg.train` (LoRA or full), the head trainable: the module
+    fit_reward_model trains, and what a distributed run's checkpoint loads into."""
+    model = sequence_reward_model(lm_model, seed=cfg.head_seed)
+    prepare_model(model, cfg.train)
+    model.score.unfreeze()  # the head always trains, also when LoRA freezes the backbone
+    return model
+
+
 def fit_reward_model(
     lm_model,
     tokenizer,
@@ -48,9 +57,7 @@ def fit_reward_model(
     `mlx.launch` ranks (the loss is a mean over pairs)."""
     if not pairs:
         raise ValueError("no preference pairs to train the reward model on")
-    model = sequence_reward_model(lm_model, seed=cfg.head_seed)
-    prepare_model(model, cfg.train)
-    model.score.unfreeze()  # the head always trains, also when LoRA freezes the backbone
+    model = reward_model_to_train(lm_model, cfg)
     batches = reward_model_batches(tokenizer, list(pairs), cfg.train, margin_scale=cfg.margin_scale)
     result: TrainResult = train(
         model,

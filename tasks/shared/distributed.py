@@ -28,6 +28,7 @@ from realign.model.sharded import ShardedJob
 from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, hostfile_hosts, launch
 from realign.train.loop import TrainConfig, TrainResult
 from realign.train.objectives import PreferenceLossConfig
+from realign.train.reward import RewardTrainingConfig
 from realign.train.rl import RLConfig
 
 JOB_MODULE = "realign.train.distributed_job"
@@ -218,10 +219,12 @@ def train_on_ranks(
     reward_model_weight: float = 1.0,
     verifier_weight: float = 0.0,
     key: str = "",
+    reward_training: RewardTrainingConfig | None = None,
 ) -> TrainResult:
     """Train `model_dir` on `rows` across the ranks `cfg` names: the rows go to JOB_DIR/data.jsonl ({prompt,
     completion} for kind sft, {prompt, chosen, rejected} for preference, {prompt, solution, tests} for rlvr, with
-    `rl` and `verifier`, {prompt, answer} for srf, with `rl`, the reward model and the weights), the job to
+    `rl` and `verifier`, {prompt, answer} for srf, with `rl`, the reward model and the weights; pairs for reward,
+    with `reward_training`), the job to
     JOB_DIR/job.json (shares from `rank_shares`), one `train_distributed` task launches it; rank 0 leaves its trained
     weights in JOB_DIR/trainable.safetensors (see `load_trained`) and its checkpoints in JOB_DIR/checkpoints.
     key: the stage's own resume key, so the ranks never continue checkpoints made from other inputs.
@@ -239,7 +242,8 @@ def train_on_ranks(
         model=str(model_dir),
         data=str(data),
         out_dir=str(out),
-        train=rl.train if rl is not None else train,
+        train=rl.train if rl is not None else reward_training.train if reward_training is not None else train,
+        reward_training=reward_training,
         loss=loss or PreferenceLossConfig(),
         rl=rl,
         verifier=verifier,

@@ -14,11 +14,15 @@ from realign.recipes.srf import RewardModelStageConfig
 from realign.score.reward_model import load_reward_model, save_reward_model
 from realign.train.held_out import split_pairs
 from realign.train.loop import resume_key
-from realign.train.reward import fit_reward_model, score_pairs
+from realign.train.reward import fit_reward_model, reward_model_to_train, score_pairs
 from tasks.cache import stage_task
 from tasks.progress import Progress
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.srf import SRF_STAGES
 from tasks.stages import StageResult, one_row
+
+# What a reward pair carries (the scores feed the margin when margin_scale > 0); the pairs table has more columns.
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 
 
 class RewardTrainingResult(StageResult):
@@ -71,9 +75,22 @@ def train_reward_model(
             )
 
     key = resume_key(Path(pairs_path).read_bytes(), model_dir, cfg.model_dump_json())
-    model, result = fit_reward_model(
-        lm.model, lm.tokenizer, train_pairs, cfg.training, out_dir=out, callback=progress, resume_key=key
-    )
+    ranks = stage_distributed(run_dir)
+    if ranks is not None:
+        # Data parallel on the ranks (the recipe's `distributed:` section), from OUT/distributed/; rank 0's head and
+        # backbone come back into the same module single-process training builds.
+        pair_rows = [{k: p[k] for k in p if k in PAIR_FIELDS} for p in train_pairs]
+        result = train_on_ranks(
+            "reward", model_dir, pair_rows, tc, ranks, out / "distributed", key=key, reward_training=cfg.training
+        )
+        model = reward_model_to_train(lm.model, cfg.training)
+        load_trained(model, out / "distributed")
+        for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+            bar.update(row["step"], f"loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}", row)
+    else:
+        model, result = fit_reward_model(
+            lm.model, lm.tokenizer, train_pairs, cfg.training, out_dir=out, callback=progress, resume_key=key
+        )
     if result.resume_warning:
         log.warning(result.resume_warning)
     history = pd.DataFrame(result.history)
