@@ -1,9 +1,9 @@
 """A recipe's `distributed:` section makes the training stages launch themselves on ranks (mlx.launch, 2 local ranks
 on the ring backend), and what they leave is what the single-process stage leaves.
 
-Stage 1 (SFT), the DPO workflow's stage 5, the SRF reward model (stage 3) and the anti-hallucination stages 3 and 5
-each run twice under prefect_test_harness, in two run directories whose RUN_DIR/recipe.json (as the flow's Run writes
-it) differs only in
+Stage 1 (SFT; the abliteration flow's behaviour model), the DPO workflow's stage 5, the SRF reward model (stage 3) and
+the anti-hallucination stages 3 and 5 each run twice under prefect_test_harness, in two run directories whose
+RUN_DIR/recipe.json (as the flow's Run writes it) differs only in
 `distributed`: the distributed run must have launched 2 ranks (its job files and per-rank step rows), return a result
 of the same form, write the same output files, and end at the single-process weights up to float rounding (`close`:
 99.9% within 1e-5, mean 1e-6, none beyond lr per step; tests/test_distributed.py's docstring says why). The SRF and
@@ -293,6 +293,36 @@ def test_reward_model_stage_on_two_ranks_matches_one_process(tmp_path, tiny_mode
     np.testing.assert_allclose(two.train_loss, one.train_loss, rtol=1e-3)  # the saved reward model, scored here
     assert files(one.reward_model_dir) == files(two.reward_model_dir)
     close(one.reward_model_dir, two.reward_model_dir, tiny_model_dir, lr=1e-4)
+
+
+def test_abliteration_behaviour_model_on_two_ranks_matches_one_process(tmp_path, tiny_model_dir):
+    """The abliteration flow's stage 1 (SFT of the behaviour into the model) with `distributed:` set."""
+    from realign.recipes.abliterate import AbliterationWorkflowConfig
+    from tasks.abliterate.behaviour_model import prepare_behaviour_model
+
+    def abliteration(distributed):
+        return AbliterationWorkflowConfig.model_validate(
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"skills": ["count"], "n_sft": 60, "n_direction": 8, "n_eval": 10},
+                "sft": {"train": {**TRAIN, "metrics_every": 1000}},
+                "distributed": distributed,
+            }
+        )
+
+    @flow
+    def stage_one(c, run_dir: str):
+        return prepare_behaviour_model(c.model, c.data, c.sft, run_dir, [], {}, 4)
+
+    single, dist = abliteration(None), abliteration(TWO_RANKS)
+    one = stage_one(single, run_dir(tmp_path / "one", single))
+    two = stage_one(dist, run_dir(tmp_path / "two", dist))
+
+    launched_two_ranks(Path(two.out_dir) / "sft")
+    assert not (Path(one.out_dir) / "sft" / "job.json").exists()  # the single-process run trained here
+    assert one.sft_steps == two.sft_steps == TRAIN["steps"] and one.baseline.keys() == two.baseline.keys()
+    assert files(one.model_dir) == files(two.model_dir)
+    close(one.model_dir, two.model_dir, tiny_model_dir)
 
 
 def test_antihallucination_training_stages_on_two_ranks_match_one_process(tmp_path, tiny_model_dir):

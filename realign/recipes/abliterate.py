@@ -13,7 +13,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from realign.recipes.common import EvalMaxTokens, ModelSpec, Recipe, RunName, input_problems, load_recipe
+from realign.recipes.common import (
+    Distributed,
+    EvalMaxTokens,
+    ModelSpec,
+    Recipe,
+    RunName,
+    input_problems,
+    load_recipe,
+)
 from realign.steer.behaviour import REFUSAL
 from realign.thresholds import EvaluationSection, OptimizationSection, ThresholdsConfig, WorkflowThresholds, _Strict
 from realign.train.loop import TrainConfig
@@ -173,6 +181,7 @@ class AbliterationWorkflowConfig(Recipe):
     runs_root: str = Field("runs", description="Where run directories are created.")
     approve_medium: bool = Field(False, description="Pause for a person's approval in the UI when a gate is MEDIUM.")
     price_per_hour: float | None = Field(None, ge=0, description="Machine price per hour, for cost per example.")
+    distributed: Distributed
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
     data: BehaviourDataConfig = Field(BehaviourDataConfig(), title="Data", description="Prompts and benchmarks.")
     sft: BehaviourSFTConfig = Field(

@@ -82,6 +82,21 @@ EvalMaxTokens = Annotated[
 ]
 
 
+# A recipe's `distributed:` section (every workflow's and the abliteration flow's).
+Distributed = Annotated[
+    DistributedConfig | None,
+    Field(
+        None,
+        title="Distributed training",
+        description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
+        "the training stages (stage 1's SFT and behaviour model; stage 5's DPO, RL or GRPO; the SRF reward model; "
+        "the anti-hallucination stages 3 and 5) launch on these ranks with mlx.launch, data parallel; stage 2 "
+        "samples with the model split over them when it fits no machine (model_sharding); every other stage, and "
+        "those stages' evaluations, stay a single process.",
+    ),
+]
+
+
 class WorkflowRecipe(Recipe):
     """What every workflow's recipe starts with (the form's first group): where the run goes, approvals, price, and
     the base model; the local paths a recipe names are checked when it is validated."""
@@ -95,15 +110,7 @@ class WorkflowRecipe(Recipe):
     price_per_hour: float | None = Field(
         None, ge=0, description="Machine price per hour, for cost per example in the summary."
     )
-    distributed: DistributedConfig | None = Field(
-        None,
-        title="Distributed training",
-        description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
-        "the training stages (stage 1's SFT; stage 5's DPO, RL or GRPO; the SRF reward model; the "
-        "anti-hallucination stages 3 and 5) launch on these ranks with mlx.launch, data parallel; stage 2 samples "
-        "with the model split over them when it fits no machine (model_sharding); every other stage, and those "
-        "stages' evaluations, stay a single process.",
-    )
+    distributed: Distributed
     model: ModelSpec = Field(ModelSpec(), title="Model", description="Base model.")
 
     @model_validator(mode="after")

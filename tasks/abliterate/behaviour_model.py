@@ -20,6 +20,7 @@ from realign.train.objectives import sft_loss
 from tasks.abliterate import ABLITERATE
 from tasks.cache import stage_task
 from tasks.progress import Progress, training_line
+from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
 from tasks.stages import StageResult, one_row
 
 
@@ -73,16 +74,24 @@ def prepare_behaviour_model(
                 log.info(f"SFT step {row['step']}/{cfg.steps}: loss {row['loss']:.4f}")
 
         key = resume_key(repr((str(base), sets.sft)))
-        result = train(
-            lm.model,
-            sft_loss,
-            sft_batches(lm.tokenizer, sets.sft, cfg),
-            cfg,
-            out_dir=out / "sft",
-            callback=progress,
-            resume_key=key,
-            measure=None,
-        )
+        ranks = stage_distributed(run_dir)
+        if ranks is not None:  # data parallel on the recipe's ranks, from OUT/sft/ as single-process training
+            rows = [{"prompt": p, "completion": c} for p, c in sets.sft]
+            result = train_on_ranks("sft", base, rows, cfg, ranks, out / "sft", key=key)
+            load_trained(lm.model, out / "sft")
+            for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
+                bar.update(row["step"], training_line(row), row)
+        else:
+            result = train(
+                lm.model,
+                sft_loss,
+                sft_batches(lm.tokenizer, sets.sft, cfg),
+                cfg,
+                out_dir=out / "sft",
+                callback=progress,
+                resume_key=key,
+                measure=None,
+            )
         bar.finish(result.steps_done, result.reason)
         steps = result.steps_done
     model_dir = save_model(lm.model, lm.path, out / "model", fuse=True)
