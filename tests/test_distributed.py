@@ -267,13 +267,13 @@ def test_resume_on_two_ranks_is_exact(work):
 @pytest.mark.slow
 @pytest.mark.parametrize("shares", ["", "3,1"], ids=["even", "uneven-3to1"])
 def test_rl_gradient_on_fixed_samples_matches_one_process(work, tmp_path, shares):
-    """GRPO (token-weighted, batch-scaled rewards) and RLOO (sequence-weighted, batch-normalised, KL in the reward):
-    each rank scores its prompts' samples, the advantages come from the pooled rewards, and the weighted all_sum
-    is the single-process gradient of the same samples."""
+    """GRPO (dapo: token-weighted, batch-scaled rewards; grpo: sequence-weighted) and RLOO (sequence-weighted,
+    batch-normalised, KL in the reward): each rank scores its prompts' samples, the advantages come from the pooled
+    rewards, and the weighted all_sum is the single-process gradient of the same samples."""
     args = ["tests/helpers/dist_rl_grad.py", str(work["model"])]
     one_process([*args, str(tmp_path / "one")])
     on_ranks([*args, str(tmp_path / "two"), shares])
-    for kind in ("grpo", "rloo"):
+    for kind in ("grpo", "grpo-seq", "rloo"):
         adv_one = json.loads((tmp_path / "one" / f"advantages-{kind}.json").read_text())
         adv_two = json.loads((tmp_path / "two" / f"advantages-{kind}.json").read_text())
         # GRPO's from the same rewards: equal; RLOO's also carry the sequence KL, computed by each rank in float32

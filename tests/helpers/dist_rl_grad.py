@@ -3,7 +3,7 @@
 usage: dist_rl_grad.py MODEL OUT_DIR [SHARES]   (SHARES e.g. "3,1"; none: even)
 Every rank draws the same samples (same model, prompts and seed, all prompts), keeps its own prompts' groups, and
 goes through the loop's own functions: score_samples with the rank pool (pooled advantages), loss_shares,
-rollout_gradient. Rank 0 writes OUT_DIR/grad-{grpo,rloo}.safetensors and advantages-{grpo,rloo}.json (its own).
+rollout_gradient. Rank 0 writes OUT_DIR/grad-{grpo,grpo-seq,rloo}.safetensors and advantages-{...}.json (its own).
 """
 
 import json  # noqa: I001  (realign, and its fast BLAS, must be imported before mlx)
@@ -40,6 +40,8 @@ def reward(prompts: list[str], texts: list[str]) -> list[float]:
 configs = {
     # token-weighted loss, batch-level reward scaling: both need every rank's numbers
     "grpo": RLConfig(num_generations=4, max_completion_length=6, loss_type="dapo", scale_rewards="batch", train=train),
+    # sequence-weighted loss (each completion's token mean, averaged over completions), group-scaled rewards
+    "grpo-seq": RLConfig(num_generations=4, max_completion_length=6, loss_type="grpo", train=train),
     # sequence-weighted loss, batch-normalised advantages with the KL penalty in the reward
     "rloo": RLConfig(
         estimator="rloo", num_generations=4, max_completion_length=6, normalize_advantages=True, beta=0.5, train=train
