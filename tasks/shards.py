@@ -168,6 +168,8 @@ def run_shards(
                 run = run_deployment(
                     name=name,
                     parameters={"job": job.model_dump(mode="json")},
+                    # the MLX environment of SPEC.md's hardware rules, in the worker's process for this shard
+                    job_variables={"env": dict(HardwareConfig().environment)},
                     timeout=0,
                     flow_run_name=f"shard-{pool}",
                     tags=["realign-shard"],
@@ -209,6 +211,7 @@ def run_shards(
             info = json.loads(info_path.read_text())
             rec["measured_examples_per_s"] = info.get("examples_per_s")
             rec["slowdown"] = info.get("slowdown")
+            rec["environment"] = info.get("environment")
         records.append(rec)
     if cfg.pools:
         log.info(

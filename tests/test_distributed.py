@@ -15,6 +15,7 @@ Every distributed result is compared with one process on the same global batch:
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ from conftest import REPO
 pytestmark = pytest.mark.timeout(300)
 
 LR, STEPS = 1e-3, 4
+
+
+class Keep(logging.Handler):
+    """The lines a logger writes (Prefect's logging setup may stop propagation to pytest's caplog and capsys)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -393,18 +405,8 @@ def test_sharded_logprobs_match_one_process(work, tmp_path):
 
 @pytest.mark.slow
 def test_stage_task_forwards_rank_lines_and_names_a_dead_rank(work, tmp_path):
-    import logging
-
     from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, launch
     from tasks.shared.distributed import run_distributed_training
-
-    class Keep(logging.Handler):  # Prefect's logging setup may stop propagation to pytest's caplog
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.lines = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
 
     keep, logger = Keep(), logging.getLogger("realign.distributed")
     logger.addHandler(keep)
@@ -450,7 +452,7 @@ def test_the_rank_that_failed_on_its_own_account_is_named_not_its_peer():
 
 
 def test_sampling_is_sharded_when_the_recipe_forces_it_or_the_plan_says_the_model_fits_no_machine(
-    tmp_path, tiny_model_dir, capsys
+    tmp_path, tiny_model_dir
 ):
     from hardware.sizing import KNOWN_SHAPES
     from realign.train.distributed_job import DistributedConfig
@@ -468,10 +470,19 @@ def test_sampling_is_sharded_when_the_recipe_forces_it_or_the_plan_says_the_mode
     why = sharded_sampling(ranks, str(huge), 100)
     assert why.startswith("the hardware plan says sharded") and "405" in why
     assert sharded_sampling(ranks.model_copy(update={"model_sharding": "never"}), str(huge), 100) is None
-    capsys.readouterr()
-    assert sharded_sampling(None, str(huge), 100) is None  # no ranks to shard over: said, not failed
-    assert "no distributed section" in capsys.readouterr().err
+    keep, logger = Keep(), logging.getLogger("realign.distributed")
+    logger.addHandler(keep)
+    try:
+        assert sharded_sampling(None, str(huge), 100) is None  # no ranks to shard over: said, not failed
+    finally:
+        logger.removeHandler(keep)
+    assert any("no distributed section" in line for line in keep.lines), keep.lines
     assert sharded_sampling(None, str(tmp_path / "no-such-model"), 100) is None  # nothing to plan by
+    adapters = tmp_path / "lora"  # a LoRA stage's output: the sharded loader cannot apply adapters
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
+    with pytest.raises(ValueError, match="LoRA adapters"):
+        sharded_sampling(forced, str(adapters), 100)
 
 
 @pytest.mark.slow
@@ -520,4 +531,3 @@ def test_stage_two_samples_with_the_model_split_over_two_ranks_as_one_process_do
         assert same == len(rows[0]) and json.dumps(two.stats) == json.dumps(one.stats)
     else:  # each layer's partial products are summed across ranks in another order: a near-tie may flip a token
         assert same >= 0.6 * len(rows[0])  # measured 14 and 15 of 16
-    assert two.completions == one.completions

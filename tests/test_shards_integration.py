@@ -47,7 +47,8 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
         out = stack.deploy(["shard-m4-max", "shard-m3-ultra"])
         assert "shard/shard-m4-max" in out and "shard/shard-m3-ultra" in out, out
         stack.start_worker("m4-max")
-        stack.start_worker("m3-ultra", REALIGN_SHARD_SLOWDOWN="2")
+        # a worker whose own environment says otherwise: the shard runs with what the owning stage sends
+        stack.start_worker("m3-ultra", REALIGN_SHARD_SLOWDOWN="2", MLX_METAL_PREALLOCATE="0")
 
         def fan_out(throughput: str, shard_dir: str) -> dict:
             done = subprocess.run(
@@ -90,6 +91,9 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
     # the slowdown is the worker's configuration, applied by the shard that ran there; the slowed one
     # measured fewer rows/s (the ratio itself is bench/shards.py's job: two processes share 2 cores here)
     assert {r["shard"]: r["slowdown"] for r in result["records"]} == {"m4-max": 1.0, "m3-ultra": 2.0}
+    for r in result["records"]:  # SPEC.md's MLX environment, in each worker's shard process
+        assert r["environment"]["MLX_METAL_PREALLOCATE"] == "1", r
+        assert r["environment"]["MLX_METAL_FAST_SYNCH"] == "1" and r["environment"]["TOKENIZERS_PARALLELISM"] == "false"
     rate = {r["shard"]: r["measured_examples_per_s"] for r in result["records"]}
     assert rate["m3-ultra"] < rate["m4-max"], rate
     assert {p: v["examples_per_s"] for p, v in measured.items()} == pytest.approx(rate)

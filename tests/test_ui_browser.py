@@ -267,19 +267,21 @@ def submit_form(page, client, deployment_id, reopen=None):
     def press(waits) -> str | None:
         button = page.locator("button[type=submit]").last
         button.wait_for(state="visible", timeout=30_000)
-        try:  # the form loads the deployment, its schema and variables; press once the page is quiet
+        try:  # the form may still be fetching (schema, variables): wait until the network is quiet (at once if it is)
             page.wait_for_load_state("networkidle", timeout=15_000)
         except Exception:  # noqa: BLE001 - a page that keeps polling is never idle; press anyway
             pass
-        for attempt, wait in enumerate(waits):
-            if attempt == 0 or not (runs_of(client, deployment_id) - before):
-                button.click()
+        for wait in waits:
             deadline = time.monotonic() + wait
+            pressed = False
             while time.monotonic() < deadline:
-                new = runs_of(client, deployment_id) - before
+                new = runs_of(client, deployment_id) - before  # a run from an earlier press may arrive late
                 if new:
-                    assert len(new) == 1, f"one submit created {len(new)} runs"
+                    assert len(new) == 1, f"the presses created {len(new)} runs"
                     return next(iter(new))
+                if not pressed:
+                    button.click()
+                    pressed = True
                 for text in page.locator(".p-toast__message, .p-message").all_inner_texts():
                     if f"shown: {text}" not in said:
                         said.append(f"shown: {text}")

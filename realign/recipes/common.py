@@ -90,9 +90,9 @@ Distributed = Annotated[
         title="Distributed training",
         description="None: every stage runs in this one process. Set (hosts or a hostfile, backend, ranks per host): "
         "the training stages (stage 1's SFT and behaviour model; stage 5's DPO, RL or GRPO; the SRF reward model; "
-        "the anti-hallucination stages 3 and 5) launch on these ranks with mlx.launch, data parallel; stage 2 "
-        "samples with the model split over them when it fits no machine (model_sharding); every other stage, and "
-        "those stages' evaluations, stay a single process.",
+        "the anti-hallucination stages 3 and 5) launch on these ranks with mlx.launch, data parallel; the DPO and SRF "
+        "workflows' stage 2 samples with the model split over them when it fits no machine (model_sharding); every "
+        "other stage, and those stages' evaluations, stay a single process.",
     ),
 ]
 

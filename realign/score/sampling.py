@@ -7,6 +7,7 @@ owning stage merges the shards back (hardware.shards.merge_shards checks exactly
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,12 +127,12 @@ def sample_and_score(
 
     gen_cfg = pairs_cfg.generation.model_copy(update={"seed": seed})
     samples = generate(lm.model, lm.tokenizer, list(prompts), gen_cfg, on_progress=on_progress)
-    return score_samples(
+    return score_answers(
         prompts, [[c.text for c in per] for per in samples], answers, pairs_cfg, judge_lm, reward_model
     )
 
 
-def score_samples(
+def score_answers(
     prompts: Sequence[str],
     texts: list[list[str]],
     answers: Sequence[str | None],
@@ -288,6 +289,8 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
         "sampling_seconds": sample_s,
         "examples_per_s": len(out) / sample_s if sample_s > 0 else None,
         "slowdown": slowdown,
+        # what MLX and the tokenizers ran under on this machine (the owner sends SPEC.md's hardware environment)
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("MLX_") or k == "TOKENIZERS_PARALLELISM"},
     }
     write_json(Path(job.output_path).with_suffix(".json"), info)
     return info

@@ -107,7 +107,8 @@ class DistributedJob(BaseModel):
     )
     model: str = Field(description="Model directory every rank can read at the same path.")
     data: str = Field(
-        description="JSONL: {prompt, completion} rows for sft; {prompt, chosen, rejected} for preference; "
+        description="JSONL: {prompt, completion} rows for sft; {prompt, chosen, rejected} for preference and "
+        "reward (with chosen_score, rejected_score for a margin); "
         "{prompt, solution, tests} tasks for rlvr; {prompt, answer} for srf (answer null where none is known)."
     )
     out_dir: str = Field(description="Rank 0's outputs and checkpoints.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger
@@ -77,7 +78,8 @@ def prepare_behaviour_model(
         ranks = stage_distributed(run_dir)
         if ranks is not None:  # data parallel on the recipe's ranks, from OUT/sft/ as single-process training
             rows = [{"prompt": p, "completion": c} for p, c in sets.sft]
-            result = train_on_ranks("sft", base, rows, cfg, ranks, out / "sft", key=key)
+            model_src = base if Path(str(base)).exists() else lm.path  # a hub id: the local copy load_model read
+            result = train_on_ranks("sft", model_src, rows, cfg, ranks, out / "sft", key=key)
             load_trained(lm.model, out / "sft")
             for row in result.history:  # the steps' rows to the progress artifact and MLflow (logged as they ran)
                 bar.update(row["step"], training_line(row), row)

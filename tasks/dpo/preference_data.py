@@ -17,7 +17,7 @@ from realign.io import write_json, write_parquet
 from realign.model.load import load_model, model_root
 from realign.score.judge import JudgeScorer
 from realign.score.reward_model import load_reward_model
-from realign.score.sampling import PairsConfig, score_given, score_samples
+from realign.score.sampling import PairsConfig, score_answers, score_given
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.progress import Progress
@@ -118,9 +118,10 @@ def _sample_sharded(bundle, pairs_cfg: PairsConfig, gen_cfg, model_dir: str, out
     seconds = time.perf_counter() - t0
     judge_lm = load_model(pairs_cfg.judge_model) if pairs_cfg.scorer == "judge" else None
     rm = load_reward_model(pairs_cfg.reward_model) if pairs_cfg.scorer == "reward_model" else None
-    scored = score_samples(
-        bundle.prompts, texts, [bundle.answers.get(p) for p in bundle.prompts], pairs_cfg, judge_lm, rm
-    )
+    answers = [bundle.answers.get(p) for p in bundle.prompts]
+    scored = score_answers(bundle.prompts, texts, answers, pairs_cfg, judge_lm, rm)
+    if pairs_cfg.scorer == "judge" and scored.unparsed:
+        log.warning(f"judge gave no parseable rating for {scored.unparsed} answers; they are excluded, not guessed")
     record = {
         "shard": f"sharded model ({mode}, {dist.world_size()} ranks)",
         "rows": len(bundle.prompts),

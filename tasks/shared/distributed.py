@@ -7,8 +7,9 @@ rows as progress lines), and fails with the rank and host of a rank that died. C
 out_dir, so a retry (Prefect's, or a rerun of the stage) resumes from the last one written: same world size, same
 job, bit-identical continuation.
 
-The training stages (stage 1's SFT, the DPO, SRF and RLVR workflows' stage 5) use `stage_distributed` to read the
-recipe's `distributed:` section, `train_on_ranks` to write their data and job and launch it, and `load_trained` to
+The training stages (stage 1's SFT and the abliteration behaviour model, the DPO, SRF and RLVR workflows' stage 5,
+the SRF reward model, the anti-hallucination stages 3 and 5) use `stage_distributed` to read the recipe's
+`distributed:` section, `train_on_ranks` to write their data and job and launch it, and `load_trained` to
 bring rank 0's trained weights back into the stage's own model, which then goes on exactly as after a
 single-process run.
 """
@@ -24,6 +25,7 @@ from prefect.exceptions import MissingContextError
 
 from hardware.config import HardwareConfig
 from realign.model.generate import GenerationConfig
+from realign.model.load import is_adapter_dir
 from realign.model.sharded import ShardedJob
 from realign.train.distributed_job import DistributedConfig, DistributedJob, RankFailed, hostfile_hosts, launch
 from realign.train.loop import TrainConfig, TrainResult
@@ -148,21 +150,37 @@ def sharded_sampling(cfg: DistributedConfig | None, model_dir: str, examples: in
     that says sharded for a recipe without a `distributed` section is a warning, not an error: the machine this
     runs on may hold more than the profiles say.
     """
-    if cfg is not None and cfg.model_sharding != "plan":
-        return "the recipe's distributed.model_sharding is 'always'" if cfg.model_sharding == "always" else None
+    if cfg is not None and cfg.model_sharding == "never":
+        return None
+    # mlx-lm's sharded loader reads a model directory, not LoRA adapters over one (a LoRA stage's output)
+    adapters = is_adapter_dir(model_dir)
+    if cfg is not None and cfg.model_sharding == "always":
+        if adapters:
+            raise ValueError(
+                f"distributed.model_sharding 'always': {model_dir} holds LoRA adapters, which the sharded loader "
+                "cannot apply; train without LoRA (lora: null) or fuse the adapters (fuse_final), or set "
+                "model_sharding: plan"
+            )
+        return "the recipe's distributed.model_sharding is 'always'"
     from hardware.plan import make_plan
 
     try:
         plan = make_plan(model_dir, max(1, examples))
-    except ValueError as exc:  # no config.json and no size in the name: nothing to plan by
+    except Exception as exc:  # noqa: BLE001 - the plan only advises here; a config it cannot read must not stop it
         _logger().info(f"no hardware plan for {model_dir} ({exc}): sampling in this process")
         return None
     if plan.mode != "sharded":
         return None
-    if cfg is None:
+    if cfg is None or adapters:
         _logger().warning(
-            f"the hardware plan says the model is to be sharded ({plan.reason}), but the recipe has no distributed "
-            "section: sampling in this process. Add distributed: {hosts: [...]} to split it over machines."
+            f"the hardware plan says the model is to be sharded ({plan.reason}), but "
+            + (
+                "the recipe has no distributed section: sampling in this process. Add distributed: {hosts: [...]} "
+                "to split it over machines."
+                if cfg is None
+                else f"{model_dir} holds LoRA adapters, which the sharded loader cannot apply: sampling in this "
+                "process (fuse the adapters to sample sharded)."
+            )
         )
         return None
     return f"the hardware plan says sharded: {plan.reason}"
