@@ -211,6 +211,8 @@ def run_shards(
             info = json.loads(info_path.read_text())
             rec["measured_examples_per_s"] = info.get("examples_per_s")
             rec["slowdown"] = info.get("slowdown")
+            rec["slowdown_seconds"] = info.get("slowdown_seconds")
+            rec["sampling_seconds"] = info.get("sampling_seconds")
             rec["environment"] = info.get("environment")
         records.append(rec)
     if cfg.pools:

@@ -88,14 +88,21 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
     slow = pd.read_parquet(tmp_path / "shards" / "output-m3-ultra.parquet")
     assert fast["row_id"].tolist() == list(range(40)) and slow["row_id"].tolist() == list(range(40, 60))
     assert [list(t) for t in slow["texts"]] == result["texts"][40:]
-    # the slowdown is the worker's configuration, applied by the shard that ran there; the slowed one
-    # measured fewer rows/s (the ratio itself is bench/shards.py's job: two processes share 2 cores here)
+    # the slowdown is the worker's configuration, applied by the shard that ran there: the slowed shard slept as
+    # long as it computed (2x), so its measured rate is half what it computed at. Its rate against the other
+    # shard's is not asserted: two processes share 2 cores here, so each one's compute speed depends on when the
+    # other ran (a CI run measured the slowed one faster); the ratio is bench/shards.py's job.
     assert {r["shard"]: r["slowdown"] for r in result["records"]} == {"m4-max": 1.0, "m3-ultra": 2.0}
+    by_pool = {r["shard"]: r for r in result["records"]}
+    assert by_pool["m4-max"]["slowdown_seconds"] == 0.0
+    slow_rec = by_pool["m3-ultra"]
+    computed = slow_rec["sampling_seconds"] - slow_rec["slowdown_seconds"]
+    # asleep for (2 - 1) x the compute time up to the last batch's progress report, i.e. nearly all of it
+    assert 0.5 * computed <= slow_rec["slowdown_seconds"] <= computed, slow_rec
     for r in result["records"]:  # SPEC.md's MLX environment, in each worker's shard process
         assert r["environment"]["MLX_METAL_PREALLOCATE"] == "1", r
         assert r["environment"]["MLX_METAL_FAST_SYNCH"] == "1" and r["environment"]["TOKENIZERS_PARALLELISM"] == "false"
     rate = {r["shard"]: r["measured_examples_per_s"] for r in result["records"]}
-    assert rate["m3-ultra"] < rate["m4-max"], rate
     assert {p: v["examples_per_s"] for p, v in measured.items()} == pytest.approx(rate)
     assert measured["m4-max"]["model_dir"] == str(tiny_model_dir) and measured["m4-max"]["n"] == 2
     from hardware.shards import plan_shards

@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -210,14 +211,14 @@ def test_medium_gate_pauses_and_is_approved_in_the_resume_form(stack, client, tm
         shot = Shots(page, "approve-medium")
         open_run(page, stack, run.id, "Paused")
         shot("paused")
-        page.get_by_role("button", name="Resume").click()
-        dialog = page.get_by_role("dialog")
-        dialog.get_by_text("Reviewer").first.wait_for(timeout=30_000)
-        dialog.get_by_role("switch").click()
-        dialog.locator("textarea").nth(0).fill("ci-reviewer")
-        dialog.locator("textarea").nth(1).fill("agreement is fine for this task")
-        shot("resume-form")
-        dialog.get_by_role("button", name="Submit").click()
+
+        def fill(dialog):
+            dialog.get_by_role("switch").click()
+            dialog.locator("textarea").nth(0).fill("ci-reviewer")
+            dialog.locator("textarea").nth(1).fill("agreement is fine for this task")
+            shot("resume-form")
+
+        resume_in_form(page, stack, client, run.id, fill)
         wait_for(client, run.id, {"Completed"})
         open_run(page, stack, run.id, "Completed")
         shot("completed")
@@ -244,12 +245,11 @@ def runs_of(client, deployment_id) -> set:
     return {r.id for r in client.read_flow_runs(deployment_filter=flt, limit=200)}
 
 
-def submit_form(page, client, deployment_id, reopen=None):
-    """Press the form's Submit (the UI then shows the deployment's runs): the id of the run it created.
-    reopen: loads the form again as the test had it (used once if pressing Submit on the first load did nothing)."""
-    before = runs_of(client, deployment_id)
-    # The UI says why a submit did nothing only in a toast that fades in seconds, or in the browser console: keep
-    # what it says (failed API calls with their bodies, console errors, toasts, the form's own field errors).
+@contextmanager
+def ui_messages(page):
+    """What the UI says while the block runs, as a list of lines. It says why a press did nothing only in a toast that
+    fades in seconds or in the browser console: failed API calls with their bodies and console errors are kept here;
+    read_shown adds the toasts (and the form's field errors) on screen when it is called."""
     said: list[str] = []
 
     def on_response(response):
@@ -264,7 +264,29 @@ def submit_form(page, client, deployment_id, reopen=None):
         if message.type == "error":
             said.append(f"console: {message.text[:400]}")
 
-    def press(waits) -> str | None:
+    page.on("response", on_response)
+    page.on("console", on_console)
+    try:
+        yield said
+    finally:
+        page.remove_listener("response", on_response)
+        page.remove_listener("console", on_console)
+
+
+def read_shown(page, said: list[str], *, field_errors: bool = False) -> None:
+    for text in page.locator(".p-toast__message, .p-message").all_inner_texts():
+        if f"shown: {text}" not in said:
+            said.append(f"shown: {text}")
+    if field_errors:
+        said.extend(f"field error: {t}" for t in page.locator(".p-label__message--failed").all_inner_texts())
+
+
+def submit_form(page, client, deployment_id, reopen=None):
+    """Press the form's Submit (the UI then shows the deployment's runs): the id of the run it created.
+    reopen: loads the form again as the test had it (used once if pressing Submit on the first load did nothing)."""
+    before = runs_of(client, deployment_id)
+
+    def press(waits, said) -> str | None:
         button = page.locator("button[type=submit]").last
         button.wait_for(state="visible", timeout=30_000)
         try:  # the form may still be fetching (schema, variables): wait until the network is quiet (at once if it is)
@@ -282,31 +304,58 @@ def submit_form(page, client, deployment_id, reopen=None):
                 if not pressed:
                     button.click()
                     pressed = True
-                for text in page.locator(".p-toast__message, .p-message").all_inner_texts():
-                    if f"shown: {text}" not in said:
-                        said.append(f"shown: {text}")
+                read_shown(page, said)
                 time.sleep(0.5)
-        said.extend(f"field error: {t}" for t in page.locator(".p-label__message--failed").all_inner_texts())
+        read_shown(page, said, field_errors=True)
         return None
 
-    page.on("response", on_response)
-    page.on("console", on_console)
-    try:
+    with ui_messages(page) as said:
         # On a loaded machine a press can come to nothing (CI runs created no run in 30 s and in 60 s; the same
         # commits passed alone, and under two busy cores): press again, then once more on a freshly loaded form,
         # and say what the UI said either way.
-        run_id = press((20, 40))
+        run_id = press((20, 40), said)
         if run_id is None and reopen is not None:
             reopen()
-            run_id = press((60,))
+            run_id = press((60,), said)
             if run_id is not None:
                 warnings.warn(f"the form's submit created a run only after reloading the form; the UI said: {said}")
-    finally:
-        page.remove_listener("response", on_response)
-        page.remove_listener("console", on_console)
     if run_id is None:
         raise AssertionError(f"submitting the form created no run (page {page.url}; the UI said: {said or 'nothing'})")
     return run_id
+
+
+def resume_in_form(page, stack, client, run_id, fill) -> None:
+    """Open the paused run's Resume dialog, fill(dialog) it and press Submit; return once the run has left Paused.
+    If it has not within 90 s, load the page again and fill and submit the dialog once more (with a warning); if the
+    run is still Paused after that, an AssertionError says what the UI said."""
+
+    def paused() -> bool:
+        state = client.read_flow_run(run_id).state
+        return state is not None and state.name == "Paused"
+
+    with ui_messages(page) as said:
+        # A CI run stayed Paused 420 s after one Submit (the same test passes alone): the press may come to nothing
+        # on a loaded machine, as the run form's does.
+        for attempt in range(2):
+            if attempt:
+                if not paused():  # resumed just after the wait
+                    return
+                open_run(page, stack, run_id, "Paused")  # a fresh page: no half-open dialog from the first try
+            page.get_by_role("button", name="Resume").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Reviewer").first.wait_for(timeout=30_000)
+            fill(dialog)
+            dialog.get_by_role("button", name="Submit").click()
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                if not paused():
+                    if attempt:
+                        warnings.warn(f"the run resumed only after the dialog was submitted again; the UI said: {said}")
+                    return
+                read_shown(page, said)
+                time.sleep(1)
+            read_shown(page, said, field_errors=True)
+    raise AssertionError(f"the Resume dialog, submitted twice, left the run Paused (the UI said: {said or 'nothing'})")
 
 
 def wait_for_task(client, run_id, name: str, timeout: float = 600):

@@ -258,10 +258,13 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
     judge_lm = load_model(job.pairs.judge_model) if job.pairs.scorer == "judge" else None
     rm = load_reward_model(job.pairs.reward_model) if job.pairs.scorer == "reward_model" else None
     last = [time.perf_counter()]
+    slept = [0.0]
 
     def progress(done: int, total: int) -> None:
         if slowdown > 1:
-            time.sleep((slowdown - 1) * (time.perf_counter() - last[0]))
+            pause = (slowdown - 1) * (time.perf_counter() - last[0])
+            time.sleep(pause)
+            slept[0] += pause
             last[0] = time.perf_counter()
         if on_progress:
             on_progress(done, total)
@@ -289,6 +292,7 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
         "sampling_seconds": sample_s,
         "examples_per_s": len(out) / sample_s if sample_s > 0 else None,
         "slowdown": slowdown,
+        "slowdown_seconds": slept[0],  # of sampling_seconds, spent asleep standing in for a slower machine
         # what MLX and the tokenizers ran under on this machine (the owner sends SPEC.md's hardware environment)
         "environment": {k: v for k, v in os.environ.items() if k.startswith("MLX_") or k == "TOKENIZERS_PARALLELISM"},
     }
