@@ -4,18 +4,24 @@ Tiny model, DPO (sigmoid) on "reverse" pairs (chosen: the reversed digits, rejec
 log-probs cached once; LoRA by default (the KL reference is the base under the adapters), `--full` for full fine-tuning
 with a separate frozen reference model, as the demo's DPO stage runs it.
 
-  on      metrics_every=1: every step also runs `token_stats` (KL(policy || reference) and entropy, full-vocabulary,
-          on completion positions): the policy's logits come from the loss step, so the extra work is the
-          reference's forward pass, the KL and entropy themselves, and a sync to read them.
-  recipe  metrics_every as the DPO recipe's default (DPOStageConfig), what a run pays.
+  on      metrics_every=1, as the DPO stage runs it: every step also runs `token_stats` (KL(policy || reference) and
+          entropy, full-vocabulary, on completion positions) with the reference's hidden states at the completion
+          tokens cached as stage 3 caches them: the policy's logits come from the loss step and the reference's from
+          its output head over the cached states, so the extra work is one head projection and the KL and entropy
+          at the completion positions, and a sync to read them.
+  exact   metrics_every=1 with no cache: the reference's forward pass over the whole batch at every step on top.
+  recipe  metrics_every as the DPO recipe's default (DPOStageConfig), with the cache.
   off     metrics_every larger than the block: no step measures, except a call's last step, which always does.
 
-Interleaved blocks: on, recipe, off, on, ... (`--blocks` each), each one `realign.train.loop.train` call of `--steps`
-steps on that side's model, continuing the same batch source where its previous block stopped (so both sides train
-on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything the loop does for
-a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and that are not the
-block's last (it measures on every side). Figures are medians over blocks of steps/s; ratios on/off (target >= 0.9)
-and recipe/off.
+After the blocks, the KL from the cache is set against the KL from the reference's forward pass on the "on"
+side's batches, with its final model.
+
+Interleaved blocks: on, exact, recipe, off, on, ... (`--blocks` each), each one `realign.train.loop.train` call of
+`--steps` steps on that side's model, continuing the same batch source where its previous block stopped (so every side
+trains on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything the loop
+does for a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and that are
+not the block's last (it measures on every side). Figures are medians over blocks of steps/s; ratios on/off (target >=
+0.9) and recipe/off.
 
 Padding share: over every batch the off side trained on, the input positions (`tokens[:, :-1]`) at or beyond each
 row's real length, over all input positions. A row's real length is read from the batch itself: its completion mask
@@ -50,10 +56,10 @@ import mlx.core as mx  # noqa: E402
 from realign.data.demo import splits  # noqa: E402
 from realign.eval.metrics import masked_kl_and_entropy, token_entropy, token_kl  # noqa: E402
 from realign.model.load import load_model  # noqa: E402
-from realign.model.logprobs import reference_logps  # noqa: E402
+from realign.model.logprobs import HIDDEN_KEYS, reference_logps  # noqa: E402
 from realign.model.tiny import build_tiny_model  # noqa: E402
 from realign.recipes.dpo import DPOStageConfig  # noqa: E402
-from realign.train.batches import preference_batches  # noqa: E402
+from realign.train.batches import REF_HIDDEN, preference_batches  # noqa: E402
 from realign.train.loop import TrainConfig, adapters_disabled, prepare_model, token_stats, train  # noqa: E402
 from realign.train.objectives import PreferenceLossConfig, preference_loss  # noqa: E402
 
@@ -132,12 +138,14 @@ def where_metric_time_goes(side: Side, reps: int) -> tuple[dict[str, float], flo
         mx.eval(kl, entropy)
         return kl.item(), entropy.item()
 
+    uncached = {k: v for k, v in batch.items() if k != REF_HIDDEN}
     parts = {
         "token_stats, loop": lambda: token_stats(model, batch, side.reference, logits),  # given the step's logits
-        "token_stats, alone": lambda: token_stats(model, batch, side.reference),
+        "  without the cache": lambda: token_stats(model, uncached, side.reference, logits),
+        "token_stats, alone": lambda: token_stats(model, uncached, side.reference),
         "policy forward": lambda: mx.eval(model(inputs)),
         "reference forward": lambda: mx.eval(reference_forward()),
-        "KL + entropy": lambda: masked_kl_and_entropy(logits, ref_logits, mask),  # what token_stats does
+        "KL + entropy": lambda: masked_kl_and_entropy(logits, ref_logits, mask),  # the exact path's
         "  at every position": kl_entropy_all_positions,
         "one exp, [B,T-1,V]": lambda: mx.eval(mx.exp(logits)),
     }
@@ -149,6 +157,26 @@ def where_metric_time_goes(side: Side, reps: int) -> tuple[dict[str, float], flo
             times[name].append(time.perf_counter() - t)
     ms = {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
     return ms, float(mask.sum().item()) / mask.size
+
+
+def cache_against_forward(side: Side, n: int = 20) -> dict[str, float]:
+    """Token-weighted mean KL on up to n of the side's batches with its final model: from the cached hidden states
+    and from the reference's forward pass, and the largest relative difference of one batch's two values."""
+    model, cached, forward, toks, worst = side.lm.model, 0.0, 0.0, 0.0, 0.0
+    for batch in side.batches[-n:]:
+        logits = model(batch["tokens"][:, :-1])
+        plain = {k: v for k, v in batch.items() if k != REF_HIDDEN}
+        t = float(batch["mask"].sum().item())
+        a = token_stats(model, batch, side.reference, logits)["kl"]
+        b = token_stats(model, plain, side.reference, logits)["kl"]
+        cached, forward, toks = cached + a * t, forward + b * t, toks + t
+        worst = max(worst, abs(a - b) / abs(b) if b else abs(a - b))
+    return {
+        "cached": cached / toks,
+        "forward": forward / toks,
+        "max_rel_diff": worst,
+        "batches": min(n, len(side.batches)),
+    }
 
 
 def main() -> None:
@@ -169,11 +197,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         model_dir = build_tiny_model(Path(d) / "tiny")
         base = load_model(model_dir)
-        ref = reference_logps(base.model, base.tokenizer, pairs)
+        # as stage 3 caches it: sums, and the reference's hidden states at every completion token
+        ref = reference_logps(base.model, base.tokenizer, pairs, hidden=True)
+        exact_ref = {k: v for k, v in ref.items() if k not in HIDDEN_KEYS}
         del base
         common = dict(steps=args.steps, batch_size=args.batch, learning_rate=1e-4, lora=lora)
         sides = {
             "on": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=1), args.full),
+            "exact": Side(model_dir, pairs, exact_ref, TrainConfig(**common, metrics_every=1), args.full),
             "recipe": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=recipe_every), args.full),
             "off": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=args.steps + 1), args.full),
         }
@@ -182,6 +213,7 @@ def main() -> None:
             for name, side in sides.items():
                 blocks[name].append(side.run_block())
         parts, completion_share = where_metric_time_goes(sides["on"], reps=10)
+        versus = cache_against_forward(sides["on"])
     timed = {k: sum(n for n, _ in v) for k, v in blocks.items()}
     if not all(timed.values()):
         reason = "no step was timed (each compiled a new shape or was a block's last); raise --steps"
@@ -189,25 +221,34 @@ def main() -> None:
         print("RESULT " + json.dumps({"bench": "dpo_step", "measured": None, "reason": reason}))
         return
     rate = {k: statistics.median(n / s for n, s in v if n) for k, v in blocks.items()}
-    ratio, recipe_ratio = rate["on"] / rate["off"], rate["recipe"] / rate["off"]
+    ratio, recipe_ratio, exact_ratio = (rate[k] / rate["off"] for k in ("on", "recipe", "exact"))
     share, shapes = padding(sides["off"].batches)
     mode = "full fine-tuning, separate reference" if args.full else "LoRA, reference = base under the adapters"
     print(
         f"DPO step, batch {args.batch} pairs, tiny model ({mode}); {args.blocks} interleaved blocks of "
         f"{args.steps} steps per side, medians over blocks"
     )
-    print(f"metrics every step (on) : {rate['on']:7.2f} steps/s  ({timed['on']} timed steps)")
+    print(f"metrics every step (on) : {rate['on']:7.2f} steps/s  ({timed['on']} timed steps; reference states cached)")
+    print(
+        f"  without the cache     : {rate['exact']:7.2f} steps/s  ({timed['exact']} timed steps; a reference forward)"
+    )
     print(f"metrics every {recipe_every:<2} (recipe): {rate['recipe']:7.2f} steps/s  ({timed['recipe']} timed steps)")
     print(f"metrics off             : {rate['off']:7.2f} steps/s  ({timed['off']} timed steps)")
     print(f"ratio on/off            : {ratio:7.2f}x  (target >= 0.9)")
+    print(f"ratio uncached/off      : {exact_ratio:7.2f}x")
     print(f"ratio recipe/off        : {recipe_ratio:7.2f}x")
+    print(
+        f"KL from the cache vs from the reference's forward, {versus['batches']} of the on side's batches, its final "
+        f"model: {versus['cached']:.6e} vs {versus['forward']:.6e} nats/token (largest relative difference of a "
+        f"batch {versus['max_rel_diff']:.1e})"
+    )
     step_ms = 1e3 / rate["off"]
     print(f"where metric time goes (ms, median of 10; a step without metrics takes {step_ms:.1f} ms):")
     for name, ms in parts.items():
         print(f"  {name:18} {ms:7.2f} ms  ({ms / step_ms:5.1%} of a step without metrics)")
     print(
         f"  KL and entropy are computed on completion positions only ({completion_share:.0%} of the input "
-        "positions); the two forwards over every position remain"
+        "positions); with the cache, the reference's logits there come from its head over the cached states"
     )
     print(
         f"padding: {share:.1%} of the input positions of the {len(sides['off'].batches)} batches trained on "
@@ -225,10 +266,24 @@ def main() -> None:
         "target": 0.9,
         "recipe_metrics_every": recipe_every,
         "recipe_ratio": recipe_ratio,
+        "exact_ratio": exact_ratio,
+        "kl_cache_vs_forward": versus,
         "padding_share": share,
         "batch_shapes": len(shapes),
         "metric_ms": parts,
         "extra_rows": [
+            {
+                "metric": "DPO steps/s, per-step metrics without the reference cache (a reference forward) vs off",
+                "measured": rate["exact"],
+                "baseline": rate["off"],
+                "ratio": exact_ratio,
+            },
+            {
+                "metric": "per-step KL from the cached reference states vs from its forward pass",
+                "measured": versus["cached"],
+                "baseline": versus["forward"],
+                "ratio": versus["cached"] / versus["forward"] if versus["forward"] > 0 else None,
+            },
             {
                 "metric": f"DPO steps/s, metrics every {recipe_every} (the recipe) vs off",
                 "measured": rate["recipe"],

@@ -136,6 +136,14 @@ def test_all_seven_stages_run_and_write_their_outputs(tmp_path, monkeypatch, tin
         "win_rate",
     ):
         assert key in results, key
+    # stage 3 cached the reference's hidden states at the completion tokens; stage 5 measured its per-step KL from
+    # them (tests/test_train.py checks that KL against the reference's forward pass)
+    import pandas as pd
+
+    cache = pd.read_parquet(run / "03_model_initialization" / "reference_logps.parquet")
+    assert {"chosen_ref_hidden", "rejected_ref_hidden"} <= set(cache.columns) and len(cache["chosen_ref_hidden"][0])
+    history = pd.read_parquet(run / "05_dpo_optimization" / "metrics.parquet")
+    assert history["kl"].notna().any() and (history["kl"].dropna() >= 0).all()
     # before-vs-after and after-vs-control, each with its paired-bootstrap interval around the difference
     compared = {(c["first"], c["second"]): c for c in summary["comparisons"]}
     # and the win rate against an even split, with its interval

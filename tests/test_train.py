@@ -375,3 +375,59 @@ def test_bucket_lengths_pad_at_most_a_sixteenth(n, bucket):
     assert bucket_length(n) == bucket and bucket_length(n) - n <= n / 16
     # at most 16 shapes per doubling: the lengths in (2^k, 2^(k+1)] round to 16 values
     assert len({bucket_length(m) for m in range(65, 129)}) == 16
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_cached_reference_hidden_states_give_the_exact_per_step_kl(tiny_model_dir, lora):
+    """Stage 3's cache of the reference's hidden states at the completion tokens, placed in each batch, gives the
+    loop the same KL as the reference's forward pass (LoRA: the base under the adapters; full: a frozen copy)."""
+    from realign.model.logprobs import output_head
+    from realign.train.batches import POLICY_LOGITS, REF_HIDDEN
+
+    lm = load_model(tiny_model_dir)
+    pairs = _pairs()
+    plain = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=5)
+    cached = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=5, hidden=True)
+    for key in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"):
+        assert cached[key] == pytest.approx(plain[key], abs=1e-4), key
+    # pair 3's cached states are the backbone's at its chosen completion positions, and the head makes them logits
+    one = pair_batch(lm.tokenizer, pairs[3:4])
+    h = lm.model.model(one.tokens[:, :-1])
+    at = np.flatnonzero(np.array(one.mask[0]) > 0)
+    assert np.allclose(cached["chosen_ref_hidden"][3], np.array(h[0])[at].reshape(-1), atol=1e-5)
+    assert np.allclose(np.array(output_head(lm.model)(h)), np.array(lm.model(one.tokens[:, :-1])), atol=1e-4)
+
+    reference = None if lora else load_model(tiny_model_dir).model
+    cfg = TrainConfig(steps=6, batch_size=8, learning_rate=2e-2 if lora else 2e-3, seed=0)
+    cfg = cfg.model_copy(update={"lora": cfg.lora if lora else None})
+    prepare_model(lm.model, cfg)
+    loss = preference_loss(PreferenceLossConfig(beta=0.5))
+    train(lm.model, loss, preference_batches(lm.tokenizer, pairs, cfg, ref=cached), cfg, reference=reference)
+    batch = preference_batches(lm.tokenizer, pairs, cfg, ref=cached)(2)
+    assert batch[REF_HIDDEN].shape == (
+        *batch["mask"].shape,
+        len(cached["chosen_ref_hidden"][0]) // int(plain["chosen_tokens"][0]),
+    )
+    assert not np.array(batch[REF_HIDDEN])[np.array(batch["mask"]) == 0].any()
+    logits = loss(lm.model, batch)[1][POLICY_LOGITS]
+    without = {k: v for k, v in batch.items() if k != REF_HIDDEN}
+    exact = token_stats(lm.model, without, reference, logits)  # the reference's forward over the batch
+    from_cache = token_stats(lm.model, batch, reference, logits)
+    assert exact["kl"] > 0.01, exact
+    assert from_cache["kl"] == pytest.approx(exact["kl"], rel=1e-4) and from_cache["entropy"] == pytest.approx(
+        exact["entropy"], rel=1e-5
+    )
+    # a cache made for other rows (another max_seq_len) is refused, naming the stage to run again
+    with pytest.raises(ValueError, match="stage 3"):
+        preference_batches(lm.tokenizer, pairs, cfg.model_copy(update={"max_seq_len": 12}), ref=cached)
+
+
+def test_a_model_that_does_more_after_its_head_is_not_cached(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    capped = type(lm.model).__call__
+    try:  # scaling the logits after the head, as Cohere's logit_scale does
+        type(lm.model).__call__ = lambda self, x, *a, **k: 0.5 * capped(self, x, *a, **k)
+        with pytest.raises(ValueError, match="kl_cache_max_gb"):
+            reference_logps(lm.model, lm.tokenizer, _pairs()[:2], hidden=True)
+    finally:
+        type(lm.model).__call__ = capped

@@ -109,6 +109,22 @@ def _pad_id(tokenizer) -> int:
     return int(pid) if pid is not None else int(tokenizer.eos_token_id or 0)
 
 
+HIDDEN_KEYS = ("chosen_ref_hidden", "rejected_ref_hidden")
+
+
+def output_head(model) -> Callable[[mx.array], mx.array]:
+    """The map from the backbone's final (normed) hidden states to logits, for mlx-lm's decoder layout: `model.model`
+    is the backbone and the logits are its output through `lm_head`, or the tied input embedding."""
+    if getattr(getattr(model, "args", None), "tie_word_embeddings", False):
+        return model.model.embed_tokens.as_linear
+    if hasattr(model, "lm_head") and hasattr(model, "model"):
+        return model.lm_head
+    raise ValueError(
+        f"{type(model).__module__}.{type(model).__name__} has no lm_head or tied embedding after a `model` backbone "
+        "(mlx-lm's layout): its reference hidden states cannot be cached; set dpo.kl_cache_max_gb to 0"
+    )
+
+
 def reference_logps(
     model,
     tokenizer,
@@ -117,20 +133,44 @@ def reference_logps(
     batch_size: int = 16,
     chat: bool = True,
     max_len: int = 512,
+    hidden: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Reference log-probs of every pair, computed once so the reference model can leave memory.
 
     Returns float64 arrays: chosen_logps, rejected_logps (sums over completion tokens)
     and chosen_tokens, rejected_tokens (counts), each [len(pairs)].
+    hidden adds HIDDEN_KEYS: per pair, the reference's final hidden state at each completion position, [n_completion
+    * d] float32 flattened row by row (object arrays of len(pairs)). Through the reference's output head they give
+    its exact next-token distribution at those positions: training measures KL(policy || reference) per step from
+    them without running the reference over every position (realign.train.loop.token_stats). It is checked here that
+    head(hidden) reproduces the model's own logits (an architecture that does more after its head is refused).
     """
     out = {k: np.zeros(len(pairs)) for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
+    if hidden:
+        out.update({k: np.empty(len(pairs), dtype=object) for k in HIDDEN_KEYS})
+        head = output_head(model)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         batch = pair_batch(tokenizer, chunk, chat=chat, max_len=max_len)
-        sums, counts = sequence_logps(model, batch)
-        mx.eval(sums, counts)
         n = len(chunk)
+        if hidden:
+            inputs = batch.tokens[:, :-1]
+            h = model.model(inputs)
+            logits = head(h)
+            lp = token_logps_from_logits(logits, batch.tokens[:, 1:])
+            sums, counts = (lp * batch.mask).sum(axis=1), batch.mask.sum(axis=1)
+            if start == 0:
+                _check_head(model(inputs), logits)
+            mx.eval(sums, counts, h)
+            h, mask = np.array(h.astype(mx.float32)), np.array(batch.mask)
+            for r in range(2 * n):
+                at = np.flatnonzero(mask[r] > 0)  # the completion positions, as training's batches have them
+                side = "chosen" if r < n else "rejected"
+                out[f"{side}_ref_hidden"][start + r % n] = h[r, at].reshape(-1)
+        else:
+            sums, counts = sequence_logps(model, batch)
+            mx.eval(sums, counts)
         sums, counts = np.array(sums), np.array(counts)
         out["chosen_logps"][start : start + n] = sums[:n]
         out["rejected_logps"][start : start + n] = sums[n:]
@@ -139,6 +179,36 @@ def reference_logps(
         if on_progress:
             on_progress(start + n, len(pairs))
     return out
+
+
+def _check_head(own: mx.array, split: mx.array) -> None:
+    """The backbone + head split must give the model's own logits (soft-capping or scaling after the head would not)."""
+    own, split = own.astype(mx.float32), split.astype(mx.float32)
+    diff, scale = mx.abs(own - split).max().item(), mx.abs(own).max().item()
+    if not diff <= 1e-3 * (1.0 + scale):
+        raise ValueError(
+            f"the model's logits differ from its backbone's hidden states through its output head by up to {diff:.3g} "
+            f"(logits up to {scale:.3g}): it does more after the head, so its reference hidden states cannot stand in "
+            "for its logits; set dpo.kl_cache_max_gb to 0"
+        )
+
+
+def hidden_cache_bytes(model, tokenizer, pairs: Sequence[dict], *, chat: bool = True, max_len: int = 512) -> int:
+    """Bytes the HIDDEN_KEYS of reference_logps(hidden=True) take for these pairs: completion tokens x d x 4."""
+    d = _hidden_size(model)
+    n = 0
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            n += encode(tokenizer, p["prompt"], p[side], chat=chat, max_len=max_len).n_completion
+    return n * d * 4
+
+
+def _hidden_size(model) -> int:
+    args = getattr(model, "args", None)
+    d = getattr(args, "hidden_size", None)
+    if d is None:
+        d = model.model(mx.array([[0]])).shape[-1]  # no config field: measure it
+    return int(d)
 
 
 def mean_completion_loss(

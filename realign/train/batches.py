@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import numpy as np
 
-from realign.model.logprobs import _pad_id, collate, encode
+from realign.model.logprobs import HIDDEN_KEYS, _pad_id, collate, encode
 
 if TYPE_CHECKING:  # loop.py imports this module
     from realign.train.loop import TrainConfig
@@ -19,6 +19,9 @@ Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-speci
 POLICY_LOGITS = "policy_logits"
 # A preference batch's scale for its chosen-token NLL term (RPO, ORPO, CPO): set on a data-parallel slice only.
 NLL_WEIGHT = "nll_weight"
+# The reference's final hidden states at each completion position [B, T-1, d], cached by stage 3: through the
+# reference's output head they give its logits there, so the loop's per-step KL needs no reference forward.
+REF_HIDDEN = "ref_hidden"
 
 
 # Micro-batches per length group: enough that rows of similar length meet, few enough that a group spans a small
@@ -96,7 +99,9 @@ def preference_batches(
     """Micro-batch source over preference pairs: chosen rows then rejected rows, plus cached reference log-probs.
 
     ref: arrays "chosen_logps" and "rejected_logps" aligned with `pairs` (from
-    `realign.model.logprobs.reference_logps`); required for DPO, unused by ORPO/CPO.
+    `realign.model.logprobs.reference_logps`); required for DPO, unused by ORPO/CPO. When it also holds the
+    reference's hidden states at the completion positions (HIDDEN_KEYS), batches carry them as REF_HIDDEN [2B, T-1, d]
+    (zeros elsewhere), and the loop's per-step KL needs no reference forward.
     """
     chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
     rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
@@ -104,6 +109,8 @@ def preference_batches(
     lengths = [max(len(c.ids), len(r.ids)) for c, r in zip(chosen, rejected)] if cfg.group_by_length else None
     order = batch_indices(len(pairs), cfg.batch_size, cfg.seed, lengths)
     pad = _pad_id(tokenizer)
+    cached = ref is not None and all(k in ref for k in HIDDEN_KEYS)
+    d = _check_hidden(ref, chosen, rejected) if cached else 0
 
     def at(i: int) -> Batch:
         idx = order(i)
@@ -112,6 +119,34 @@ def preference_batches(
         if ref is not None:
             batch["ref_chosen"] = mx.array(np.asarray(ref["chosen_logps"])[idx], dtype=mx.float32)
             batch["ref_rejected"] = mx.array(np.asarray(ref["rejected_logps"])[idx], dtype=mx.float32)
+        if cached:
+            rows = [("chosen", j) for j in idx] + [("rejected", j) for j in idx]
+            batch[REF_HIDDEN] = _place_hidden(ref, rows, np.array(tb.mask), d)
         return batch
 
     return at
+
+
+def _check_hidden(ref: dict, chosen: list, rejected: list) -> int:
+    """d of the cached hidden states, after checking that they cover each row's completion tokens as training encodes
+    them (a cache made with another max_seq_len or chat template would put the reference's states on other tokens)."""
+    d = len(ref["chosen_ref_hidden"][0]) // max(chosen[0].n_completion, 1)
+    for side, encoded in (("chosen", chosen), ("rejected", rejected)):
+        name = f"{side}_ref_hidden"
+        for j, e in enumerate(encoded):
+            if d < 1 or len(ref[name][j]) != d * e.n_completion:
+                raise ValueError(
+                    f"reference cache {name}[{j}] has {len(ref[name][j])} numbers, expected {e.n_completion} "
+                    f"completion tokens x d={d}: it was made with another max_seq_len or chat template than "
+                    "training's; run the reference stage (stage 3) again"
+                )
+    return d
+
+
+def _place_hidden(ref: dict, rows: list[tuple[str, int]], mask: np.ndarray, d: int) -> mx.array:
+    """[rows, T-1, d]: each row's cached reference hidden states at its completion positions, zeros elsewhere."""
+    out = np.zeros((*mask.shape, d), dtype=np.float32)
+    for r, (side, j) in enumerate(rows):
+        at = np.flatnonzero(mask[r] > 0)
+        out[r, at] = np.asarray(ref[f"{side}_ref_hidden"][j], dtype=np.float32).reshape(len(at), d)
+    return mx.array(out)

@@ -7,7 +7,8 @@ import math
 import mlx.nn as nn
 import numpy as np
 
-from realign.train.batches import preference_batches
+from realign.model.logprobs import HIDDEN_KEYS
+from realign.train.batches import POLICY_LOGITS, preference_batches
 from realign.train.loop import TrainConfig, token_stats
 from realign.train.objectives import PreferenceLossConfig, preference_loss
 
@@ -24,10 +25,18 @@ def split_pairs(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.
 def split_with_reference(
     pairs: list[dict], ref: dict[str, np.ndarray], val_fraction: float, seed: int
 ) -> tuple[list[dict], list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(train pairs, held-out pairs, their reference log-probs); `ref` holds arrays aligned with `pairs`."""
+    """(train pairs, held-out pairs, their reference log-probs); `ref` holds arrays aligned with `pairs`. The
+    reference's cached hidden states (HIDDEN_KEYS), when there, go with the training pairs only (for the per-step KL);
+    the held-out check runs the reference itself."""
     tr, va = split_pairs(len(pairs), val_fraction, seed)
     keys = ("chosen_logps", "rejected_logps")
-    return [pairs[i] for i in tr], [pairs[i] for i in va], {k: ref[k][tr] for k in keys}, {k: ref[k][va] for k in keys}
+    train_keys = keys + tuple(k for k in HIDDEN_KEYS if k in ref)
+    return (
+        [pairs[i] for i in tr],
+        [pairs[i] for i in va],
+        {k: ref[k][tr] for k in train_keys},
+        {k: ref[k][va] for k in keys},
+    )
 
 
 def held_out(
@@ -43,6 +52,7 @@ def held_out(
 
     ref: the pairs' cached reference log-probs ("chosen_logps", "rejected_logps"); reference: a frozen
     model for KL under full fine-tuning (LoRA policies use their own base). No pairs: every value NaN.
+    One policy forward per batch gives the rewards, KL and entropy.
     """
     if not pairs:
         return dict(NOT_MEASURED)
@@ -60,7 +70,7 @@ def held_out(
         acc += m["rewards/accuracies"].item() * w
         margin += m["rewards/margins"].item() * w
         weight += w
-        s = token_stats(model, batch, reference)
+        s = token_stats(model, batch, reference, m[POLICY_LOGITS])
         t = batch["mask"].sum().item()
         kl += s["kl"] * t
         ent += s["entropy"] * t

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,9 +30,10 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pydantic import BaseModel, ConfigDict, Field
 
-from realign.eval.metrics import masked_kl_and_entropy
+from realign.eval.metrics import kl_and_entropy_rows, masked_kl_and_entropy, masked_rows
 from realign.io import atomic_dir, atomic_path
-from realign.train.batches import POLICY_LOGITS, Batch
+from realign.model.logprobs import output_head
+from realign.train.batches import POLICY_LOGITS, REF_HIDDEN, Batch
 
 if TYPE_CHECKING:  # distributed.py imports this module
     from realign.train.distributed import DataParallel
@@ -71,7 +72,7 @@ class TrainConfig(BaseModel):
         1,
         ge=1,
         description="Compute KL and entropy every N steps: the policy's logits come from the loss step; KL needs one "
-        "extra forward pass of the reference.",
+        "extra forward pass of the reference, or only its output head where DPO's stage 3 cached its hidden states.",
     )
     kl_limit: float | None = Field(
         None, gt=0, description="Stop early when the step's KL(policy || reference) exceeds this."
@@ -146,12 +147,23 @@ def token_stats(
     """Mean per-token KL(policy || reference) and policy entropy on the batch's completion tokens.
 
     logits: the policy's logits on this batch when the caller has them (the loss step's): no policy forward then.
-    reference None: the model's own base (LoRA adapters off) when it has adapters;
-    otherwise KL is not computable and is reported as NaN.
+    The reference: `reference`, or the model's own base (LoRA adapters off) when it has adapters; otherwise KL is not
+    computable and is reported as NaN. A batch carrying the reference's cached hidden states (REF_HIDDEN, a DPO run's
+    stage 3) gets the reference's logits from them through its output head, at the completion positions only: the
+    same KL without a reference forward over the batch.
     """
     inputs, mask = batch["tokens"][:, :-1], batch["mask"]
     if logits is None:
         logits = model(inputs)
+    if REF_HIDDEN in batch and (reference is not None or has_adapters(model)):
+        idx = masked_rows(mask)
+        if idx is None:
+            return {"kl": float("nan"), "entropy": float("nan")}
+        hidden = batch[REF_HIDDEN].reshape(-1, batch[REF_HIDDEN].shape[-1])[idx]
+        with nullcontext() if reference is not None else adapters_disabled(model):
+            ref_rows = output_head(reference if reference is not None else model)(hidden)
+        kl, entropy = kl_and_entropy_rows(logits.reshape(-1, logits.shape[-1])[idx], ref_rows)
+        return {"kl": kl, "entropy": entropy}
     ref_logits = None
     if reference is not None:
         ref_logits = reference(inputs)

@@ -11,7 +11,7 @@ from prefect import get_run_logger
 from realign.eval.probes import kl_probe, probe_examples
 from realign.io import write_json, write_parquet
 from realign.model.load import is_adapter_dir, load_model, weights_finite
-from realign.model.logprobs import finite_fraction, reference_logps
+from realign.model.logprobs import finite_fraction, hidden_cache_bytes, reference_logps
 from realign.train.loop import TrainConfig, prepare_model
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
@@ -19,7 +19,8 @@ from tasks.stages import StageResult, one_row
 
 
 class ReferenceResult(StageResult):
-    """ref_logps_path: Parquet aligned with the pairs (chosen/rejected sums and token counts)."""
+    """ref_logps_path: Parquet aligned with the pairs (chosen/rejected sums and token counts, and the hidden states
+    at the completion tokens when cached)."""
 
     reference_dir: str
     ref_logps_path: str
@@ -39,19 +40,40 @@ class ReferenceResult(StageResult):
 
 @stage_task("3-model-initialization")
 def initialize_reference(
-    reference_dir: str, pairs_path: str, train_cfg: TrainConfig, run_dir: str, round: int = 1
+    reference_dir: str,
+    pairs_path: str,
+    train_cfg: TrainConfig,
+    run_dir: str,
+    round: int = 1,
+    kl_cache_max_gb: float = 0.0,
 ) -> ReferenceResult:
+    """kl_cache_max_gb: also cache the reference's hidden states at the completion tokens when they fit in this
+    many GB; stage 5 then measures its per-step KL from them without running the reference."""
     log = get_run_logger()
     t0 = time.perf_counter()
     out = DPO_STAGES.dir(run_dir, 3, round)
     pairs = pd.read_parquet(pairs_path).to_dict("records")
     ref = load_model(reference_dir)
+    hidden = False
+    if kl_cache_max_gb > 0:
+        size = hidden_cache_bytes(ref.model, ref.tokenizer, pairs, max_len=train_cfg.max_seq_len)
+        hidden = size <= kl_cache_max_gb * 1e9
+        log.info(
+            f"reference hidden states for the per-step KL: {size / 1e6:.1f} MB, "
+            + (
+                "cached"
+                if hidden
+                else f"over kl_cache_max_gb={kl_cache_max_gb:g}: not cached (a reference forward "
+                "per measured step instead)"
+            )
+        )
     cache = reference_logps(
         ref.model,
         ref.tokenizer,
         pairs,
         batch_size=32,
         max_len=train_cfg.max_seq_len,  # cut as training cuts them: the reference scores the tokens the policy sees
+        hidden=hidden,
         on_progress=lambda d, n: log.info(f"reference log-probs {d}/{n}") if d == n else None,
     )
     write_parquet(out / "reference_logps.parquet", pd.DataFrame(cache))
