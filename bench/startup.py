@@ -103,7 +103,7 @@ def run_child(code: str, env: dict, session: str) -> tuple[float, str]:
 LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \| \w+\s*\| (.*)$")
 
 
-def run_demo(env: dict, session: str) -> dict:
+def run_demo(env: dict, session: str, keep_summary: str | None = None) -> dict:
     """Run the DPO demo once; seconds from spawn to its start-up milestones (from its log timestamps) and to exit."""
     with tempfile.TemporaryDirectory() as runs:
         cmd = [str(Path(PY).parent / "realign"), "run", "dpo", "--runs-root", runs, "--run-name", "bench-startup"]
@@ -125,6 +125,8 @@ def run_demo(env: dict, session: str) -> dict:
         total = time.perf_counter() - start
         summary_path = Path(runs) / "bench-startup" / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if keep_summary is not None and summary_path.is_file():  # to compare the demo's numbers across commits
+            Path(keep_summary).write_text(summary_path.read_text())
         padded = demo_padding(Path(runs) / "bench-startup") if proc.returncode == 0 else None
     if proc.returncode != 0:
         print("\n".join(lines[-30:]))
@@ -183,6 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the component children")
     ap.add_argument("--demo", action="store_true", help="also run the full DPO demo once (~6 minutes on 2 cores)")
+    ap.add_argument("--summary", metavar="PATH", help="with --demo: copy the demo's summary.json here")
     args = ap.parse_args()
     session = f"bench-startup-{uuid.uuid4().hex}"
     imports = ("prefect", "great_expectations", "flows.dpo")
@@ -199,7 +202,7 @@ def main() -> None:
             wall, out = run_child(FLOW, env, session)
             walls["flow"].append(wall)
             flow_parts.append(json.loads(out))
-        demo = run_demo(env, session) if args.demo else None
+        demo = run_demo(env, session, args.summary) if args.demo else None
     med = {k: statistics.median(v) for k, v in {**walls, **inside}.items()}
     part = {k: statistics.median(p[k] for p in flow_parts) for k in ("import", "first", "second")}
     overhead = med["flow"] - med["plain"]

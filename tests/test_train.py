@@ -381,7 +381,7 @@ def test_bucket_lengths_pad_at_most_a_sixteenth(n, bucket):
 def test_cached_reference_hidden_states_give_the_exact_per_step_kl(tiny_model_dir, lora):
     """Stage 3's cache of the reference's hidden states at the completion tokens, placed in each batch, gives the
     loop the same KL as the reference's forward pass (LoRA: the base under the adapters; full: a frozen copy)."""
-    from realign.model.logprobs import output_head
+    from realign.model.logprobs import hidden_cache_bytes, output_head
     from realign.train.batches import POLICY_LOGITS, REF_HIDDEN
 
     lm = load_model(tiny_model_dir)
@@ -390,6 +390,9 @@ def test_cached_reference_hidden_states_give_the_exact_per_step_kl(tiny_model_di
     cached = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=5, hidden=True)
     for key in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"):
         assert cached[key] == pytest.approx(plain[key], abs=1e-4), key
+    # what stage 3 weighs against dpo.kl_cache_max_gb before caching: 4 bytes per number it then stores
+    stored = sum(len(v) for k in ("chosen_ref_hidden", "rejected_ref_hidden") for v in cached[k])
+    assert hidden_cache_bytes(lm.model, lm.tokenizer, pairs) == 4 * stored > 0
     # pair 3's cached states are the backbone's at its chosen completion positions, and the head makes them logits
     one = pair_batch(lm.tokenizer, pairs[3:4])
     h = lm.model.model(one.tokens[:, :-1])
