@@ -97,8 +97,9 @@ def test_every_row_comes_back_exactly_once_from_two_workers(tmp_path, tiny_model
     assert by_pool["m4-max"]["slowdown_seconds"] == 0.0
     slow_rec = by_pool["m3-ultra"]
     computed = slow_rec["sampling_seconds"] - slow_rec["slowdown_seconds"]
-    # asleep for (2 - 1) x the compute time up to the last batch's progress report, i.e. nearly all of it
-    assert 0.5 * computed <= slow_rec["slowdown_seconds"] <= computed, slow_rec
+    # asleep for (2 - 1) x the compute time up to the last batch's progress report, i.e. nearly all of it (a loaded
+    # machine may oversleep a little)
+    assert 0.5 * computed <= slow_rec["slowdown_seconds"] <= 1.5 * computed, slow_rec
     for r in result["records"]:  # SPEC.md's MLX environment, in each worker's shard process
         assert r["environment"]["MLX_METAL_PREALLOCATE"] == "1", r
         assert r["environment"]["MLX_METAL_FAST_SYNCH"] == "1" and r["environment"]["TOKENIZERS_PARALLELISM"] == "false"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -377,14 +380,43 @@ def test_bucket_lengths_pad_at_most_a_sixteenth(n, bucket):
     assert len({bucket_length(m) for m in range(65, 129)}) == 16
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_cached_reference_hidden_states_give_the_exact_per_step_kl(tiny_model_dir, lora):
+def _untied_copy(model_dir: Path, out: Path) -> Path:
+    """The tiny model with its own lm_head (a perturbed copy of the embedding) instead of the tied embedding."""
+
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    weights = mx.load(str(out / "model.safetensors"))
+    embed = weights["model.embed_tokens.weight"]
+    weights["lm_head.weight"] = embed + 0.05 * mx.random.normal(embed.shape, key=mx.random.key(3))
+    mx.save_safetensors(str(out / "model.safetensors"), weights)
+    return out
+
+
+# KL from the cache against the reference's forward: float32 models agree to float32 rounding; in bfloat16 the
+# cached states are float32 copies of bf16 ones and the forward's logits bf16, so they agree to bf16 rounding.
+CACHE_CASES = {"lora": (True, "tied", None, 1e-4), "full": (False, "tied", None, 1e-4)}
+CACHE_CASES |= {"untied-full": (False, "untied", None, 1e-4), "bf16-lora": (True, "tied", mx.bfloat16, 2e-2)}
+
+
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_cached_reference_hidden_states_give_the_per_step_kl(tiny_model_dir, tmp_path, case):
     """Stage 3's cache of the reference's hidden states at the completion tokens, placed in each batch, gives the
-    loop the same KL as the reference's forward pass (LoRA: the base under the adapters; full: a frozen copy)."""
+    loop the KL of the reference's forward pass (LoRA: the base under the adapters; full: a frozen copy)."""
     from realign.model.logprobs import hidden_cache_bytes, output_head
     from realign.train.batches import POLICY_LOGITS, REF_HIDDEN
 
-    lm = load_model(tiny_model_dir)
+    lora, head, dtype, rel = CACHE_CASES[case]
+    model_dir = _untied_copy(tiny_model_dir, tmp_path / "untied") if head == "untied" else tiny_model_dir
+
+    def load():
+        lm = load_model(model_dir)
+        if dtype is not None:
+            lm.model.set_dtype(dtype)
+        return lm
+
+    lm = load()
+    assert ("lm_head" in lm.model) == (head == "untied")
     pairs = _pairs()
     plain = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=5)
     cached = reference_logps(lm.model, lm.tokenizer, pairs, batch_size=5, hidden=True)
@@ -397,40 +429,46 @@ def test_cached_reference_hidden_states_give_the_exact_per_step_kl(tiny_model_di
     one = pair_batch(lm.tokenizer, pairs[3:4])
     h = lm.model.model(one.tokens[:, :-1])
     at = np.flatnonzero(np.array(one.mask[0]) > 0)
-    assert np.allclose(cached["chosen_ref_hidden"][3], np.array(h[0])[at].reshape(-1), atol=1e-5)
-    assert np.allclose(np.array(output_head(lm.model)(h)), np.array(lm.model(one.tokens[:, :-1])), atol=1e-4)
+    assert np.allclose(cached["chosen_ref_hidden"][3], np.array(h[0].astype(mx.float32))[at].reshape(-1), atol=1e-5)
+    own = np.array(lm.model(one.tokens[:, :-1]).astype(mx.float32))
+    assert np.allclose(np.array(output_head(lm.model)(h).astype(mx.float32)), own, atol=1e-4)
 
-    reference = None if lora else load_model(tiny_model_dir).model
+    reference = None if lora else load().model
     cfg = TrainConfig(steps=6, batch_size=8, learning_rate=2e-2 if lora else 2e-3, seed=0)
     cfg = cfg.model_copy(update={"lora": cfg.lora if lora else None})
     prepare_model(lm.model, cfg)
     loss = preference_loss(PreferenceLossConfig(beta=0.5))
     train(lm.model, loss, preference_batches(lm.tokenizer, pairs, cfg, ref=cached), cfg, reference=reference)
     batch = preference_batches(lm.tokenizer, pairs, cfg, ref=cached)(2)
-    assert batch[REF_HIDDEN].shape == (
-        *batch["mask"].shape,
-        len(cached["chosen_ref_hidden"][0]) // int(plain["chosen_tokens"][0]),
+    # packed: each row's completion positions from the front, zeros after
+    counts = np.array(batch["mask"]).sum(axis=1).astype(int)
+    packed = np.array(batch[REF_HIDDEN])
+    assert packed.shape[:2] == (len(counts), counts.max()) and packed.shape[2] == stored // sum(
+        int(plain[k].sum()) for k in ("chosen_tokens", "rejected_tokens")
     )
-    assert not np.array(batch[REF_HIDDEN])[np.array(batch["mask"]) == 0].any()
+    assert all(not packed[r, c:].any() and packed[r, c - 1].any() for r, c in enumerate(counts))
     logits = loss(lm.model, batch)[1][POLICY_LOGITS]
     without = {k: v for k, v in batch.items() if k != REF_HIDDEN}
     exact = token_stats(lm.model, without, reference, logits)  # the reference's forward over the batch
     from_cache = token_stats(lm.model, batch, reference, logits)
     assert exact["kl"] > 0.01, exact
-    assert from_cache["kl"] == pytest.approx(exact["kl"], rel=1e-4) and from_cache["entropy"] == pytest.approx(
-        exact["entropy"], rel=1e-5
-    )
+    assert from_cache["kl"] == pytest.approx(exact["kl"], rel=rel)
+    assert from_cache["entropy"] == pytest.approx(exact["entropy"], rel=1e-5)
     # a cache made for other rows (another max_seq_len) is refused, naming the stage to run again
     with pytest.raises(ValueError, match="stage 3"):
         preference_batches(lm.tokenizer, pairs, cfg.model_copy(update={"max_seq_len": 12}), ref=cached)
 
 
 def test_a_model_that_does_more_after_its_head_is_not_cached(tiny_model_dir):
+    from realign.model.logprobs import hidden_cache_problem
+
     lm = load_model(tiny_model_dir)
+    assert hidden_cache_problem(lm.model, pair_batch(lm.tokenizer, _pairs()[:1]).tokens) is None
     capped = type(lm.model).__call__
     try:  # scaling the logits after the head, as Cohere's logit_scale does
         type(lm.model).__call__ = lambda self, x, *a, **k: 0.5 * capped(self, x, *a, **k)
-        with pytest.raises(ValueError, match="kl_cache_max_gb"):
+        assert "differ" in hidden_cache_problem(lm.model, pair_batch(lm.tokenizer, _pairs()[:1]).tokens)
+        with pytest.raises(ValueError, match="cannot stand in for its logits"):
             reference_logps(lm.model, lm.tokenizer, _pairs()[:2], hidden=True)
     finally:
         type(lm.model).__call__ = capped

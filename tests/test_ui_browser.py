@@ -338,9 +338,12 @@ def resume_in_form(page, stack, client, run_id, fill) -> None:
         # on a loaded machine, as the run form's does.
         for attempt in range(2):
             if attempt:
-                if not paused():  # resumed just after the wait
-                    return
-                open_run(page, stack, run_id, "Paused")  # a fresh page: no half-open dialog from the first try
+                try:  # a fresh page: no half-open dialog from the first try
+                    open_run(page, stack, run_id, "Paused")
+                except Exception:  # noqa: BLE001 - the first submit may have landed since: then it is not Paused
+                    if not paused():
+                        return
+                    raise
             page.get_by_role("button", name="Resume").click()
             dialog = page.get_by_role("dialog")
             dialog.get_by_text("Reviewer").first.wait_for(timeout=30_000)

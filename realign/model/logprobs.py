@@ -114,15 +114,33 @@ HIDDEN_KEYS = ("chosen_ref_hidden", "rejected_ref_hidden")
 
 def output_head(model) -> Callable[[mx.array], mx.array]:
     """The map from the backbone's final (normed) hidden states to logits, for mlx-lm's decoder layout: `model.model`
-    is the backbone and the logits are its output through `lm_head`, or the tied input embedding."""
-    if getattr(getattr(model, "args", None), "tie_word_embeddings", False):
-        return model.model.embed_tokens.as_linear
-    if hasattr(model, "lm_head") and hasattr(model, "model"):
+    is the backbone and the logits are its output through `lm_head`, or the tied input embedding (tied models have
+    no lm_head, whether the flag sits on `args` or on the model). hidden_cache_problem checks the result."""
+    tied = getattr(model, "tie_word_embeddings", None)
+    if tied is None:
+        tied = getattr(getattr(model, "args", None), "tie_word_embeddings", False)
+    if not tied and "lm_head" in model:
         return model.lm_head
-    raise ValueError(
-        f"{type(model).__module__}.{type(model).__name__} has no lm_head or tied embedding after a `model` backbone "
-        "(mlx-lm's layout): its reference hidden states cannot be cached; set dpo.kl_cache_max_gb to 0"
-    )
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if embed is not None and hasattr(embed, "as_linear"):
+        return embed.as_linear
+    raise ValueError(f"{type(model).__module__}.{type(model).__name__} has no lm_head or embedding to project with")
+
+
+def hidden_cache_problem(model, tokens: mx.array) -> str | None:
+    """Why the model's logits cannot be had from its backbone's hidden states through output_head (None if they
+    can): checked on one row of up to 64 tokens. Architectures that scale or soft-cap after the head (Gemma 2,
+    Cohere, Granite) or scale before it (MiniCPM) fail here, and their per-step KL takes the reference forward."""
+    inputs = tokens[:1, :64]
+    try:
+        split = output_head(model)(model.model(inputs)).astype(mx.float32)
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"no backbone + output head split ({exc})"
+    own = model(inputs).astype(mx.float32)
+    diff, scale = mx.abs(own - split).max().item(), mx.abs(own).max().item()
+    if not diff <= 1e-3 * (1.0 + scale):
+        return f"its logits differ from its head over its hidden states by up to {diff:.3g} (logits up to {scale:.3g})"
+    return None
 
 
 def reference_logps(
@@ -142,14 +160,18 @@ def reference_logps(
     and chosen_tokens, rejected_tokens (counts), each [len(pairs)].
     hidden adds HIDDEN_KEYS: per pair, the reference's final hidden state at each completion position, [n_completion
     * d] float32 flattened row by row (object arrays of len(pairs)). Through the reference's output head they give
-    its exact next-token distribution at those positions: training measures KL(policy || reference) per step from
-    them without running the reference over every position (realign.train.loop.token_stats). It is checked here that
-    head(hidden) reproduces the model's own logits (an architecture that does more after its head is refused).
+    its next-token distribution at those positions (up to rounding: float32 states, the head in the model's dtype):
+    training measures KL(policy || reference) per step from them without running the reference over every position
+    (realign.train.loop.token_stats). A model whose logits are not its head over its hidden states is refused
+    (hidden_cache_problem; stage 3 checks first and then does without).
     """
     out = {k: np.zeros(len(pairs)) for k in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")}
     if hidden:
         out.update({k: np.empty(len(pairs), dtype=object) for k in HIDDEN_KEYS})
         head = output_head(model)
+        problem = hidden_cache_problem(model, pair_batch(tokenizer, pairs[:1], chat=chat, max_len=max_len).tokens)
+        if problem:
+            raise ValueError(f"the reference's hidden states cannot stand in for its logits: {problem}")
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         batch = pair_batch(tokenizer, chunk, chat=chat, max_len=max_len)
@@ -157,17 +179,17 @@ def reference_logps(
         if hidden:
             inputs = batch.tokens[:, :-1]
             h = model.model(inputs)
-            logits = head(h)
-            lp = token_logps_from_logits(logits, batch.tokens[:, 1:])
+            lp = token_logps_from_logits(head(h), batch.tokens[:, 1:])
             sums, counts = (lp * batch.mask).sum(axis=1), batch.mask.sum(axis=1)
-            if start == 0:
-                _check_head(model(inputs), logits)
-            mx.eval(sums, counts, h)
-            h, mask = np.array(h.astype(mx.float32)), np.array(batch.mask)
+            mask = np.array(batch.mask)
+            # only the completion positions leave MLX (as training's batches have them), in row-major order
+            at = np.flatnonzero(mask.reshape(-1) > 0)
+            kept = h.reshape(-1, h.shape[-1])[mx.array(at)].astype(mx.float32)
+            mx.eval(sums, counts, kept)
+            kept, ends = np.array(kept), np.cumsum(mask.sum(axis=1).astype(int))
             for r in range(2 * n):
-                at = np.flatnonzero(mask[r] > 0)  # the completion positions, as training's batches have them
                 side = "chosen" if r < n else "rejected"
-                out[f"{side}_ref_hidden"][start + r % n] = h[r, at].reshape(-1)
+                out[f"{side}_ref_hidden"][start + r % n] = kept[ends[r] - int(mask[r].sum()) : ends[r]].reshape(-1)
         else:
             sums, counts = sequence_logps(model, batch)
             mx.eval(sums, counts)
@@ -179,18 +201,6 @@ def reference_logps(
         if on_progress:
             on_progress(start + n, len(pairs))
     return out
-
-
-def _check_head(own: mx.array, split: mx.array) -> None:
-    """The backbone + head split must give the model's own logits (soft-capping or scaling after the head would not)."""
-    own, split = own.astype(mx.float32), split.astype(mx.float32)
-    diff, scale = mx.abs(own - split).max().item(), mx.abs(own).max().item()
-    if not diff <= 1e-3 * (1.0 + scale):
-        raise ValueError(
-            f"the model's logits differ from its backbone's hidden states through its output head by up to {diff:.3g} "
-            f"(logits up to {scale:.3g}): it does more after the head, so its reference hidden states cannot stand in "
-            "for its logits; set dpo.kl_cache_max_gb to 0"
-        )
 
 
 def hidden_cache_bytes(model, tokenizer, pairs: Sequence[dict], *, chat: bool = True, max_len: int = 512) -> int:

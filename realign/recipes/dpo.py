@@ -61,7 +61,9 @@ class DPOStageConfig(Recipe):
         description="Stage 3 also caches the reference's final hidden states at every completion token when they "
         "take at most this many GB (completion tokens x hidden size x 4 bytes; the tiny demo: under 10 MB). Training "
         "then measures the exact per-step KL from them through the reference's output head, at the completion "
-        "positions only, instead of running the reference over every position at each measured step. 0: never.",
+        "positions only, instead of running the reference over every position at each measured step. Stage 5 holds "
+        "the cache in memory. Models whose logits are not their head over their hidden states (soft-capped or "
+        "scaled logits) are measured with the reference forward instead, with a warning. 0: never.",
     )
 
 

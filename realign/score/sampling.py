@@ -262,10 +262,10 @@ def run_shard(job: ShardJob, *, slowdown: float = 1.0, on_progress: Callable[[in
 
     def progress(done: int, total: int) -> None:
         if slowdown > 1:
-            pause = (slowdown - 1) * (time.perf_counter() - last[0])
-            time.sleep(pause)
-            slept[0] += pause
+            asleep = time.perf_counter()
+            time.sleep((slowdown - 1) * (asleep - last[0]))
             last[0] = time.perf_counter()
+            slept[0] += last[0] - asleep  # as slept, not as asked: a loaded machine oversleeps
         if on_progress:
             on_progress(done, total)
 

@@ -19,8 +19,9 @@ Batch = dict[str, mx.array]  # "tokens" [B, T], "mask" [B, T-1], plus loss-speci
 POLICY_LOGITS = "policy_logits"
 # A preference batch's scale for its chosen-token NLL term (RPO, ORPO, CPO): set on a data-parallel slice only.
 NLL_WEIGHT = "nll_weight"
-# The reference's final hidden states at each completion position [B, T-1, d], cached by stage 3: through the
-# reference's output head they give its logits there, so the loop's per-step KL needs no reference forward.
+# The reference's final hidden states at each row's completion positions, packed to the front [B, C, d] (C: the
+# batch's longest completion; zeros after a row's own), cached by stage 3: through the reference's output head they
+# give its logits there, so the loop's per-step KL needs no reference forward.
 REF_HIDDEN = "ref_hidden"
 
 
@@ -100,8 +101,8 @@ def preference_batches(
 
     ref: arrays "chosen_logps" and "rejected_logps" aligned with `pairs` (from
     `realign.model.logprobs.reference_logps`); required for DPO, unused by ORPO/CPO. When it also holds the
-    reference's hidden states at the completion positions (HIDDEN_KEYS), batches carry them as REF_HIDDEN [2B, T-1, d]
-    (zeros elsewhere), and the loop's per-step KL needs no reference forward.
+    reference's hidden states at the completion positions (HIDDEN_KEYS), batches carry them as REF_HIDDEN, and the
+    loop's per-step KL needs no reference forward.
     """
     chosen = [encode(tokenizer, p["prompt"], p["chosen"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
     rejected = [encode(tokenizer, p["prompt"], p["rejected"], chat=chat, max_len=cfg.max_seq_len) for p in pairs]
@@ -129,24 +130,26 @@ def preference_batches(
 
 def _check_hidden(ref: dict, chosen: list, rejected: list) -> int:
     """d of the cached hidden states, after checking that they cover each row's completion tokens as training encodes
-    them (a cache made with another max_seq_len or chat template would put the reference's states on other tokens)."""
-    d = len(ref["chosen_ref_hidden"][0]) // max(chosen[0].n_completion, 1)
+    them (a cache made with another max_seq_len would hold states of other tokens)."""
+    first = next((j for j, e in enumerate(chosen) if e.n_completion), 0)
+    d = len(ref["chosen_ref_hidden"][first]) // max(chosen[first].n_completion, 1)
     for side, encoded in (("chosen", chosen), ("rejected", rejected)):
         name = f"{side}_ref_hidden"
         for j, e in enumerate(encoded):
             if d < 1 or len(ref[name][j]) != d * e.n_completion:
                 raise ValueError(
                     f"reference cache {name}[{j}] has {len(ref[name][j])} numbers, expected {e.n_completion} "
-                    f"completion tokens x d={d}: it was made with another max_seq_len or chat template than "
-                    "training's; run the reference stage (stage 3) again"
+                    f"completion tokens x d={d} (the size pair {first} gives): it was made for other rows (another "
+                    "max_seq_len than training's); run the reference stage (stage 3) again"
                 )
     return d
 
 
 def _place_hidden(ref: dict, rows: list[tuple[str, int]], mask: np.ndarray, d: int) -> mx.array:
-    """[rows, T-1, d]: each row's cached reference hidden states at its completion positions, zeros elsewhere."""
-    out = np.zeros((*mask.shape, d), dtype=np.float32)
+    """[rows, C, d]: each row's cached reference hidden states, its completion positions in order from the front
+    (C = the longest completion among the rows), zeros after: a quarter of [rows, T-1, d] on the demo's batches."""
+    counts = (mask > 0).sum(axis=1)
+    out = np.zeros((len(rows), max(int(counts.max()), 1), d), dtype=np.float32)
     for r, (side, j) in enumerate(rows):
-        at = np.flatnonzero(mask[r] > 0)
-        out[r, at] = np.asarray(ref[f"{side}_ref_hidden"][j], dtype=np.float32).reshape(len(at), d)
+        out[r, : counts[r]] = np.asarray(ref[f"{side}_ref_hidden"][j], dtype=np.float32).reshape(counts[r], d)
     return mx.array(out)

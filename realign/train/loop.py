@@ -159,7 +159,11 @@ def token_stats(
         idx = masked_rows(mask)
         if idx is None:
             return {"kl": float("nan"), "entropy": float("nan")}
-        hidden = batch[REF_HIDDEN].reshape(-1, batch[REF_HIDDEN].shape[-1])[idx]
+        # Packed rows: row r's first n_r slots are its completion positions in order, as masked_rows orders them.
+        packed = batch[REF_HIDDEN]
+        counts = mask.sum(axis=1, keepdims=True)
+        filled = masked_rows(mx.arange(packed.shape[1])[None, :] < counts)
+        hidden = packed.reshape(-1, packed.shape[-1])[filled]
         with nullcontext() if reference is not None else adapters_disabled(model):
             ref_rows = output_head(reference if reference is not None else model)(hidden)
         kl, entropy = kl_and_entropy_rows(logits.reshape(-1, logits.shape[-1])[idx], ref_rows)

@@ -17,7 +17,7 @@ from realign.train.distributed_job import DistributedConfig
 from realign.train.held_out import held_out, split_with_reference
 from realign.train.loop import prepare_model, resume_key, train
 from realign.train.objectives import preference_loss
-from tasks.cache import stage_task
+from tasks.cache import file_digest, stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.progress import Progress, training_line
 from tasks.shared.distributed import load_trained, stage_distributed, train_on_ranks
@@ -99,9 +99,7 @@ def optimize_dpo(
         f"({len(val_pairs)} held out), {steps} steps"
     )
     # Resume from this stage's checkpoints only if they were made from the same start model, pairs and loss.
-    key = resume_key(
-        Path(pairs_path).read_bytes(), Path(ref_logps_path).read_bytes(), start_dir, cfg.loss.model_dump_json()
-    )
+    key = resume_key(Path(pairs_path).read_bytes(), file_digest(ref_logps_path), start_dir, cfg.loss.model_dump_json())
     ranks = stage_distributed(run_dir, distributed)
     if ranks is not None:
         # Data parallel on the ranks, from OUT/distributed/ (job, pairs, checkpoints, rank 0's weights). Each rank

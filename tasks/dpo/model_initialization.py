@@ -11,7 +11,13 @@ from prefect import get_run_logger
 from realign.eval.probes import kl_probe, probe_examples
 from realign.io import write_json, write_parquet
 from realign.model.load import is_adapter_dir, load_model, weights_finite
-from realign.model.logprobs import finite_fraction, hidden_cache_bytes, reference_logps
+from realign.model.logprobs import (
+    finite_fraction,
+    hidden_cache_bytes,
+    hidden_cache_problem,
+    pair_batch,
+    reference_logps,
+)
 from realign.train.loop import TrainConfig, prepare_model
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
@@ -55,7 +61,10 @@ def initialize_reference(
     pairs = pd.read_parquet(pairs_path).to_dict("records")
     ref = load_model(reference_dir)
     hidden = False
-    if kl_cache_max_gb > 0:
+    problem = hidden_cache_problem(ref.model, pair_batch(ref.tokenizer, pairs[:1]).tokens) if kl_cache_max_gb else None
+    if problem:
+        log.warning(f"reference hidden states not cached ({problem}): stage 5 measures KL with a reference forward")
+    elif kl_cache_max_gb > 0:
         size = hidden_cache_bytes(ref.model, ref.tokenizer, pairs, max_len=train_cfg.max_seq_len)
         hidden = size <= kl_cache_max_gb * 1e9
         log.info(
