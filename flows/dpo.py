@@ -48,10 +48,7 @@ def dpo(config: DPOWorkflowConfig = DPOWorkflowConfig()) -> dict:
             run.gate(s2, preference_pairs_suite, preference_metrics_suite)
             first = first or s2
             # 3. Model initialization: frozen reference, cached log-probs, KL at init.
-            s3 = run.gate(
-                initialize_reference(model_dir, s2.pairs_path, c.dpo.train, run.dir, rnd, c.dpo.kl_cache_max_gb),
-                reference_suite,
-            )
+            s3 = run.gate(initialize_reference(model_dir, s2.pairs_path, c.dpo, run.dir, rnd), reference_suite)
             # 4. Preference modeling: is the signal learnable?
             s4 = model_preferences(c.reward_model, model_dir, s2.pairs_path, run.dir, c.dpo.train.seed, rnd)
             run.gate(s4, reward_model_suite)

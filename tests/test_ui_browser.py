@@ -86,7 +86,10 @@ def task_states(client, run_id) -> list[tuple[str, str, int]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    return [(re.sub(r"-[0-9a-f]{3}$", "", r.name), r.state.name, r.flow_run_run_count) for r in runs]
+    # a task run just created may have no state yet (a CI run read one): None until it has
+    return [
+        (re.sub(r"-[0-9a-f]{3}$", "", r.name), r.state.name if r.state else None, r.flow_run_run_count) for r in runs
+    ]
 
 
 def artifacts(client, key: str, run_id) -> list:

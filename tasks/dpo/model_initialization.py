@@ -18,7 +18,8 @@ from realign.model.logprobs import (
     pair_batch,
     reference_logps,
 )
-from realign.train.loop import TrainConfig, prepare_model
+from realign.recipes.dpo import DPOStageConfig
+from realign.train.loop import prepare_model
 from tasks.cache import stage_task
 from tasks.dpo import DPO_STAGES
 from tasks.stages import StageResult, one_row
@@ -46,15 +47,12 @@ class ReferenceResult(StageResult):
 
 @stage_task("3-model-initialization")
 def initialize_reference(
-    reference_dir: str,
-    pairs_path: str,
-    train_cfg: TrainConfig,
-    run_dir: str,
-    round: int = 1,
-    kl_cache_max_gb: float = 0.0,
+    reference_dir: str, pairs_path: str, cfg: DPOStageConfig, run_dir: str, round: int = 1
 ) -> ReferenceResult:
-    """kl_cache_max_gb: also cache the reference's hidden states at the completion tokens when they fit in this
-    many GB; stage 5 then measures its per-step KL from them without running the reference."""
+    """cfg: stage 5's, whose training the cache serves (its max_seq_len and LoRA setting); cfg.kl_cache_max_gb: also
+    cache the reference's hidden states at the completion tokens when they fit in this many GB, and stage 5 measures
+    its per-step KL from them without running the reference."""
+    train_cfg, kl_cache_max_gb = cfg.train, cfg.kl_cache_max_gb
     log = get_run_logger()
     t0 = time.perf_counter()
     out = DPO_STAGES.dir(run_dir, 3, round)
