@@ -34,3 +34,40 @@ def test_a_server_that_cannot_start_reports_its_exit_and_log(tmp_path, monkeypat
         server.wait()
     server.stop()
     assert "its log ends" in str(info.value)
+
+
+def test_the_warm_up_asks_once_for_an_unserved_path_after_health_answers():
+    # A stand-in server that records what it was asked: health first (until it answers), then one unserved path,
+    # which makes FastAPI build every route before the run's first call.
+    import http.server
+    import threading
+    import time
+
+    asked = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            ok = self.path == "/api/health" and asked.count("/api/health") >= 2  # the first health call fails
+            self.send_response(200 if ok else 404 if self.path != "/api/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    class Running:
+        def poll(self):
+            return None
+
+    server = TemporaryServer(timeout_s=30)
+    server.started_at = time.perf_counter()
+    try:
+        server._warm_up(Running(), f"http://127.0.0.1:{httpd.server_address[1]}/api")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        server.stop()
+    assert asked == ["/api/health", "/api/health", "/api/realign-warm-up"]

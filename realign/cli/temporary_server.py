@@ -5,6 +5,8 @@ flow modules (Prefect, Great Expectations, MLX) are imported, and it imports Pre
 the command's own process to do so (about 5 s on 2 cores) only to launch a subprocess. realign launches the same
 server (uvicorn, `prefect.server.api.server:create_app`, the UI off, Prefect's own "ephemeral" server flags) as its
 first act, so the server boots on one core while the command imports on the other, and points the run at it.
+Once it answers, one request to a path it does not serve makes it build every API route, which FastAPI (0.150)
+otherwise builds on the first request that passes them (about 0.4 s of the run's first call).
 The server is stopped when the run ends; the command's watchdog stops it if the command is killed.
 """
 
@@ -15,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,7 +67,25 @@ class TemporaryServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        # Warmed from a thread, so the server builds its routes on its own core while this process still imports.
+        threading.Thread(target=self._warm_up, args=(self.proc, self.api_url), daemon=True).start()
         return self
+
+    def _warm_up(self, proc: subprocess.Popen, api_url: str) -> None:
+        """Once `proc` answers: one request for a path no route serves, which walks (and so builds) every route."""
+        deadline = self.started_at + self.timeout_s
+        while time.perf_counter() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                    pass
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+                continue
+            try:
+                urllib.request.urlopen(f"{api_url}/realign-warm-up", timeout=30).close()
+            except (urllib.error.URLError, OSError):
+                pass  # the expected 404; any other failure is wait()'s or the run's to report
+            return
 
     def wait(self) -> str:
         """Block until the server's /api/health answers; returns the API URL. Raises TemporaryServerError."""
