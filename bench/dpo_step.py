@@ -16,12 +16,14 @@ with a separate frozen reference model, as the demo's DPO stage runs it.
 After the blocks, the KL from the cache is set against the KL from the reference's forward pass on the "on"
 side's batches, with its final model.
 
-Interleaved blocks: on, exact, recipe, off, on, ... (`--blocks` each), each one `realign.train.loop.train` call of
-`--steps` steps on that side's model, continuing the same batch source where its previous block stopped (so every side
-trains on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything the loop
-does for a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and that are
-not the block's last (it measures on every side). Figures are medians over blocks of steps/s; ratios on/off (target >=
-0.9) and recipe/off.
+Interleaved rounds (`--blocks`), each one block per side, the order rotated every round (on, exact, recipe, off;
+then exact, recipe, off, on; ...) so that no side always runs first or last. A block is one `realign.train.loop.train`
+call of `--steps` steps on that side's model, continuing the same batch source where its previous block stopped (so
+every side trains on the same batches). Timed: the wall-clock time between consecutive per-step callbacks (everything
+the loop does for a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and
+that are not the block's last (it measures on every side). Rates are medians over blocks of steps/s; ratios (on/off,
+target >= 0.9; recipe/off; uncached/off) are medians of the ratios within each round, so that a machine slowing down
+or speeding up between rounds cancels.
 
 Padding share: over every batch the off side trained on, the input positions (`tokens[:, :-1]`) at or beyond each
 row's real length, over all input positions. A row's real length is read from the batch itself: its completion mask
@@ -31,7 +33,7 @@ Where metric time goes: after the blocks, `token_stats` and its parts are timed 
 medians): token_stats as the loop calls it (given the loss step's logits) and as held-out checks call it (its own
 policy forward), the policy forward, the reference forward, and KL + entropy from given logits.
 
-    python bench/dpo_step.py [--batch 8 --steps 21 --blocks 5 --full]
+    python bench/dpo_step.py [--batch 8 --steps 21 --blocks 7 --full]
 """
 
 import argparse
@@ -185,7 +187,7 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=21, help="steps per block (one train() call); 2 x the recipe's every + 1"
     )
-    ap.add_argument("--blocks", type=int, default=5, help="blocks per side, interleaved")
+    ap.add_argument("--blocks", type=int, default=7, help="blocks per side, interleaved in rotated order")
     ap.add_argument("--full", action="store_true", help="full fine-tuning with a separate reference model")
     args = ap.parse_args()
     if args.steps < 3:
@@ -209,9 +211,10 @@ def main() -> None:
             "off": Side(model_dir, pairs, ref, TrainConfig(**common, metrics_every=args.steps + 1), args.full),
         }
         blocks = {k: [] for k in sides}
-        for _ in range(args.blocks):
-            for name, side in sides.items():
-                blocks[name].append(side.run_block())
+        names = list(sides)
+        for r in range(args.blocks):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                blocks[name].append(sides[name].run_block())
         parts, completion_share = where_metric_time_goes(sides["on"], reps=10)
         versus = cache_against_forward(sides["on"])
     timed = {k: sum(n for n, _ in v) for k, v in blocks.items()}
@@ -221,12 +224,17 @@ def main() -> None:
         print("RESULT " + json.dumps({"bench": "dpo_step", "measured": None, "reason": reason}))
         return
     rate = {k: statistics.median(n / s for n, s in v if n) for k, v in blocks.items()}
-    ratio, recipe_ratio, exact_ratio = (rate[k] / rate["off"] for k in ("on", "recipe", "exact"))
+
+    def paired(side: str) -> float:
+        """Median over rounds of the side's steps/s over the off side's in the same round."""
+        return statistics.median((n / s) / (m / t) for (n, s), (m, t) in zip(blocks[side], blocks["off"]) if n and m)
+
+    ratio, recipe_ratio, exact_ratio = (paired(k) for k in ("on", "recipe", "exact"))
     share, shapes = padding(sides["off"].batches)
     mode = "full fine-tuning, separate reference" if args.full else "LoRA, reference = base under the adapters"
     print(
         f"DPO step, batch {args.batch} pairs, tiny model ({mode}); {args.blocks} interleaved blocks of "
-        f"{args.steps} steps per side, medians over blocks"
+        f"{args.steps} steps per side, rotated order; rates: medians over blocks, ratios: medians of each round's"
     )
     print(f"metrics every step (on) : {rate['on']:7.2f} steps/s  ({timed['on']} timed steps; reference states cached)")
     print(

@@ -69,6 +69,25 @@ def test_masked_means_count_completion_tokens_only():
     assert all(math.isnan(v) for v in masked_kl_and_entropy(pol, ref, mx.zeros((2, 2))))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_kl_and_entropy_rows_by_either_backend_match_hand_computed_values(backend):
+    # kl_and_entropy_rows runs numpy on a CPU and MLX on a GPU: both give the hand-computed values.
+    from realign.eval.metrics import _kl_and_entropy_mlx, _kl_and_entropy_numpy
+
+    rows = _kl_and_entropy_numpy if backend == "numpy" else _kl_and_entropy_mlx
+    pol = mx.stack([logits_of(P, Q)[0], logits_of(Q, Q)[0], logits_of(Q, Q)[0]]) + 7.0  # shifts change nothing
+    ref = mx.stack([logits_of(Q, Q)[0], logits_of(Q, Q)[0], logits_of(P, Q)[0]]) - 3.0
+    kl, entropy = rows(pol, ref)
+    assert kl == pytest.approx((0.143841 + 0 + 0.130812) / 3, abs=1e-6)  # (P||Q), (Q||Q), (Q||P)
+    assert entropy == pytest.approx((0.693147 + 2 * 0.562335) / 3, abs=1e-6)  # H(P), H(Q), H(Q)
+    no_ref = rows(pol, None)
+    assert math.isnan(no_ref[0]) and no_ref[1] == pytest.approx(entropy)
+    big = mx.random.normal((37, 2048), key=mx.random.key(0)) * 3
+    other = big + mx.random.normal((37, 2048), key=mx.random.key(1))
+    assert rows(big, other) == pytest.approx(_kl_and_entropy_mlx(big, other), rel=1e-5)
+    assert rows(big, big)[0] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_kl_of_a_model_with_itself_is_zero(tiny_model_dir):
     from realign.model.load import load_model
     from realign.model.logprobs import collate, encode
