@@ -23,7 +23,7 @@ every side trains on the same batches). Timed: the wall-clock time between conse
 the loop does for a step), for steps whose batch shape was seen earlier in the block (each call compiles afresh) and
 that are not the block's last (it measures on every side). Rates are medians over blocks of steps/s; ratios (on/off,
 target >= 0.9; recipe/off; uncached/off) are medians of the ratios within each round, so that a machine slowing down
-or speeding up between rounds cancels.
+or speeding up between rounds cancels (so a ratio is not exactly the quotient of the two median rates printed).
 
 Padding share: over every batch the off side trained on, the input positions (`tokens[:, :-1]`) at or beyond each
 row's real length, over all input positions. A row's real length is read from the batch itself: its completion mask
@@ -33,7 +33,7 @@ Where metric time goes: after the blocks, `token_stats` and its parts are timed 
 medians): token_stats as the loop calls it (given the loss step's logits) and as held-out checks call it (its own
 policy forward), the policy forward, the reference forward, and KL + entropy from given logits.
 
-    python bench/dpo_step.py [--batch 8 --steps 21 --blocks 7 --full]
+    python bench/dpo_step.py [--batch 8 --steps 21 --blocks 8 --full]
 """
 
 import argparse
@@ -187,7 +187,9 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=21, help="steps per block (one train() call); 2 x the recipe's every + 1"
     )
-    ap.add_argument("--blocks", type=int, default=7, help="blocks per side, interleaved in rotated order")
+    ap.add_argument(
+        "--blocks", type=int, default=8, help="rounds (blocks per side); a multiple of 4 balances the order"
+    )
     ap.add_argument("--full", action="store_true", help="full fine-tuning with a separate reference model")
     args = ap.parse_args()
     if args.steps < 3:
@@ -226,8 +228,9 @@ def main() -> None:
     rate = {k: statistics.median(n / s for n, s in v if n) for k, v in blocks.items()}
 
     def paired(side: str) -> float:
-        """Median over rounds of the side's steps/s over the off side's in the same round."""
-        return statistics.median((n / s) / (m / t) for (n, s), (m, t) in zip(blocks[side], blocks["off"]) if n and m)
+        """Median over rounds of the side's steps/s over the off side's in its round; NaN if no round timed both."""
+        pairs = [(n / s) / (m / t) for (n, s), (m, t) in zip(blocks[side], blocks["off"]) if n and m]
+        return statistics.median(pairs) if pairs else float("nan")
 
     ratio, recipe_ratio, exact_ratio = (paired(k) for k in ("on", "recipe", "exact"))
     share, shapes = padding(sides["off"].batches)

@@ -86,6 +86,9 @@ def test_kl_and_entropy_rows_by_either_backend_match_hand_computed_values(backen
     other = big + mx.random.normal((37, 2048), key=mx.random.key(1))
     assert rows(big, other) == pytest.approx(_kl_and_entropy_mlx(big, other), rel=1e-5)
     assert rows(big, big)[0] == pytest.approx(0.0, abs=1e-6)
+    # bfloat16 logits (a bf16 model's) are read as float32
+    half = rows(big.astype(mx.bfloat16), other.astype(mx.bfloat16))
+    assert half == pytest.approx(_kl_and_entropy_mlx(big.astype(mx.bfloat16), other.astype(mx.bfloat16)), rel=1e-5)
 
 
 def test_kl_of_a_model_with_itself_is_zero(tiny_model_dir):

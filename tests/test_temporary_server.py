@@ -71,3 +71,25 @@ def test_the_warm_up_asks_once_for_an_unserved_path_after_health_answers():
         httpd.server_close()
         server.stop()
     assert asked == ["/api/health", "/api/health", "/api/realign-warm-up"]
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced_by_another(tmp_path, monkeypatch):
+    # The port is chosen free, then taken by someone else before the server binds it: the server exits (uvicorn's
+    # startup failure, "address already in use") and is started again on another port.
+    import socket
+
+    import realign.cli.temporary_server as ts
+    from realign.cli.server import free_port
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    first = iter([taken.getsockname()[1]])
+    monkeypatch.setattr(ts, "free_port", lambda: next(first, None) or free_port())
+    server = TemporaryServer(timeout_s=300).start()
+    try:
+        url = server.wait()
+        assert server.port != taken.getsockname()[1] and url.endswith(f":{server.port}/api")
+    finally:
+        server.stop()
+        taken.close()

@@ -1046,8 +1046,8 @@ _CONSOLE = False  # set by main(): this process runs one command and then exits
 def main() -> None:  # console-script entry point
     global _CONSOLE
     _CONSOLE = True
-    # At exit CPython collects the whole heap (Prefect, GX, MLX: ~400k objects) a few times, about 1 s on 2 cores, only
-    # to free memory the OS takes back anyway. Registered first, this runs after every other exit handler.
+    # At exit CPython collects the whole heap (Prefect, GX, MLX: ~600k objects) a few times, about 1 s on 2 cores, only
+    # to free memory the OS takes back anyway. Registered here, this runs after the exit handlers registered later.
     atexit.register(gc.freeze)
     app()
 

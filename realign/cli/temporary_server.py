@@ -41,7 +41,7 @@ gc.enable()
 import uvicorn
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", lifespan="on")
 """
-PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind: another port is tried
+STARTUP_FAILURE = 3  # uvicorn's exit status when it did not start: another port is tried if the port was taken
 
 
 class TemporaryServerError(RuntimeError):
@@ -70,7 +70,7 @@ class TemporaryServer:
         self.port = free_port()
         self.started_at = self.started_at or time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER_MAIN, str(self.port)],
+            [sys.executable, "-P", "-c", SERVER_MAIN, str(self.port)],  # -P: not the current directory's modules
             env={**os.environ, **SERVER_ENV},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -92,8 +92,8 @@ class TemporaryServer:
                 continue
             try:
                 urllib.request.urlopen(f"{api_url}/realign-warm-up", timeout=30).close()
-            except (urllib.error.URLError, OSError):
-                pass  # the expected 404; any other failure is wait()'s or the run's to report
+            except Exception:  # noqa: BLE001 (best effort: the expected 404, or a failure wait() or the run reports)
+                pass
             return
 
     def wait(self) -> str:
@@ -102,8 +102,8 @@ class TemporaryServer:
         deadline = self.started_at + self.timeout_s
         while time.perf_counter() < deadline:
             code = self.proc.poll()
-            if code == PORT_IN_USE:  # the port was taken between choosing it and binding it
-                self.start()
+            if code == STARTUP_FAILURE and "address already in use" in self._tail(1 << 20).lower():
+                self.start()  # the port was taken between choosing it and binding it
                 continue
             if code is not None:
                 raise TemporaryServerError(f"Prefect's temporary API server exited with status {code}: {self._tail()}")
